@@ -1,0 +1,96 @@
+"""The one checkpoint format: plain types only, written atomically, read with weights_only=True.
+
+A checkpoint is a dict with:
+  format_version, model (state dict of the unwrapped model), optimizer, scheduler,
+  epoch (completed epochs), best_val_acc, bad_epochs, history (one dict per epoch),
+  config (the resolved config as a dict), data (class_names, in_channels, image_size, mean, std),
+  rng (torch's CPU random state, and CUDA's when used).
+"""
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from config import Config, UserError, config_from_dict
+from model import build_model
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def unreadable(path: Path) -> str:
+    return (f"checkpoint {path} is not a readable PyTorch checkpoint (empty, truncated or corrupted); "
+            "use another checkpoint, e.g. last.pt of the same run")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely; every failure becomes a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; pass a .pt file or a run folder under checkpoints/")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # the safe unpickler met a class or function
+            raise UserError(f"checkpoint {path} was refused: it holds objects other than plain data "
+                            "(tensors, numbers, strings, lists, dicts), so it could run code when loaded") from None
+        raise UserError(unreadable(path)) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError):
+        raise UserError(unreadable(path)) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} was not written by this template (format version "
+                        f"{FORMAT_VERSION}); train a new one with train.py")
+    return ckpt
+
+
+def config_of(ckpt: dict) -> Config:
+    return config_from_dict(ckpt["config"])
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:
+    """Rebuild the model from the config and data shape stored in the checkpoint, and load its weights."""
+    info = ckpt["data"]
+    model = build_model(config_of(ckpt).model, info["in_channels"], len(info["class_names"]), info["image_size"])
+    check_shapes(model.state_dict(), ckpt["model"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+
+def check_shapes(expected: dict, found: dict) -> None:
+    """Name mismatched layers instead of PyTorch's long size-mismatch dump."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and expected[k].shape != found[k].shape]
+    if missing or extra or wrong:
+        parts = [f"{k}: model {tuple(expected[k].shape)} vs checkpoint {tuple(found[k].shape)}" for k in wrong[:3]]
+        parts += [f"missing {', '.join(missing[:3])}"] if missing else []
+        parts += [f"unexpected {', '.join(extra[:3])}"] if extra else []
+        raise UserError(f"checkpoint weights do not fit the model ({'; '.join(parts)}); "
+                        "was it trained with a different model.py or config?")
+
+
+def latest_run(output_dir: str | Path) -> Path:
+    """The run folder under output_dir whose last.pt was written most recently."""
+    runs = [p.parent for p in Path(output_dir).glob("*/last.pt")]
+    if not runs:
+        raise UserError(f"no runs with a last.pt under {output_dir}/; train one with python train.py "
+                        "or pass a checkpoint path")
+    return max(runs, key=lambda run: (run / "last.pt").stat().st_mtime)
+
+
+def resolve(path: str | None, output_dir: str | Path, filename: str) -> Path:
+    """A checkpoint path from a file, a run folder (-> its filename), or nothing (-> the latest run's)."""
+    if path is None:
+        return latest_run(output_dir) / filename
+    return Path(path) / filename if Path(path).is_dir() else Path(path)

@@ -1,0 +1,309 @@
+"""Typed configuration: config.yaml -> dataclasses, dotted command-line overrides, validation.
+
+Hand-written rather than OmegaConf: the dataclass walk below is short, gives one-line
+messages with a did-you-mean hint, checks Literal choices and ranges, and reads YAML's
+`1e-3` (a string to PyYAML) as a float.
+"""
+import argparse
+import dataclasses
+import difflib
+import random
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
+
+import torch
+import yaml
+
+from model import MODELS, ModelConfig, ShapeError
+
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, without a traceback."""
+
+
+def at_least(low: float) -> dict:
+    return {"min": low}
+
+
+def between(low: float, high: float) -> dict:
+    return {"min": low, "max": high}
+
+
+POSITIVE = {"gt": 0}
+
+
+@dataclass
+class DataConfig:
+    name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder"]
+    root: str
+    image_size: int = field(metadata=at_least(1))
+    channels: Literal[1, 3]
+    val_fraction: float = field(metadata=between(0.01, 0.9))
+    augment: bool
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(metadata=at_least(1))
+    batch_size: int = field(metadata=at_least(1))
+    eval_batch_size: int = field(metadata=at_least(1))
+    optimizer: Literal["sgd", "adam", "adamw"]
+    lr: float = field(metadata=POSITIVE)
+    momentum: float = field(metadata=between(0.0, 0.999))
+    weight_decay: float = field(metadata=at_least(0.0))
+    scheduler: Literal["none", "step", "cosine", "onecycle"]
+    step_epochs: int = field(metadata=at_least(1))
+    step_gamma: float = field(metadata=between(0.0, 1.0))
+    loss: Literal["cross_entropy", "mse"]
+    patience: int = field(metadata=at_least(0))
+    grad_clip: float = field(metadata=at_least(0.0))
+    log_interval: int = field(metadata=at_least(1))
+
+
+@dataclass
+class RunConfig:
+    seed: int = field(metadata=at_least(0))
+    device: str
+    output_dir: str
+    name: str
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    run: RunConfig
+
+
+def fail_unknown(key: str, known: list[str], path: str) -> None:
+    guess = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(known)}"
+    raise UserError(f"unknown config key '{path}{key}'; {hint}")
+
+
+def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
+    """Check one value against its type hint and range; return it converted."""
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path + ".")
+    if get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise UserError(f"{path}: expected a list, got {value!r}")
+        return [convert(get_args(tp)[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
+    if get_origin(tp) is Literal:
+        if value not in get_args(tp):
+            choices = " | ".join(str(c) for c in get_args(tp))
+            raise UserError(f"{path}: {value!r} is not allowed; use one of {choices}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise UserError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    return check_range(number(tp, value, path), path, meta)
+
+
+def number(tp: type, value: Any, path: str) -> float:
+    """An int or float; accepts strings such as '1e-3', which PyYAML does not read as floats."""
+    kind = "an integer" if tp is int else "a number"
+    if isinstance(value, bool):
+        raise UserError(f"{path}: expected {kind}, got {value!r}")
+    try:
+        converted = tp(float(value)) if tp is float else int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: expected {kind}, got {value!r}") from None
+    if tp is int and isinstance(value, float) and value != converted:
+        raise UserError(f"{path}: expected an integer, got {value!r}")
+    if converted != converted or converted in (float("inf"), float("-inf")):
+        raise UserError(f"{path}: expected a finite number, got {value!r}")
+    return converted
+
+
+def check_range(value: float, path: str, meta: dict) -> float:
+    if "gt" in meta and not value > meta["gt"]:
+        raise UserError(f"{path}: must be greater than {meta['gt']}, got {value}")
+    if "min" in meta and value < meta["min"]:
+        limit = f"between {meta['min']} and {meta['max']}" if "max" in meta else f"at least {meta['min']}"
+        raise UserError(f"{path}: must be {limit}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise UserError(f"{path}: must be between {meta['min']} and {meta['max']}, got {value}")
+    return value
+
+
+def build(cls: type, raw: Any, path: str = "") -> Any:
+    """Turn a dict into the dataclass cls, naming any unknown, missing or ill-typed key."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{path.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            fail_unknown(str(key), list(fields), path)
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        raise UserError(f"missing config key '{path}{missing[0]}'; copy it from config.yaml")
+    hints = get_type_hints(cls)
+    return cls(**{name: convert(hints[name], raw[name], path + name, f.metadata) for name, f in fields.items()})
+
+
+def config_from_dict(raw: Any) -> Config:
+    """Validate a plain dict (from YAML or a checkpoint) into a Config."""
+    cfg = build(Config, raw)
+    if cfg.model.name not in MODELS:
+        choices = " | ".join(MODELS)
+        raise UserError(f"model.name: {cfg.model.name!r} is not a registered model; use one of {choices} "
+                        "or add yours to MODELS in model.py")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
+        raise UserError(f"run.device: {cfg.run.device!r} is not allowed; use auto | cpu | cuda | cuda:N")
+    return cfg
+
+
+def apply_override(raw: dict, text: str) -> None:
+    """Set one dotted key in the raw config: 'train.lr=0.01', 'model.conv_blocks.0.out_channels=8'."""
+    key, sep, value_text = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {text!r} is not of the form key=value, e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(value_text) if value_text else ""
+    except yaml.YAMLError:
+        raise UserError(f"override {text!r}: the value is not valid YAML") from None
+    *parents, last = key.split(".")
+    node: Any = raw
+    for part in parents:
+        node = child(node, part, key)
+    if isinstance(node, list):
+        node[index(node, last, key)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise UserError(f"override {text!r}: '{key}' goes below a value that has no keys")
+
+
+def child(node: Any, part: str, key: str) -> Any:
+    if isinstance(node, list):
+        return node[index(node, part, key)]
+    if isinstance(node, dict):
+        if part not in node:
+            fail_unknown(part, list(node), key[: key.index(part)])
+        return node[part]
+    raise UserError(f"override '{key}': '{part}' goes below a value that has no keys")
+
+
+def index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise UserError(f"override '{key}': '{part}' is not an index of a list of length {len(node)}")
+    return int(part)
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass an existing file with --config")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; check indentation and colons") from None
+    if raw is None:
+        raise UserError(f"config file {path} is empty; start from a copy of config.yaml")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str]) -> Config:
+    """config.yaml (or path) plus dotted overrides, validated."""
+    raw = read_yaml(path or DEFAULT_CONFIG)
+    for text in overrides:
+        if not isinstance(raw, dict):
+            break
+        apply_override(raw, text)
+    return config_from_dict(raw)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+class FlowDict(dict):
+    """A mapping written on one line, as conv blocks are in config.yaml."""
+
+
+class Dumper(yaml.SafeDumper):
+    """Block style for sections, one line per list and per conv block, like config.yaml."""
+
+    def represent_list(self, data: list) -> yaml.Node:
+        items = [FlowDict(x) if isinstance(x, dict) else x for x in data]
+        return self.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=not any(
+            isinstance(x, dict) for x in data))
+
+    def represent_flow_dict(self, data: FlowDict) -> yaml.Node:
+        return self.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=True)
+
+
+Dumper.add_representer(list, Dumper.represent_list)
+Dumper.add_representer(FlowDict, Dumper.represent_flow_dict)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.dump(to_dict(cfg), Dumper=Dumper, sort_keys=False, width=120)
+
+
+def key_help(path: Path = DEFAULT_CONFIG) -> str:
+    """Every key of config.yaml with its default and comment, for --help."""
+    lines, stack = [], []
+    for line in path.read_text().splitlines():
+        match = re.match(r"^( *)([A-Za-z_]\w*):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
+        if not match:
+            continue
+        indent, key, value, comment = len(match[1]) // 2, match[2], match[3], match[4] or ""
+        stack[indent:] = [key]
+        if value or comment:
+            lines.append(f"  {'.'.join(stack):<24} {value:<12} {comment}")
+    return "config keys (default, meaning):\n" + "\n".join(lines)
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every script shares: --config FILE and key=value overrides."""
+    parser = argparse.ArgumentParser(description=doc, epilog=key_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="config file (default: config.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=0.01")
+    return parser
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a script's main; turn user errors into one line on stderr and a non-zero exit."""
+    try:
+        main()
+    except (UserError, ShapeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def select_device(name: str) -> torch.device:
+    """auto -> CUDA when available, else CPU; explicit CUDA requests are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device: '{name}' requested but no CUDA device is available; use auto or cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"run.device: '{name}' requested but only {torch.cuda.device_count()} "
+                            "CUDA device(s) exist; use cuda:0 or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,214 @@
+"""Data sets as uint8 tensors in memory, and the loader that batches, normalises and augments them.
+
+Every data set is decoded once into (N, C, H, W) uint8 images and (N,) int64 labels; the loader
+moves them to the device once and does all per-image work on whole batches there.
+"""
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from config import Config, DataConfig, UserError
+
+DIGITS_PATH = Path(__file__).with_name("data") / "digits.pt"
+# name -> (channels, image size); folder data sets take both from the config.
+BUILTIN = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
+CLASS_NAMES = {
+    "digits": [str(d) for d in range(10)],
+    "mnist": [str(d) for d in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def describe(cfg: DataConfig) -> dict:
+    """Channels, image size and class names of the configured data set, without loading it."""
+    if cfg.name == "folder":
+        return {"in_channels": cfg.channels, "image_size": cfg.image_size,
+                "class_names": class_folders(Path(cfg.root) / "train")}
+    channels, size = BUILTIN[cfg.name]
+    return {"in_channels": channels, "image_size": size, "class_names": CLASS_NAMES[cfg.name]}
+
+
+def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 'train' or 'test' split as uint8 images (N, C, H, W) and int64 labels (N,)."""
+    if cfg.name == "digits":
+        return load_digits(split)
+    if cfg.name == "folder":
+        return load_folder(cfg, split)
+    return load_torchvision(cfg, split)
+
+
+def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not DIGITS_PATH.is_file():
+        raise UserError(f"{DIGITS_PATH} is missing; restore it with git checkout or run data/make_digits.py")
+    digits = torch.load(DIGITS_PATH, weights_only=True)
+    idx = digits[f"{split}_idx"]
+    return digits["images"][idx].unsqueeze(1), digits["labels"][idx]  # (N, 1, 8, 8), (N,)
+
+
+def load_torchvision(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST, Fashion-MNIST or CIFAR-10 via torchvision, downloading into data.root when missing."""
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[cfg.name]
+    try:
+        dataset = cls(cfg.root, train=split == "train", download=False)
+    except RuntimeError:
+        try:
+            dataset = cls(cfg.root, train=split == "train", download=True)
+        except Exception as err:  # urllib, socket and checksum errors all mean the same to the user
+            folder = Path(cfg.root) / ("cifar-10-batches-py" if cfg.name == "cifar10" else f"{cls.__name__}/raw")
+            raise UserError(f"{cfg.name} files not found in {folder} and the download failed "
+                            f"({type(err).__name__}); put the files there or point data.root at them") from None
+    images = torch.as_tensor(dataset.data)
+    if images.ndim == 3:
+        images = images.unsqueeze(1)  # grey: (N, 28, 28) -> (N, 1, 28, 28)
+    else:
+        images = images.permute(0, 3, 1, 2).contiguous()  # colour: (N, H, W, 3) -> (N, 3, H, W)
+    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        raise UserError(f"data folder {split_dir} not found; a folder data set needs "
+                        "data.root/train/<class>/ and data.root/test/<class>/")
+    names = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise UserError(f"{split_dir} has no class folders; put each class's images in {split_dir}/<class>/")
+    return names
+
+
+def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images under data.root/<split>/<class>/, resized to image_size and converted to grey or colour."""
+    split_dir = Path(cfg.root) / split
+    names = class_folders(split_dir)
+    expected = class_folders(Path(cfg.root) / "train")
+    if names != expected:
+        raise UserError(f"{split_dir} has classes {names} but train has {expected}; both need the same class folders")
+    images, labels = [], []
+    for label, name in enumerate(names):
+        files = sorted(f for f in (split_dir / name).iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise UserError(f"class folder {split_dir / name} is empty; add images or remove the folder")
+        images += [read_image(f, cfg.channels, cfg.image_size) for f in files]
+        labels += [label] * len(files)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
+    """One image file as uint8 (channels, size, size)."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError):
+        raise UserError(f"{path} is not a readable image; remove it or replace it with a PNG or JPEG") from None
+    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return pixels.view(size, size, channels).permute(2, 0, 1)
+
+
+def train_val_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified, seeded indices (train, val) carved from the training split only."""
+    generator = torch.Generator().manual_seed(seed)
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        idx = (labels == label).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        is_val[idx[: round(fraction * len(idx))]] = True
+    return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in images.split(8192):  # chunks keep the float copy small
+        chunk = chunk.double() / 255
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.pow(2).sum(dim=(0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+class TensorLoader:
+    """Batches of normalised float images and labels from uint8 tensors held on the device.
+
+    With a seed it shuffles: each epoch's order is a randperm seeded by (seed, epoch), so a
+    resumed run sees the same order as an uninterrupted one. Without a seed the order is fixed.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, info: dict,
+                 device: torch.device, shuffle_seed: int | None = None, augment: bool = False):
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size, self.shuffle_seed, self.augment = batch_size, shuffle_seed, augment
+        # Normalise on the 0..255 scale: (x/255 - mean)/std == (x - 255 mean)/(255 std).
+        self.mean = torch.tensor(info["mean"], device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(info["std"], device=device).view(1, -1, 1, 1) * 255
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        generator = None
+        order = torch.arange(len(self.labels), device=self.labels.device)
+        if self.shuffle_seed is not None:
+            generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.epoch)
+            order = torch.randperm(len(self.labels), generator=generator).to(self.labels.device)
+        for batch in order.split(self.batch_size):
+            images = (self.images[batch].float() - self.mean) / self.std  # (B, C, H, W)
+            if self.augment and generator is not None:
+                images = flip_and_crop(images, generator)
+            yield images, self.labels[batch]
+
+
+def flip_and_crop(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random horizontal flip and random crop from a zero-padded copy, per image, on the whole batch."""
+    n, _, height, width = images.shape
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    images = torch.where(flip.view(n, 1, 1, 1), images.flip(3), images)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+    dy, dx = (torch.randint(0, 2 * pad + 1, (2, n), generator=generator)).to(images.device)
+    rows = (dy.view(n, 1) + torch.arange(height, device=images.device)).view(n, 1, height, 1)
+    cols = (dx.view(n, 1) + torch.arange(width, device=images.device)).view(n, 1, 1, width)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+    channel = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return padded[batch, channel, rows, cols]  # (B, C, H, W)
+
+
+def make_test_loader(cfg: DataConfig, info: dict, batch_size: int, device: torch.device) -> TensorLoader:
+    """The test split, normalised with the training statistics stored in info."""
+    images, labels = load_split(cfg, "test")
+    check_matches(images, labels, info, cfg)
+    return TensorLoader(images, labels, batch_size, info, device)
+
+
+def check_matches(images: torch.Tensor, labels: torch.Tensor, info: dict, cfg: DataConfig) -> None:
+    """The test split must have the shape and classes the model was trained on."""
+    expected = (info["in_channels"], info["image_size"], info["image_size"])
+    if tuple(images.shape[1:]) != expected:
+        raise UserError(f"data.{cfg.name}: test images are {tuple(images.shape[1:])} but the model expects "
+                        f"{expected}; use the data settings the model was trained with")
+    if len(labels) == 0 or int(labels.max()) >= len(info["class_names"]):
+        raise UserError(f"data.{cfg.name}: test labels do not match the {len(info['class_names'])} "
+                        "training classes; use the same class folders in train/ and test/")
+
+
+def make_train_loaders(cfg: Config, device: torch.device) -> tuple[TensorLoader, TensorLoader, dict]:
+    """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints."""
+    info = describe(cfg.data)
+    images, labels = load_split(cfg.data, "train")
+    train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
+    info["mean"], info["std"] = channel_stats(images[train_idx])
+    train_loader = TensorLoader(images[train_idx], labels[train_idx], cfg.train.batch_size, info, device,
+                                shuffle_seed=cfg.run.seed, augment=cfg.data.augment)
+    val_loader = TensorLoader(images[val_idx], labels[val_idx], cfg.train.eval_batch_size, info, device)
+    return train_loader, val_loader, info

@@ -1,0 +1,65 @@
+"""Losses, the one evaluation loop, and per-class metrics from a confusion matrix."""
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from data import make_test_loader
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def half_mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The notes' J = 1/(2m) sum_i ||f(x_i) - y_i||^2, with f = softmax(logits) and y one-hot.
+
+    PyTorch's MSELoss averages over all m*K entries instead, so J = K/2 * MSELoss(f, y).
+    """
+    probs = logits.softmax(dim=1)  # (B, K)
+    one_hot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+    return 0.5 * (probs - one_hot).pow(2).sum(dim=1).mean()
+
+
+def make_loss(name: str) -> LossFn:
+    return {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
+
+
+def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int,
+             device: torch.device) -> dict:
+    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        for images, labels in loader:
+            logits = model(images)  # (B, num_classes)
+            loss_sum += loss_fn(logits, labels).double() * len(labels)
+            confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    count = int(confusion.sum())
+    return {"loss": loss_sum.item() / count, "accuracy": confusion.diag().sum().item() / count,
+            "confusion": confusion}
+
+
+def per_class(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
+    """Precision, recall (= per-class accuracy), F1 and support for each class."""
+    correct = confusion.diag().double()
+    predicted, support = confusion.sum(0).double(), confusion.sum(1).double()
+    precision = correct / predicted.clamp_min(1)
+    recall = correct / support.clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    return [{"class": name, "precision": p, "recall": r, "f1": f, "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision.tolist(), recall.tolist(), f1.tolist(),
+                                        support.tolist())]
+
+
+def evaluate_checkpoint(path: Path, device: torch.device, batch_size: int | None = None) -> tuple[dict, dict]:
+    """Load a checkpoint, rebuild its model and test data, and evaluate it: (checkpoint, results)."""
+    ckpt = load_checkpoint(path)
+    cfg = config_of(ckpt)
+    model = model_from_checkpoint(ckpt, device)
+    loader = make_test_loader(cfg.data, ckpt["data"], batch_size or cfg.train.eval_batch_size, device)
+    results = evaluate(model, loader, make_loss(cfg.train.loss), len(ckpt["data"]["class_names"]), device)
+    return ckpt, results

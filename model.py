@@ -1,0 +1,203 @@
+"""The models: a configurable CNN and LeNet-5, picked by `model.name` in config.yaml.
+
+To try another architecture, write an nn.Module whose constructor takes
+(cfg: ModelConfig, in_channels, num_classes, image_size) and whose forward returns logits,
+then add one line to MODELS. train.py and test.py need no change.
+
+    python model.py                                  # summary of the default model on the default data
+    python model.py data.name=mnist model.name=lenet5
+    python model.py --checkpoint checkpoints/<run>/best.pt
+"""
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+AT_LEAST_1 = {"min": 1}  # range checks that config.py applies when loading
+
+
+@dataclass
+class ConvBlock:
+    """One conv block: conv -> [batch norm] -> activation -> [pool]."""
+    out_channels: int = field(metadata=AT_LEAST_1)
+    kernel_size: int = field(metadata=AT_LEAST_1)
+    stride: int = field(metadata=AT_LEAST_1)
+    padding: int = field(metadata={"min": 0})
+    pool: Literal["none", "max", "avg"]
+    pool_kernel: int = field(metadata=AT_LEAST_1)
+    pool_stride: int = field(metadata=AT_LEAST_1)
+
+
+@dataclass
+class ModelConfig:
+    """The `model:` section of config.yaml; add fields here for a new architecture."""
+    name: str
+    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"]
+    leaky_slope: float = field(metadata={"min": 0.0, "max": 1.0})
+    batch_norm: bool
+    conv_blocks: list[ConvBlock]
+    hidden: list[int] = field(metadata=AT_LEAST_1)  # checked per item
+    dropout: float = field(metadata={"min": 0.0, "max": 1.0})
+
+
+class ShapeError(ValueError):
+    """A configuration whose feature maps would shrink below 1x1."""
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int, where: str) -> int:
+    """The notes' formula OH = (H + 2P - FH)/S + 1 (floored, as PyTorch does)."""
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ShapeError(
+            f"{where}: output size (H + 2P - FH)/S + 1 = ({size} + 2*{padding} - {kernel})/{stride} + 1 "
+            f"= {out} < 1; use a smaller kernel or stride, more padding, or fewer pooling layers")
+    return out
+
+
+def make_activation(cfg: ModelConfig) -> nn.Module:
+    """The activations from the notes."""
+    if cfg.activation == "leaky_relu":
+        return nn.LeakyReLU(cfg.leaky_slope)
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[cfg.activation]()
+
+
+def make_classifier(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Sequential:
+    """Fully connected hidden layers with dropout, then the output layer (logits)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in cfg.hidden:
+        layers += [nn.Linear(in_features, width), make_activation(cfg), nn.Dropout(cfg.dropout)]
+        in_features = width
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+class CNN(nn.Module):
+    """conv blocks -> flatten -> fully connected hidden layers -> logits."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for i, block in enumerate(cfg.conv_blocks):
+            where = f"model.conv_blocks[{i}]"
+            size = out_size(size, block.kernel_size, block.stride, block.padding, f"{where} conv")
+            # Batch norm supplies its own shift, so the conv bias would be redundant.
+            layers.append(nn.Conv2d(channels, block.out_channels, block.kernel_size, block.stride,
+                                    block.padding, bias=not cfg.batch_norm))
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm2d(block.out_channels))
+            layers.append(make_activation(cfg))
+            if block.pool != "none":
+                size = out_size(size, block.pool_kernel, block.pool_stride, 0, f"{where} {block.pool} pool")
+                pool = nn.MaxPool2d if block.pool == "max" else nn.AvgPool2d
+                layers.append(pool(block.pool_kernel, block.pool_stride))
+            channels = block.out_channels
+        self.features = nn.Sequential(*layers)
+        self.classifier = make_classifier(cfg, channels * size * size, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(images)  # (B, C, H', W'), sizes from out_size()
+        return self.classifier(features)  # (B, num_classes)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al., 1998): conv 6@5x5 -> avg pool -> conv 16@5x5 -> avg pool -> fc 120 -> fc 84.
+
+    It was designed for 32x32 inputs, so other sizes are resized to 32x32 first.
+    Only model.activation and model.leaky_slope are read from the config.
+    """
+
+    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5), make_activation(cfg), nn.AvgPool2d(2),  # (B, 6, 14, 14)
+            nn.Conv2d(6, 16, 5), make_activation(cfg), nn.AvgPool2d(2),  # (B, 16, 5, 5)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), make_activation(cfg),
+            nn.Linear(120, 84), make_activation(cfg), nn.Linear(84, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (32, 32):
+            images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+        return self.classifier(self.features(images))  # (B, num_classes)
+
+
+# model.name -> class. A new architecture is one more line here.
+MODELS: dict[str, type[nn.Module]] = {
+    "cnn": CNN,
+    "lenet5": LeNet5,
+}
+
+
+def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Instantiate the registered model named by cfg.name."""
+    return MODELS[cfg.name](cfg, in_channels, num_classes, image_size)
+
+
+def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
+    """A table of each layer's output shape and parameter count, and the notes' fully connected comparison."""
+    rows: list[tuple[str, str, int]] = []
+    fc_params = 0  # a Linear layer in place of every conv, with the same number of units in and out
+
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal fc_params
+        params = sum(p.numel() for p in module.parameters())
+        rows.append((type(module).__name__, "x".join(str(d) for d in output.shape[1:]), params))
+        if isinstance(module, nn.Conv2d):
+            fc_params += (inputs[0][0].numel() + 1) * output[0].numel()
+        elif isinstance(module, nn.Linear):
+            fc_params += params
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        model(torch.zeros(1, in_channels, image_size, image_size, device=next(model.parameters()).device))
+    model.train(was_training)
+    for hook in hooks:
+        hook.remove()
+
+    total = sum(p.numel() for p in model.parameters())
+    lines = [f"input: {in_channels}x{image_size}x{image_size} (C x H x W)",
+             f"{'layer':<14}{'output (C x H x W)':>20}{'parameters':>12}"]
+    lines += [f"{name:<14}{shape:>20}{params:>12,}" for name, shape, params in rows]
+    lines += [f"{'total':<14}{'':>20}{total:>12,}",
+              f"Fully connected layers with the same number of units in place of the convolutions "
+              f"would need {fc_params:,} parameters ({fc_params / total:,.0f}x): a conv kernel is shared "
+              "across all positions."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Print the summary table for the configured model, or for a trained checkpoint."""
+    from checkpoint import load_checkpoint
+    from config import UserError, config_from_dict, load_config, make_parser, run_cli
+    from data import describe
+    from model import build_model, summary  # the imported module's, whose ShapeError run_cli catches
+
+    def run() -> None:
+        parser = make_parser(__doc__)
+        parser.add_argument("--checkpoint", metavar="PATH", help="summarise this checkpoint instead")
+        args = parser.parse_args()
+        if args.checkpoint and (args.overrides or args.config):
+            raise UserError("--checkpoint takes no config or overrides: the model comes from the checkpoint")
+        if args.checkpoint:
+            ckpt = load_checkpoint(args.checkpoint)
+            cfg, info = config_from_dict(ckpt["config"]), ckpt["data"]
+        else:
+            cfg = load_config(args.config, args.overrides)
+            info = describe(cfg.data)
+        model = build_model(cfg.model, info["in_channels"], len(info["class_names"]), info["image_size"])
+        print(f"model: {cfg.model.name}   data: {cfg.data.name}")
+        print(summary(model, info["in_channels"], info["image_size"]))
+
+    run_cli(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+import random
+
+import pytest
+import torch
+
+import checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve, save_checkpoint
+from config import UserError
+from train import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from config import load_config
+    from conftest import TINY
+    out = tmp_path_factory.mktemp("runs")
+    return train(load_config(None, [*TINY, f"run.output_dir={out}"]))
+
+
+def test_checkpoint_is_plain_data_loadable_with_weights_only(run_dir):
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    assert ckpt["format_version"] == checkpoint.FORMAT_VERSION
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "epoch", "history", "config", "data", "rng"}
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    assert ckpt["data"]["class_names"] == [str(d) for d in range(10)]
+    assert ckpt["config"]["run"]["name"] == run_dir.name
+
+
+def test_model_is_rebuilt_from_the_checkpoint_alone(run_dir):
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    model = model_from_checkpoint(ckpt, torch.device("cpu"))
+    assert all(torch.equal(a, ckpt["model"][k]) for k, a in model.state_dict().items())
+
+
+def test_resolve_finds_files_run_folders_and_the_latest_run(run_dir):
+    assert resolve(str(run_dir), run_dir.parent, "best.pt") == run_dir / "best.pt"
+    assert resolve(str(run_dir / "last.pt"), "unused", "best.pt") == run_dir / "last.pt"
+    assert resolve(None, run_dir.parent, "best.pt") == run_dir / "best.pt"
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"weights": torch.ones(3)}, path)
+
+    def fail_midway(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", fail_midway)
+    with pytest.raises(OSError):
+        save_checkpoint({"weights": torch.zeros(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "not a readable PyTorch checkpoint"),
+    (random.Random(0).randbytes(4096), "not a readable PyTorch checkpoint"),
+])
+def test_unreadable_files_give_one_line(tmp_path, content, message):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(path)
+
+
+def test_truncated_checkpoint_gives_one_line(run_dir, tmp_path):
+    data = (run_dir / "best.pt").read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(UserError, match="checkpoint .*missing.pt not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (open, (str(PAYLOAD_MARK), "w"))
+
+
+PAYLOAD_MARK = None
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    global PAYLOAD_MARK
+    PAYLOAD_MARK = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": Payload()}, path)
+    with pytest.raises(UserError, match="refused"):
+        load_checkpoint(path)
+    assert not PAYLOAD_MARK.exists()
+
+
+def test_other_architecture_names_the_mismatched_layers(run_dir):
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    ckpt["config"]["model"]["hidden"] = [32]
+    with pytest.raises(UserError, match=r"classifier.1.weight: model \(32, 8\) vs checkpoint \(16, 8\)"):
+        model_from_checkpoint(ckpt, torch.device("cpu"))

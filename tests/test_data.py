@@ -1,0 +1,112 @@
+import pytest
+import torch
+from PIL import Image
+
+from config import UserError
+from data import (TensorLoader, channel_stats, flip_and_crop, load_split, make_train_loaders, train_val_split)
+
+
+def batches(loader):
+    return [labels.clone() for _, labels in loader]
+
+
+def test_digits_are_embedded_with_a_fixed_stratified_split(tiny_cfg):
+    cfg = tiny_cfg()
+    train_images, train_labels = load_split(cfg.data, "train")
+    test_images, test_labels = load_split(cfg.data, "test")
+    assert train_images.shape == (1437, 1, 8, 8) and test_images.shape == (360, 1, 8, 8)
+    assert train_images.dtype == torch.uint8 and int(train_images.max()) == 255
+    assert torch.bincount(test_labels).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
+
+
+def test_val_is_a_stratified_disjoint_part_of_train():
+    labels = torch.arange(10).repeat_interleave(100)
+    train_idx, val_idx = train_val_split(labels, 0.2, seed=3)
+    assert len(set(train_idx.tolist()) & set(val_idx.tolist())) == 0
+    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(1000))
+    assert torch.bincount(labels[val_idx]).tolist() == [20] * 10
+    assert torch.equal(val_idx, train_val_split(labels, 0.2, seed=3)[1])
+    assert not torch.equal(val_idx, train_val_split(labels, 0.2, seed=4)[1])
+
+
+def test_train_loader_shuffles_each_epoch_and_eval_does_not(tiny_cfg):
+    train_loader, val_loader, info = make_train_loaders(tiny_cfg(), torch.device("cpu"))
+    train_loader.set_epoch(1)
+    first = torch.cat(batches(train_loader))
+    train_loader.set_epoch(2)
+    second = torch.cat(batches(train_loader))
+    assert not torch.equal(first, second)
+    assert sorted(first.tolist()) == sorted(second.tolist()) == sorted(train_loader.labels.tolist())
+    train_loader.set_epoch(1)
+    assert torch.equal(first, torch.cat(batches(train_loader)))  # same seed and epoch: same order
+    assert torch.equal(torch.cat(batches(val_loader)), val_loader.labels)  # eval: stored order
+    assert len(train_loader) == -(-len(train_loader.labels) // train_loader.batch_size)
+
+
+def test_batches_are_normalised_with_training_statistics(tiny_cfg):
+    train_loader, _, info = make_train_loaders(tiny_cfg("train.batch_size=100000"), torch.device("cpu"))
+    images, _ = next(iter(train_loader))
+    assert images.dtype == torch.float32 and images.shape[1:] == (1, 8, 8)
+    assert abs(images.mean().item()) < 1e-4 and abs(images.std().item() - 1) < 1e-3
+    mean, std = channel_stats(train_loader.images.cpu())
+    assert info["mean"] == pytest.approx(mean) and info["std"] == pytest.approx(std)
+
+
+def test_flip_and_crop_keeps_shape_and_moves_pixels():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
+    out = flip_and_crop(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    assert not torch.equal(out, images)
+    assert set(out.unique().tolist()) <= set(images.unique().tolist()) | {0.0}  # pixels or zero padding
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=3, size=(10, 6)):
+    for split in ("train", "test"):
+        for i, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for j in range(per_class):
+                Image.new("RGB", size, (40 * i, 10 * j, 200)).save(folder / f"{j}.png")
+
+
+def test_folder_data_set_is_resized_and_converted(tiny_cfg, tmp_path):
+    write_folder(tmp_path / "pets")
+    cfg = tiny_cfg("data.name=folder", f"data.root={tmp_path / 'pets'}", "data.image_size=16", "data.channels=1")
+    images, labels = load_split(cfg.data, "train")
+    assert images.shape == (6, 1, 16, 16) and images.dtype == torch.uint8
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (lambda root: (root / "train" / "cat" / "notes.txt").write_text("hello"), "notes.txt is not a readable image"),
+    (lambda root: [p.unlink() for p in (root / "test" / "dog").iterdir()], "class folder .*dog is empty"),
+    (lambda root: (root / "test" / "dog").rename(root / "test" / "wolf"), "test has classes .*wolf.* but train has"),
+])
+def test_folder_problems_are_named(tiny_cfg, tmp_path, breakage, message):
+    write_folder(tmp_path)
+    breakage(tmp_path)
+    cfg = tiny_cfg("data.name=folder", f"data.root={tmp_path}")
+    with pytest.raises(UserError, match=message):
+        load_split(cfg.data, "train")
+        load_split(cfg.data, "test")
+
+
+def test_missing_torchvision_files_offline_give_one_line(tiny_cfg, tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as mnist
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(mnist, "download_and_extract_archive", no_network)
+    cfg = tiny_cfg("data.name=mnist", f"data.root={tmp_path}")
+    with pytest.raises(UserError, match=r"mnist files not found in .*MNIST/raw and the download failed"):
+        load_split(cfg.data, "train")
+
+
+def test_tensor_loader_on_explicit_data():
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    info = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    loader = TensorLoader(images, torch.arange(10), 4, info, torch.device("cpu"))
+    got = list(loader)
+    assert [len(labels) for _, labels in got] == [4, 4, 2]
+    expected = (images[:4].float() / 255 - 0.5) / 0.25
+    assert torch.allclose(got[0][0], expected, atol=1e-5)

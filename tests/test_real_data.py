@@ -1,0 +1,20 @@
+"""Training on real MNIST from ../shared/datasets: skipped where that folder is absent, run in CI."""
+import pytest
+import torch
+
+from config import load_config
+from conftest import SHARED_DATASETS, needs_shared
+from metrics import evaluate_checkpoint
+from train import train
+
+
+@pytest.mark.slow
+def test_default_cnn_learns_real_mnist(tmp_path):
+    needs_shared("MNIST/raw")
+    cfg = load_config(None, ["data.name=mnist", f"data.root={SHARED_DATASETS}", "train.epochs=1",
+                             f"run.output_dir={tmp_path}"])
+    run_dir = train(cfg)
+    ckpt, test = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
+    assert test["confusion"].sum() == 10_000
+    assert test["accuracy"] >= 0.985
+    assert ckpt["data"]["in_channels"] == 1 and ckpt["data"]["image_size"] == 28

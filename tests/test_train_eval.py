@@ -1,0 +1,157 @@
+import csv
+import json
+import re
+
+import pytest
+import torch
+
+import train as train_module
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import TINY, run_script
+from data import make_train_loaders
+from metrics import evaluate, evaluate_checkpoint, make_loss
+from train import train
+
+
+def read_rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_run_folder_holds_everything(tiny_cfg):
+    run_dir = train(tiny_cfg("train.epochs=3"))
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.csv", "curves.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    rows = read_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_best_checkpoint_reproduces_its_logged_val_accuracy(tiny_cfg):
+    cfg = tiny_cfg("train.epochs=3")
+    run_dir = train(cfg)
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    logged = ckpt["history"][ckpt["epoch"] - 1]["val_acc"]
+    assert logged == max(row["val_acc"] for row in ckpt["history"])
+    _, val_loader, _ = make_train_loaders(cfg, torch.device("cpu"))
+    model = model_from_checkpoint(ckpt, torch.device("cpu"))
+    assert evaluate(model, val_loader, make_loss("cross_entropy"), 10, torch.device("cpu"))["accuracy"] == logged
+
+
+def test_same_seed_gives_same_numbers(tiny_cfg):
+    first, second = train(tiny_cfg()), train(tiny_cfg())
+    assert first != second
+    assert read_rows(first) == read_rows(second)
+
+
+@pytest.mark.parametrize("extra", [[], ["train.scheduler=step", "train.step_epochs=1", "train.patience=5",
+                                        "train.optimizer=sgd", "model.dropout=0.5"]])
+def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
+    straight = train(tiny_cfg("train.epochs=3", *extra))
+
+    calls = []
+    real_write = train_module.write_metrics
+
+    def crash_after_epoch_2(history, run_dir):
+        real_write(history, run_dir)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "write_metrics", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg("train.epochs=3", *extra))
+    monkeypatch.setattr(train_module, "write_metrics", real_write)
+    interrupted = max((straight.parent).iterdir(), key=lambda p: p.stat().st_mtime)
+    ckpt = load_checkpoint(interrupted / "last.pt")
+    assert ckpt["epoch"] == 2
+    resumed = train(train_module.resumed_config(ckpt, []), ckpt, interrupted)
+
+    assert resumed == interrupted
+    assert read_rows(resumed) == read_rows(straight)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_refuses_changes_to_the_experiment(tiny_cfg):
+    ckpt = load_checkpoint(train(tiny_cfg("train.epochs=1")) / "last.pt")
+    with pytest.raises(Exception, match="'model.activation' cannot change on --resume"):
+        train_module.resumed_config(ckpt, ["model.activation=tanh"])
+    assert train_module.resumed_config(ckpt, ["train.epochs=4"]).train.epochs == 4
+
+
+def test_early_stopping_stops(tiny_cfg):
+    # lr so small nothing improves after the first epoch.
+    run_dir = train(tiny_cfg("train.epochs=10", "train.patience=2", "train.lr=1e-9", "train.scheduler=none"))
+    rows = read_rows(run_dir)
+    assert 3 <= len(rows) < 10
+
+
+def test_mse_loss_is_the_notes_half_mean_squared_error():
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    f, y = logits.softmax(1), torch.nn.functional.one_hot(labels, 3).float()
+    expected = ((f - y) ** 2).sum() / (2 * 4)
+    assert torch.allclose(make_loss("mse")(logits, labels), expected)
+    assert torch.allclose(expected, 3 / 2 * torch.nn.functional.mse_loss(f, y))
+
+
+def test_train_and_test_scripts_end_to_end(tmp_path):
+    trained = run_script("train.py", *TINY, "run.name=e2e", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "device: cpu" in trained.stdout and "lr: 0.002" in trained.stdout
+    assert re.search(r"epoch +2/2 +train loss [\d.]+ acc +[\d.]+% +val loss", trained.stdout)
+    train_acc = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", trained.stdout)[1]
+
+    tested = run_script("test.py", cwd=tmp_path)  # default: best.pt of the latest run
+    assert tested.returncode == 0, tested.stderr
+    assert re.search(r"accuracy ([\d.]+)%", tested.stdout)[1] == train_acc
+    run_dir = tmp_path / "checkpoints" / "e2e"
+    report = json.loads((run_dir / "test_report.json").read_text())
+    assert f"{100 * report['accuracy']:.2f}" == train_acc
+    assert len(report["per_class"]) == 10 and report["num_images"] == 360
+    assert (run_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (run_dir / "confusion_matrix.csv").read_text().splitlines()
+    assert len(rows) == 11 and sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 360
+
+    again = run_script("train.py", *TINY, "run.name=e2e", cwd=tmp_path)
+    assert again.returncode != 0 and "already holds a run" in again.stderr
+
+
+def test_evaluate_checkpoint_matches_test_script_numbers(tiny_cfg):
+    run_dir = train(tiny_cfg())
+    ckpt, results = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
+    assert results["confusion"].sum() == 360
+    assert results["accuracy"] == results["confusion"].diag().sum().item() / 360
+
+
+def bad_checkpoints(tmp_path):
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
+    trained = run_script("train.py", *TINY, "train.epochs=1", "run.name=ok", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    data = (tmp_path / "checkpoints" / "ok" / "best.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("train.py", ["train.lrr=0.1"], "unknown config key 'train.lrr'; did you mean 'lr'?"),
+    ("train.py", ["train.lr=abc"], "train.lr: expected a number, got 'abc'"),
+    ("train.py", ["train.lr=-1"], "train.lr: must be greater than 0"),
+    ("train.py", ["model.conv_blocks.0.kernel_size=11"], "model.conv_blocks[0] conv: output size (H + 2P - FH)/S + 1 = (8 + 2*1 - 11)/1 + 1 = 0 < 1"),
+    ("train.py", ["data.name=mnist", "data.root=nowhere"], "mnist files not found in nowhere/MNIST/raw"),
+    ("train.py", ["run.device=cuda"], "no CUDA device is available; use auto or cpu"),
+    ("train.py", ["--resume", "missing.pt"], "checkpoint missing.pt not found"),
+    ("test.py", ["missing.pt"], "checkpoint missing.pt not found"),
+    ("test.py", ["random.pt"], "random.pt is not a readable PyTorch checkpoint"),
+    ("test.py", ["truncated.pt"], "truncated.pt is not a readable PyTorch checkpoint"),
+    ("model.py", ["model.conv_blocks.2.pool_kernel=5"], "model.conv_blocks[2] max pool: output size"),
+])
+def test_bad_input_exits_with_one_line(tmp_path, script, args, message):
+    if script == "test.py" and args[0] != "missing.pt":
+        bad_checkpoints(tmp_path)
+    if args == ["run.device=cuda"] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = run_script(script, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

@@ -1,0 +1,199 @@
+"""Train a model: data, forward pass, loss, backpropagation, gradient step; log, checkpoint, test.
+
+    python train.py                                          # default CNN on the embedded digits
+    python train.py train.lr=0.01 model.activation=tanh      # dotted overrides of config.yaml
+    python train.py data.name=mnist data.root=../shared/datasets train.epochs=2
+    python train.py --resume                                 # continue the most recent run
+"""
+import copy
+import csv
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from checkpoint import FORMAT_VERSION, load_checkpoint, resolve, save_checkpoint
+from config import (Config, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
+                    run_cli, seed_everything, select_device, to_dict, to_yaml)
+from data import make_train_loaders
+from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
+from model import build_model
+from plots import plot_curves
+
+# Keys a resumed run may change; anything else would make it a different experiment.
+RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optimizer(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A learning-rate schedule stepped after every batch."""
+    schedulers = torch.optim.lr_scheduler
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "step":
+        return schedulers.StepLR(optimizer, cfg.step_epochs * steps_per_epoch, cfg.step_gamma)
+    if cfg.scheduler == "cosine":
+        return schedulers.CosineAnnealingLR(optimizer, total)
+    if cfg.scheduler == "onecycle":
+        return schedulers.OneCycleLR(optimizer, cfg.lr, total_steps=total)
+    return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def train_one_epoch(model: torch.nn.Module, loader, optimizer, scheduler, loss_fn: LossFn,
+                    cfg: TrainConfig, epoch: int) -> tuple[float, float]:
+    """One pass over the training batches; returns mean loss and accuracy."""
+    model.train()
+    loss_sum = torch.zeros((), device=loader.labels.device)
+    correct = torch.zeros((), dtype=torch.int64, device=loader.labels.device)
+    seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
+    for step, (images, labels) in enumerate(bar, 1):
+        logits = model(images)  # forward pass: (B, num_classes)
+        loss = loss_fn(logits, labels)  # error
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # backpropagation
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()  # w <- w - lr * dJ/dw (plus momentum / Adam's scaling)
+        scheduler.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % cfg.log_interval == 0 or step == len(loader):  # the only host syncs in the loop
+            check_finite(loss_sum.item(), epoch, step, optimizer)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+def check_finite(loss_sum: float, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
+    if not torch.isfinite(torch.tensor(loss_sum)):
+        lr = optimizer.param_groups[0]["lr"]
+        raise UserError(f"the loss became NaN or infinite in epoch {epoch} by batch {step} (lr {lr:.2e}); "
+                        "lower train.lr or set train.grad_clip; best.pt is unchanged")
+
+
+def make_run_dir(cfg: Config) -> Path:
+    """A new run folder; an explicit run.name that already holds a run is refused, not overwritten."""
+    name = cfg.run.name or f"{cfg.data.name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.output_dir) / name
+    if (run_dir / "last.pt").exists():
+        if cfg.run.name:
+            raise UserError(f"run folder {run_dir} already holds a run; pick another run.name "
+                            f"or continue it with --resume {run_dir}")
+        suffix = 2
+        while (Path(cfg.run.output_dir) / f"{name}-{suffix}").exists():
+            suffix += 1
+        run_dir = Path(cfg.run.output_dir) / f"{name}-{suffix}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); set run.output_dir "
+                        "to a writable folder") from None
+    return run_dir
+
+
+def resumed_config(ckpt: dict, overrides: list[str]) -> Config:
+    """The checkpoint's config plus overrides that do not change the experiment."""
+    raw = copy.deepcopy(ckpt["config"])
+    for text in overrides:
+        key = text.partition("=")[0]
+        if key not in RESUMABLE:
+            raise UserError(f"override {key!r} cannot change on --resume (it would be a different run); "
+                            f"allowed: {', '.join(RESUMABLE)}")
+        apply_override(raw, text)
+    return config_from_dict(raw)
+
+
+def write_metrics(history: list[dict], run_dir: Path) -> None:
+    """metrics.csv and curves.png, rewritten from the full history every epoch."""
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    plot_curves(history, run_dir / "curves.png")
+
+
+def epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
+            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%  lr {row['lr']:.2e}"
+            f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
+
+
+def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) -> Path:
+    """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
+    seed_everything(cfg.run.seed)
+    device = select_device(cfg.run.device)
+    train_loader, val_loader, info = make_train_loaders(cfg, device)
+    num_classes = len(info["class_names"])
+    model = build_model(cfg.model, info["in_channels"], num_classes, info["image_size"]).to(device)
+    optimizer = make_optimizer(model, cfg.train)
+    scheduler = make_scheduler(optimizer, cfg.train, len(train_loader))
+    loss_fn = make_loss(cfg.train.loss)
+    state = {"epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": []}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        state = {key: resume[key] for key in state}
+        torch.set_rng_state(resume["rng"]["torch"])
+    else:
+        run_dir = make_run_dir(cfg)
+        cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    print(f"device: {device}\nrun folder: {run_dir}\n{to_yaml(cfg)}")
+    print(f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images "
+          f"of {info['in_channels']}x{info['image_size']}x{info['image_size']}, {num_classes} classes")
+
+    for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
+        start = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, cfg.train, epoch)
+        val = evaluate(model, val_loader, loss_fn, num_classes, device)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+               "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - start, 2)}
+        improved = val["accuracy"] > state["best_val_acc"]
+        state = {"epoch": epoch, "history": state["history"] + [row],
+                 "best_val_acc": max(val["accuracy"], state["best_val_acc"]),
+                 "bad_epochs": 0 if improved else state["bad_epochs"] + 1}
+        ckpt = {"format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), **state, "config": to_dict(cfg), "data": info,
+                "rng": {"torch": torch.get_rng_state()}}
+        save_checkpoint(ckpt, run_dir / "last.pt")
+        if improved:
+            save_checkpoint(ckpt, run_dir / "best.pt")
+        write_metrics(state["history"], run_dir)
+        print(epoch_line(row, cfg.train.epochs, improved))
+        if cfg.train.patience and state["bad_epochs"] >= cfg.train.patience:
+            print(f"early stop: no better val accuracy for {cfg.train.patience} epochs")
+            break
+
+    best, test = evaluate_checkpoint(run_dir / "best.pt", device)
+    print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  "
+          f"accuracy {100 * test['accuracy']:.2f}%")
+    return run_dir
+
+
+def main() -> None:
+    parser = make_parser(__doc__)
+    parser.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT_OR_RUN_FOLDER",
+                        help="continue a run (default: the most recent one)")
+    args = parser.parse_args()
+    if args.resume is None:
+        train(load_config(args.config, args.overrides))
+        return
+    output_dir = load_config(args.config, []).run.output_dir
+    path = resolve(args.resume or None, output_dir, "last.pt")
+    ckpt = load_checkpoint(path)
+    train(resumed_config(ckpt, args.overrides), ckpt, path.parent)
+
+
+if __name__ == "__main__":
+    run_cli(main)
