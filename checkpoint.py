@@ -19,7 +19,7 @@ from model import build_model
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
+def atomic_save(state: dict, path: Path) -> None:
     """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file intact."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:

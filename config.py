@@ -71,6 +71,11 @@ class RunConfig:
     device: str
     output_dir: str
     name: str
+    threads: int = field(metadata=at_least(0))
+    channels_last: bool
+    amp: Literal["none", "bf16", "fp16"]
+    compile: bool
+    cudnn_benchmark: bool
 
 
 @dataclass

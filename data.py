@@ -3,15 +3,23 @@
 Every data set is decoded once into (N, C, H, W) uint8 images and (N,) int64 labels; the loader
 moves them to the device once and does all per-image work on whole batches there.
 """
+import hashlib
 import math
+import os
+import pickle
+import struct
+import time
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from checkpoint import atomic_save
 from config import Config, DataConfig, UserError
 
 DIGITS_PATH = Path(__file__).with_name("data") / "digits.pt"
+CACHE_DIR = Path(__file__).with_name("data") / "cache"
+TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 # name -> (channels, image size); folder data sets take both from the config.
 BUILTIN = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
 CLASS_NAMES = {
@@ -34,12 +42,56 @@ def describe(cfg: DataConfig) -> dict:
 
 
 def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 'train' or 'test' split as uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """The 'train' or 'test' split as uint8 images (N, C, H, W) and int64 labels (N,).
+
+    Decoded images are cached under data/cache/, keyed by the source files' names, sizes and
+    modification times, so a second run skips decoding.
+    """
     if cfg.name == "digits":
         return load_digits(split)
+    start = time.perf_counter()
+    cache = cache_path(cfg, split)
+    if cache is not None and cache.is_file():
+        try:
+            cached = torch.load(cache, weights_only=True)
+            print(f"data: {cfg.name} {split} read from {cache} in {time.perf_counter() - start:.1f}s")
+            return cached["images"], cached["labels"]
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError):
+            pass  # a damaged cache is rebuilt below
+    images, labels = load_folder(cfg, split) if cfg.name == "folder" else load_torchvision(cfg, split)
+    message = f"data: {cfg.name} {split} decoded in {time.perf_counter() - start:.1f}s"
+    cache = cache or cache_path(cfg, split)  # the files exist now, even if they were just downloaded
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({"images": images, "labels": labels}, cache)
+        message += f", cached in {cache}"
+    except OSError as err:
+        message += f" (not cached: {err.strerror})"
+    print(message)
+    return images, labels
+
+
+def source_folder(cfg: DataConfig, split: str) -> Path:
+    """The folder whose files make up the split."""
     if cfg.name == "folder":
-        return load_folder(cfg, split)
-    return load_torchvision(cfg, split)
+        return Path(cfg.root) / split
+    if cfg.name == "cifar10":
+        return Path(cfg.root) / "cifar-10-batches-py"
+    return Path(cfg.root) / TORCHVISION_FOLDER[cfg.name] / "raw"
+
+
+def cache_path(cfg: DataConfig, split: str) -> Path | None:
+    """data/cache/<name>-<split>-<hash of the source files and decode settings>.pt; None if no files yet."""
+    source = source_folder(cfg, split)
+    if not source.is_dir():
+        return None
+    digest = hashlib.sha1(f"{source.resolve()}|{cfg.image_size}|{cfg.channels}".encode())
+    for folder, dirs, files in sorted(os.walk(source)):
+        dirs.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(folder, name))
+            digest.update(f"{folder}/{name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return CACHE_DIR / f"{cfg.name}-{split}-{digest.hexdigest()[:16]}.pt"
 
 
 def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,26 +102,41 @@ def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return digits["images"][idx].unsqueeze(1), digits["labels"][idx]  # (N, 1, 8, 8), (N,)
 
 
+def read_idx(path: Path) -> torch.Tensor:
+    """An uncompressed IDX file (MNIST's format): magic with the dimension count, sizes, then uint8 data."""
+    data = path.read_bytes()
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
+
+
 def load_torchvision(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST, Fashion-MNIST or CIFAR-10 via torchvision, downloading into data.root when missing."""
-    from torchvision import datasets
+    """MNIST and Fashion-MNIST from their IDX files, CIFAR-10 via torchvision; downloads when missing."""
+    if cfg.name == "cifar10":
+        dataset = torchvision_dataset(cfg, split)
+        images = torch.as_tensor(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+        return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+    prefix = source_folder(cfg, split) / ("train" if split == "train" else "t10k")
+    files = [Path(f"{prefix}-images-idx3-ubyte"), Path(f"{prefix}-labels-idx1-ubyte")]
+    if not all(f.is_file() for f in files):
+        torchvision_dataset(cfg, split)
+    return read_idx(files[0]).unsqueeze(1), read_idx(files[1]).long()  # (N, 1, 28, 28), (N,)
+
+
+def torchvision_dataset(cfg: DataConfig, split: str):
+    """torchvision's data set object, downloading into data.root when the files are missing."""
+    from torchvision import datasets  # imported only here: it costs ~150 MB of memory
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[cfg.name]
     try:
-        dataset = cls(cfg.root, train=split == "train", download=False)
+        return cls(cfg.root, train=split == "train", download=False)
     except RuntimeError:
-        try:
-            dataset = cls(cfg.root, train=split == "train", download=True)
-        except Exception as err:  # urllib, socket and checksum errors all mean the same to the user
-            folder = Path(cfg.root) / ("cifar-10-batches-py" if cfg.name == "cifar10" else f"{cls.__name__}/raw")
-            raise UserError(f"{cfg.name} files not found in {folder} and the download failed "
-                            f"({type(err).__name__}); put the files there or point data.root at them") from None
-    images = torch.as_tensor(dataset.data)
-    if images.ndim == 3:
-        images = images.unsqueeze(1)  # grey: (N, 28, 28) -> (N, 1, 28, 28)
-    else:
-        images = images.permute(0, 3, 1, 2).contiguous()  # colour: (N, H, W, 3) -> (N, 3, H, W)
-    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+        pass
+    try:
+        return cls(cfg.root, train=split == "train", download=True)
+    except Exception as err:  # urllib, socket and checksum errors all mean the same to the user
+        raise UserError(f"{cfg.name} files not found in {source_folder(cfg, split)} and the download failed "
+                        f"({type(err).__name__}); put the files there or point data.root at them") from None
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -125,7 +192,7 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
-    for chunk in images.split(8192):  # chunks keep the float copy small
+    for chunk in images.split(1024):  # chunks keep the float copy small
         chunk = chunk.double() / 255
         total += chunk.sum(dim=(0, 2, 3))
         squares += chunk.pow(2).sum(dim=(0, 2, 3))

@@ -8,16 +8,16 @@
 import copy
 import csv
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from checkpoint import FORMAT_VERSION, load_checkpoint, resolve, save_checkpoint
-from config import (Config, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
+from checkpoint import FORMAT_VERSION, load_checkpoint, resolve, atomic_save
+from config import (Config, RunConfig, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
                     run_cli, seed_everything, select_device, to_dict, to_yaml)
-from data import make_train_loaders
+from data import TensorLoader, make_train_loaders
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
 from model import build_model
 from plots import plot_curves
@@ -46,30 +46,69 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def train_one_epoch(model: torch.nn.Module, loader, optimizer, scheduler, loss_fn: LossFn,
-                    cfg: TrainConfig, epoch: int) -> tuple[float, float]:
+@dataclass
+class Stepper:
+    """Turns a batch's loss into a weight update: backpropagation, clipping, optimizer and schedule."""
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # fp16 only; a pass-through when disabled
+    amp_dtype: torch.dtype | None
+    grad_clip: float
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def update(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # backpropagation: dJ/dw for every weight
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)  # w <- w - lr * dJ/dw (plus momentum / Adam's scaling)
+        self.scaler.update()
+        self.scheduler.step()
+
+
+def train_one_epoch(model: torch.nn.Module, loader: TensorLoader, step: Stepper, cfg: TrainConfig,
+                    epoch: int) -> tuple[float, float]:
     """One pass over the training batches; returns mean loss and accuracy."""
     model.train()
-    loss_sum = torch.zeros((), device=loader.labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=loader.labels.device)
+    device = loader.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
-    for step, (images, labels) in enumerate(bar, 1):
-        logits = model(images)  # forward pass: (B, num_classes)
-        loss = loss_fn(logits, labels)  # error
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # backpropagation
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()  # w <- w - lr * dJ/dw (plus momentum / Adam's scaling)
-        scheduler.step()
-        loss_sum += loss.detach() * len(labels)
+    for batch, (images, labels) in enumerate(bar, 1):
+        with step.autocast(device):
+            logits = model(images)  # forward pass: (B, num_classes)
+            loss = step.loss_fn(logits, labels)  # error
+        step.update(loss, model)
+        loss_sum += loss.detach().float() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-        if step % cfg.log_interval == 0 or step == len(loader):  # the only host syncs in the loop
-            check_finite(loss_sum.item(), epoch, step, optimizer)
+        if batch % cfg.log_interval == 0 or batch == len(loader):  # the only host syncs in the loop
+            check_finite(loss_sum.item(), epoch, batch, step.optimizer)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
     return loss_sum.item() / seen, correct.item() / seen
+
+
+def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
+                                                                                         torch.dtype | None]:
+    """Speed switches: returns the model to call (compiled or not) and the autocast dtype."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    is_cuda = device.type == "cuda"
+    if cfg.cudnn_benchmark and not is_cuda:
+        print("note: run.cudnn_benchmark has no effect on CPU; ignored")
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and is_cuda
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+    if amp_dtype is not None and not is_cuda:
+        print(f"note: run.amp={cfg.amp} applies on CUDA only; training in float32")
+        amp_dtype = None
+    return (torch.compile(model) if cfg.compile else model), amp_dtype
 
 
 def check_finite(loss_sum: float, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
@@ -136,11 +175,16 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, len(train_loader))
     loss_fn = make_loss(cfg.train.loss)
+    trained_model, amp_dtype = apply_switches(model, cfg.run, device)  # model stays unwrapped for saving
+    step = Stepper(loss_fn, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                   amp_dtype, cfg.train.grad_clip)
     state = {"epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": []}
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        if resume["scaler"]:  # empty when the scaler was disabled
+            step.scaler.load_state_dict(resume["scaler"])
         state = {key: resume[key] for key in state}
         torch.set_rng_state(resume["rng"]["torch"])
     else:
@@ -154,7 +198,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
     for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
         start = time.perf_counter()
         train_loader.set_epoch(epoch)
-        train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, cfg.train, epoch)
+        train_loss, train_acc = train_one_epoch(trained_model, train_loader, step, cfg.train, epoch)
         val = evaluate(model, val_loader, loss_fn, num_classes, device)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
                "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
@@ -164,11 +208,11 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
                  "best_val_acc": max(val["accuracy"], state["best_val_acc"]),
                  "bad_epochs": 0 if improved else state["bad_epochs"] + 1}
         ckpt = {"format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), **state, "config": to_dict(cfg), "data": info,
+                "scheduler": scheduler.state_dict(), "scaler": step.scaler.state_dict(), **state, "config": to_dict(cfg), "data": info,
                 "rng": {"torch": torch.get_rng_state()}}
-        save_checkpoint(ckpt, run_dir / "last.pt")
+        atomic_save(ckpt, run_dir / "last.pt")
         if improved:
-            save_checkpoint(ckpt, run_dir / "best.pt")
+            atomic_save(ckpt, run_dir / "best.pt")
         write_metrics(state["history"], run_dir)
         print(epoch_line(row, cfg.train.epochs, improved))
         if cfg.train.patience and state["bad_epochs"] >= cfg.train.patience:

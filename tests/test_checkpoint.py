@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import checkpoint
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve, save_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve, atomic_save
 from config import UserError
 from train import train
 
@@ -40,14 +40,14 @@ def test_resolve_finds_files_run_folders_and_the_latest_run(run_dir):
 
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint({"weights": torch.ones(3)}, path)
+    atomic_save({"weights": torch.ones(3)}, path)
 
     def fail_midway(obj, f):
         f.write(b"half a checkpoint")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", fail_midway)
     with pytest.raises(OSError):
-        save_checkpoint({"weights": torch.zeros(3)}, path)
+        atomic_save({"weights": torch.zeros(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
 
 

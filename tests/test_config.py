@@ -11,7 +11,7 @@ def load(*overrides: str):
 def test_default_config_loads_with_typed_values():
     cfg = load()
     assert cfg.data.name == "digits"
-    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 2e-3  # YAML's 2e-3 is a string to PyYAML
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 4e-3  # YAML's 2e-3 is a string to PyYAML
     assert cfg.model.conv_blocks[0].out_channels > 0
 
 

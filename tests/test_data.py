@@ -110,3 +110,23 @@ def test_tensor_loader_on_explicit_data():
     assert [len(labels) for _, labels in got] == [4, 4, 2]
     expected = (images[:4].float() / 255 - 0.5) / 0.25
     assert torch.allclose(got[0][0], expected, atol=1e-5)
+
+
+def test_second_load_reads_the_cache_and_a_changed_file_invalidates_it(tiny_cfg, tmp_path, monkeypatch, capsys):
+    import data
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    write_folder(tmp_path / "pets")
+    cfg = tiny_cfg("data.name=folder", f"data.root={tmp_path / 'pets'}", "data.image_size=8")
+    first = load_split(cfg.data, "train")
+    assert "decoded" in capsys.readouterr().out and len(list((tmp_path / "cache").iterdir())) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again despite the cache")
+    monkeypatch.setattr(data, "read_image", no_decoding)
+    second = load_split(cfg.data, "train")
+    assert "read from" in capsys.readouterr().out
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+    Image.new("RGB", (5, 5)).save(tmp_path / "pets" / "train" / "cat" / "0.png")  # new content, new key
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_split(cfg.data, "train")

@@ -98,7 +98,7 @@ def test_mse_loss_is_the_notes_half_mean_squared_error():
 def test_train_and_test_scripts_end_to_end(tmp_path):
     trained = run_script("train.py", *TINY, "run.name=e2e", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    assert "device: cpu" in trained.stdout and "lr: 0.002" in trained.stdout
+    assert "device: cpu" in trained.stdout and "lr: 0.004" in trained.stdout
     assert re.search(r"epoch +2/2 +train loss [\d.]+ acc +[\d.]+% +val loss", trained.stdout)
     train_acc = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", trained.stdout)[1]
 
@@ -155,3 +155,13 @@ def test_bad_input_exits_with_one_line(tmp_path, script, args, message):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_cuda_switches_run_on_cpu_with_a_notice(tiny_cfg, capsys, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls = []
+    run_dir = train(tiny_cfg("train.epochs=1", "run.amp=fp16", "run.cudnn_benchmark=true", "run.channels_last=true",
+                             "run.threads=1"))
+    out = capsys.readouterr().out
+    assert "note: run.amp=fp16 applies on CUDA only" in out and "note: run.cudnn_benchmark has no effect" in out
+    assert (run_dir / "best.pt").is_file() and calls == [1]
