@@ -12,7 +12,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
@@ -45,6 +46,8 @@ class DataConfig:
     channels: Literal[1, 3]
     val_fraction: float = field(metadata=between(0.01, 0.9))
     augment: bool
+    max_memory_mb: int = field(metadata=at_least(0))
+    num_workers: Literal["auto"] | int = field(metadata=at_least(0))
 
 
 @dataclass
@@ -100,6 +103,15 @@ def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
         if not isinstance(value, list):
             raise UserError(f"{path}: expected a list, got {value!r}")
         return [convert(get_args(tp)[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
+    if get_origin(tp) in (Union, UnionType):  # e.g. Literal["auto"] | int: the first alternative that fits
+        for option in get_args(tp):
+            try:
+                return convert(option, value, path, meta)
+            except UserError:
+                pass
+        allowed = [" | ".join(map(str, get_args(o))) if get_origin(o) is Literal else o.__name__ for o in get_args(tp)]
+        low = f" >= {meta['min']}" if "min" in meta else ""
+        raise UserError(f"{path}: expected {' or '.join(allowed)}{low}, got {value!r}")
     if get_origin(tp) is Literal:
         if value not in get_args(tp):
             choices = " | ".join(str(c) for c in get_args(tp))

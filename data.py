@@ -20,6 +20,7 @@ from config import Config, DataConfig, UserError
 DIGITS_PATH = Path(__file__).with_name("data") / "digits.pt"
 CACHE_DIR = Path(__file__).with_name("data") / "cache"
 TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+STATS_SAMPLE = 20_000  # images used for the per-channel mean and std
 # name -> (channels, image size); folder data sets take both from the config.
 BUILTIN = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
 CLASS_NAMES = {
@@ -149,21 +150,27 @@ def class_folders(split_dir: Path) -> list[str]:
     return names
 
 
-def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images under data.root/<split>/<class>/, resized to image_size and converted to grey or colour."""
+def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]:
+    """The image files under data.root/<split>/<class>/ and their labels; checks classes match train's."""
     split_dir = Path(cfg.root) / split
     names = class_folders(split_dir)
     expected = class_folders(Path(cfg.root) / "train")
     if names != expected:
         raise UserError(f"{split_dir} has classes {names} but train has {expected}; both need the same class folders")
-    images, labels = [], []
+    files, labels = [], []
     for label, name in enumerate(names):
-        files = sorted(f for f in (split_dir / name).iterdir() if f.is_file() and not f.name.startswith("."))
-        if not files:
+        found = sorted(f for f in (split_dir / name).iterdir() if f.is_file() and not f.name.startswith("."))
+        if not found:
             raise UserError(f"class folder {split_dir / name} is empty; add images or remove the folder")
-        images += [read_image(f, cfg.channels, cfg.image_size) for f in files]
-        labels += [label] * len(files)
-    return torch.stack(images), torch.tensor(labels)
+        files += found
+        labels += [label] * len(found)
+    return files, torch.tensor(labels)
+
+
+def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A folder split decoded into memory: resized to image_size, grey or colour as configured."""
+    files, labels = folder_files(cfg, split)
+    return torch.stack([read_image(f, cfg.channels, cfg.image_size) for f in files]), labels
 
 
 def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
@@ -202,21 +209,67 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-class TensorLoader:
-    """Batches of normalised float images and labels from uint8 tensors held on the device.
+class FileImages(torch.utils.data.Dataset):
+    """Image files decoded on demand in DataLoader workers: folder data sets too big for memory."""
 
-    With a seed it shuffles: each epoch's order is a randperm seeded by (seed, epoch), so a
-    resumed run sees the same order as an uninterrupted one. Without a seed the order is fixed.
+    def __init__(self, files: list[Path], channels: int, size: int):
+        self.files, self.channels, self.size = files, channels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return read_image(self.files[i], self.channels, self.size)  # uint8 (C, H, W)
+
+    def select(self, idx: torch.Tensor) -> "FileImages":
+        return FileImages([self.files[i] for i in idx.tolist()], self.channels, self.size)
+
+
+Images = torch.Tensor | FileImages  # uint8 (N, C, H, W) in memory, or files read per batch
+
+
+def subset(images: Images, idx: torch.Tensor) -> Images:
+    return images[idx] if isinstance(images, torch.Tensor) else images.select(idx)
+
+
+class EpochBatches:
+    """The current epoch's index batches; lets DataLoader workers persist across epochs."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Loader:
+    """Batches of normalised float images and labels on the device, from memory or from files.
+
+    In-memory images live on the device as uint8; files are decoded by DataLoader workers.
+    Either way normalisation and augmentation run on whole batches on the device. With a seed it
+    shuffles: each epoch's order is a randperm seeded by (seed, epoch), so a resumed run sees the
+    same order as an uninterrupted one. Without a seed the order is fixed.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, info: dict,
-                 device: torch.device, shuffle_seed: int | None = None, augment: bool = False):
-        self.images, self.labels = images.to(device), labels.to(device)
+    def __init__(self, images: Images, labels: torch.Tensor, batch_size: int, info: dict,
+                 device: torch.device, shuffle_seed: int | None = None, augment: bool = False, num_workers: int = 0):
+        self.device, self.labels = device, labels.to(device)
         self.batch_size, self.shuffle_seed, self.augment = batch_size, shuffle_seed, augment
         # Normalise on the 0..255 scale: (x/255 - mean)/std == (x - 255 mean)/(255 std).
         self.mean = torch.tensor(info["mean"], device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(info["std"], device=device).view(1, -1, 1, 1) * 255
         self.epoch = 0
+        self.images, self.stream = images, None
+        if isinstance(images, torch.Tensor):
+            self.images = images.to(device)
+        else:
+            self.epoch_batches = EpochBatches()
+            self.stream = torch.utils.data.DataLoader(
+                images, batch_sampler=self.epoch_batches, num_workers=num_workers,
+                pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -226,12 +279,18 @@ class TensorLoader:
 
     def __iter__(self):
         generator = None
-        order = torch.arange(len(self.labels), device=self.labels.device)
+        order = torch.arange(len(self.labels))
         if self.shuffle_seed is not None:
             generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.epoch)
-            order = torch.randperm(len(self.labels), generator=generator).to(self.labels.device)
-        for batch in order.split(self.batch_size):
-            images = (self.images[batch].float() - self.mean) / self.std  # (B, C, H, W)
+            order = torch.randperm(len(self.labels), generator=generator)
+        batches = order.to(self.device).split(self.batch_size)
+        if self.stream is None:
+            raw = (self.images[batch] for batch in batches)
+        else:
+            self.epoch_batches.batches = [batch.tolist() for batch in order.split(self.batch_size)]
+            raw = (images.to(self.device, non_blocking=True) for images in self.stream)
+        for batch, images in zip(batches, raw):
+            images = (images.float() - self.mean) / self.std  # (B, C, H, W)
             if self.augment and generator is not None:
                 images = flip_and_crop(images, generator)
             yield images, self.labels[batch]
@@ -251,31 +310,52 @@ def flip_and_crop(images: torch.Tensor, generator: torch.Generator, pad: int = 4
     return padded[batch, channel, rows, cols]  # (B, C, H, W)
 
 
-def make_test_loader(cfg: DataConfig, info: dict, batch_size: int, device: torch.device) -> TensorLoader:
+def load_images(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
+    """A split in memory, or as files when a folder data set is bigger than data.max_memory_mb decoded."""
+    if cfg.name == "folder":
+        files, labels = folder_files(cfg, split)
+        if len(files) * cfg.channels * cfg.image_size ** 2 > cfg.max_memory_mb * 2 ** 20:
+            print(f"data: {split} is over data.max_memory_mb decoded; streaming {len(files)} files from disk")
+            return FileImages(files, cfg.channels, cfg.image_size), labels
+    return load_split(cfg, split)
+
+
+def num_workers(cfg: DataConfig) -> int:
+    return min(4, os.cpu_count() or 1) if cfg.num_workers == "auto" else cfg.num_workers
+
+
+def make_test_loader(cfg: DataConfig, info: dict, batch_size: int, device: torch.device) -> Loader:
     """The test split, normalised with the training statistics stored in info."""
-    images, labels = load_split(cfg, "test")
+    images, labels = load_images(cfg, "test")
     check_matches(images, labels, info, cfg)
-    return TensorLoader(images, labels, batch_size, info, device)
+    return Loader(images, labels, batch_size, info, device, num_workers=num_workers(cfg))
 
 
-def check_matches(images: torch.Tensor, labels: torch.Tensor, info: dict, cfg: DataConfig) -> None:
+def check_matches(images: Images, labels: torch.Tensor, info: dict, cfg: DataConfig) -> None:
     """The test split must have the shape and classes the model was trained on."""
     expected = (info["in_channels"], info["image_size"], info["image_size"])
-    if tuple(images.shape[1:]) != expected:
-        raise UserError(f"data.{cfg.name}: test images are {tuple(images.shape[1:])} but the model expects "
+    shape = tuple(images[0].shape) if len(images) else ()
+    if shape != expected:
+        raise UserError(f"data.{cfg.name}: test images are {shape} but the model expects "
                         f"{expected}; use the data settings the model was trained with")
     if len(labels) == 0 or int(labels.max()) >= len(info["class_names"]):
         raise UserError(f"data.{cfg.name}: test labels do not match the {len(info['class_names'])} "
                         "training classes; use the same class folders in train/ and test/")
 
 
-def make_train_loaders(cfg: Config, device: torch.device) -> tuple[TensorLoader, TensorLoader, dict]:
+def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loader, dict]:
     """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints."""
     info = describe(cfg.data)
-    images, labels = load_split(cfg.data, "train")
+    images, labels = load_images(cfg.data, "train")
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
-    info["mean"], info["std"] = channel_stats(images[train_idx])
-    train_loader = TensorLoader(images[train_idx], labels[train_idx], cfg.train.batch_size, info, device,
-                                shuffle_seed=cfg.run.seed, augment=cfg.data.augment)
-    val_loader = TensorLoader(images[val_idx], labels[val_idx], cfg.train.eval_batch_size, info, device)
+    sample = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]]
+    sample_images = subset(images, sample.sort().values)
+    if not isinstance(sample_images, torch.Tensor):
+        sample_images = torch.stack([sample_images[i] for i in range(len(sample_images))])
+    info["mean"], info["std"] = channel_stats(sample_images)
+    workers = num_workers(cfg.data)
+    train_loader = Loader(subset(images, train_idx), labels[train_idx], cfg.train.batch_size, info, device,
+                          shuffle_seed=cfg.run.seed, augment=cfg.data.augment, num_workers=workers)
+    val_loader = Loader(subset(images, val_idx), labels[val_idx], cfg.train.eval_batch_size, info, device,
+                        num_workers=workers)
     return train_loader, val_loader, info

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from checkpoint import FORMAT_VERSION, load_checkpoint, resolve, atomic_save
 from config import (Config, RunConfig, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
                     run_cli, seed_everything, select_device, to_dict, to_yaml)
-from data import TensorLoader, make_train_loaders
+from data import Loader, make_train_loaders
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
 from model import build_model
 from plots import plot_curves
@@ -70,11 +70,11 @@ class Stepper:
         self.scheduler.step()
 
 
-def train_one_epoch(model: torch.nn.Module, loader: TensorLoader, step: Stepper, cfg: TrainConfig,
+def train_one_epoch(model: torch.nn.Module, loader: Loader, step: Stepper, cfg: TrainConfig,
                     epoch: int) -> tuple[float, float]:
     """One pass over the training batches; returns mean loss and accuracy."""
     model.train()
-    device = loader.labels.device
+    device = loader.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
@@ -105,8 +105,8 @@ def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device)
         print("note: run.cudnn_benchmark has no effect on CPU; ignored")
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and is_cuda
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    if amp_dtype is not None and not is_cuda:
-        print(f"note: run.amp={cfg.amp} applies on CUDA only; training in float32")
+    if amp_dtype == torch.float16 and not is_cuda:
+        print("note: run.amp=fp16 applies on CUDA only; training in float32 (bf16 works on CPU)")
         amp_dtype = None
     return (torch.compile(model) if cfg.compile else model), amp_dtype
 

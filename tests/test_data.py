@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from config import UserError
-from data import (TensorLoader, channel_stats, flip_and_crop, load_split, make_train_loaders, train_val_split)
+from data import (Loader, channel_stats, flip_and_crop, load_split, make_train_loaders, train_val_split)
 
 
 def batches(loader):
@@ -105,7 +105,7 @@ def test_missing_torchvision_files_offline_give_one_line(tiny_cfg, tmp_path, mon
 def test_tensor_loader_on_explicit_data():
     images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
     info = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    loader = TensorLoader(images, torch.arange(10), 4, info, torch.device("cpu"))
+    loader = Loader(images, torch.arange(10), 4, info, torch.device("cpu"))
     got = list(loader)
     assert [len(labels) for _, labels in got] == [4, 4, 2]
     expected = (images[:4].float() / 255 - 0.5) / 0.25
@@ -130,3 +130,21 @@ def test_second_load_reads_the_cache_and_a_changed_file_invalidates_it(tiny_cfg,
     Image.new("RGB", (5, 5)).save(tmp_path / "pets" / "train" / "cat" / "0.png")  # new content, new key
     with pytest.raises(AssertionError, match="decoded again"):
         load_split(cfg.data, "train")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_folder_gives_the_same_batches_as_in_memory(tiny_cfg, tmp_path, workers, capsys):
+    write_folder(tmp_path / "pets", per_class=10)
+    common = ["data.name=folder", f"data.root={tmp_path / 'pets'}", "data.image_size=8", "train.batch_size=4",
+              "data.val_fraction=0.2", "data.augment=true", f"data.num_workers={workers}"]
+    memory = make_train_loaders(tiny_cfg(*common), torch.device("cpu"))
+    streamed = make_train_loaders(tiny_cfg(*common, "data.max_memory_mb=0"), torch.device("cpu"))
+    assert "streaming 20 files from disk" in capsys.readouterr().out
+    assert memory[2] == streamed[2]  # same class names and normalisation statistics
+    for a, b in zip(memory[:2], streamed[:2]):
+        for epoch in (1, 2):
+            a.set_epoch(epoch), b.set_epoch(epoch)
+            pairs = list(zip(a, b))
+            assert len(pairs) == len(a) == len(b)
+            for (images_a, labels_a), (images_b, labels_b) in pairs:
+                assert torch.equal(labels_a, labels_b) and torch.allclose(images_a, images_b)
