@@ -22,11 +22,15 @@ FORMAT_VERSION = 1
 def atomic_save(state: dict, path: Path) -> None:
     """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file intact."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # includes Ctrl-C: never leave a half-written temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def unreadable(path: Path) -> str:

@@ -7,6 +7,7 @@ messages with a did-you-mean hint, checks Literal choices and ranges, and reads 
 import argparse
 import dataclasses
 import difflib
+import os
 import random
 import re
 import sys
@@ -25,6 +26,10 @@ DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, without a traceback."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C but exiting with 143."""
 
 
 def at_least(low: float) -> dict:
@@ -79,6 +84,7 @@ class RunConfig:
     amp: Literal["none", "bf16", "fp16"]
     compile: bool
     cudnn_benchmark: bool
+    deterministic: bool
 
 
 @dataclass
@@ -177,9 +183,13 @@ def config_from_dict(raw: Any) -> Config:
         choices = " | ".join(MODELS)
         raise UserError(f"model.name: {cfg.model.name!r} is not a registered model; use one of {choices} "
                         "or add yours to MODELS in model.py")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
-        raise UserError(f"run.device: {cfg.run.device!r} is not allowed; use auto | cpu | cuda | cuda:N")
+    check_device_name(cfg.run.device, "run.device")
     return cfg
+
+
+def check_device_name(name: str, key: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise UserError(f"{key}: {name!r} is not allowed; use auto | cpu | cuda | cuda:N")
 
 
 def apply_override(raw: dict, text: str) -> None:
@@ -286,10 +296,17 @@ def key_help(path: Path = DEFAULT_CONFIG) -> str:
     return "config keys (default, meaning):\n" + "\n".join(lines)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error here."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """The arguments every script shares: --config FILE and key=value overrides."""
-    parser = argparse.ArgumentParser(description=doc, epilog=key_help(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=doc, epilog=key_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", help="config file (default: config.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=0.01")
     return parser
@@ -302,25 +319,30 @@ def run_cli(main: Callable[[], None]) -> None:
     except (UserError, ShapeError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as err:
+        sys.exit(143 if isinstance(err, Terminated) else 130)
 
 
 def select_device(name: str) -> torch.device:
     """auto -> CUDA when available, else CPU; explicit CUDA requests are checked."""
+    check_device_name(name, "device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"run.device: '{name}' requested but no CUDA device is available; use auto or cpu")
+            raise UserError(f"device '{name}' requested but no CUDA device is available; use auto or cpu")
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise UserError(f"run.device: '{name}' requested but only {torch.cuda.device_count()} "
+            raise UserError(f"device '{name}' requested but only {torch.cuda.device_count()} "
                             "CUDA device(s) exist; use cuda:0 or auto")
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python and torch; optionally make PyTorch use deterministic algorithms only."""
     random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import resolve
-from config import run_cli, select_device
+from config import Parser, run_cli, select_device
 from metrics import evaluate_checkpoint, per_class
 from plots import plot_confusion
 
@@ -39,7 +39,7 @@ def print_report(report: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_FOLDER",
                         help="a .pt file or a run folder (default: the most recent run)")
     parser.add_argument("--runs-dir", default="checkpoints", help="where to look for the most recent run")

@@ -7,6 +7,9 @@
 """
 import copy
 import csv
+import random
+import signal
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import FORMAT_VERSION, load_checkpoint, resolve, atomic_save
-from config import (Config, RunConfig, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
+from config import (Config, RunConfig, Terminated, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
                     run_cli, seed_everything, select_device, to_dict, to_yaml)
 from data import Loader, make_train_loaders
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
@@ -165,64 +168,115 @@ def epoch_line(row: dict, epochs: int, improved: bool) -> str:
             f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
 
 
+@dataclass
+class Run:
+    """Everything the epoch loop reads and updates."""
+    cfg: Config
+    run_dir: Path
+    model: torch.nn.Module  # unwrapped: evaluated and saved
+    trained_model: torch.nn.Module  # what the training step calls: compiled, or the model itself
+    step: Stepper
+    info: dict
+    state: dict  # epoch, best_val_acc, bad_epochs, history
+
+
+def build_run(cfg: Config, info: dict, steps_per_epoch: int, device: torch.device) -> Run:
+    """Model, optimizer, schedule and switches for a fresh run (run_dir is set by the caller)."""
+    model = build_model(cfg.model, info["in_channels"], len(info["class_names"]), info["image_size"]).to(device)
+    optimizer = make_optimizer(model, cfg.train)
+    trained_model, amp_dtype = apply_switches(model, cfg.run, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    step = Stepper(make_loss(cfg.train.loss), optimizer, make_scheduler(optimizer, cfg.train, steps_per_epoch),
+                   scaler, amp_dtype, cfg.train.grad_clip)
+    state = {"epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": []}
+    return Run(cfg, Path(), model, trained_model, step, info, state)
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Load everything the next epoch depends on from a checkpoint."""
+    run.model.load_state_dict(ckpt["model"])
+    run.step.optimizer.load_state_dict(ckpt["optimizer"])
+    run.step.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"]:  # empty when the scaler was disabled
+        run.step.scaler.load_state_dict(ckpt["scaler"])
+    run.state = {key: ckpt[key] for key in run.state}
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    random.setstate(ckpt["rng"]["python"])
+    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def save_epoch(run: Run, improved: bool) -> None:
+    """last.pt (and best.pt), metrics.csv and curves.png; a failed write leaves earlier files intact."""
+    ckpt = {"format_version": FORMAT_VERSION, "model": run.model.state_dict(),
+            "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
+            "scaler": run.step.scaler.state_dict(), **run.state, "config": to_dict(run.cfg), "data": run.info,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}}
+    try:
+        atomic_save(ckpt, run.run_dir / "last.pt")
+        if improved:
+            atomic_save(ckpt, run.run_dir / "best.pt")
+        write_metrics(run.state["history"], run.run_dir)
+    except OSError as err:
+        raise UserError(f"could not write to {run.run_dir} ({err.strerror}); free some space or set "
+                        "run.output_dir to a writable folder; checkpoints already there are intact") from None
+
+
+def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) -> None:
+    """Train one epoch, validate, update the state, save, print one line."""
+    start = time.perf_counter()
+    train_loader.set_epoch(epoch)
+    train_loss, train_acc = train_one_epoch(run.trained_model, train_loader, run.step, run.cfg.train, epoch)
+    val = evaluate(run.model, val_loader, run.step.loss_fn, len(run.info["class_names"]), val_loader.device)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+           "val_acc": val["accuracy"], "lr": run.step.optimizer.param_groups[0]["lr"],
+           "seconds": round(time.perf_counter() - start, 2)}
+    improved = val["accuracy"] > run.state["best_val_acc"]
+    run.state = {"epoch": epoch, "history": run.state["history"] + [row],
+                 "best_val_acc": max(val["accuracy"], run.state["best_val_acc"]),
+                 "bad_epochs": 0 if improved else run.state["bad_epochs"] + 1}
+    save_epoch(run, improved)
+    print(epoch_line(row, run.cfg.train.epochs, improved))
+
+
 def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) -> Path:
     """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = select_device(cfg.run.device)
     train_loader, val_loader, info = make_train_loaders(cfg, device)
-    num_classes = len(info["class_names"])
-    model = build_model(cfg.model, info["in_channels"], num_classes, info["image_size"]).to(device)
-    optimizer = make_optimizer(model, cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, len(train_loader))
-    loss_fn = make_loss(cfg.train.loss)
-    trained_model, amp_dtype = apply_switches(model, cfg.run, device)  # model stays unwrapped for saving
-    step = Stepper(loss_fn, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                   amp_dtype, cfg.train.grad_clip)
-    state = {"epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": []}
+    run = build_run(cfg, info, len(train_loader), device)
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if resume["scaler"]:  # empty when the scaler was disabled
-            step.scaler.load_state_dict(resume["scaler"])
-        state = {key: resume[key] for key in state}
-        torch.set_rng_state(resume["rng"]["torch"])
+        restore(run, resume)
     else:
         run_dir = make_run_dir(cfg)
-        cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    print(f"device: {device}\nrun folder: {run_dir}\n{to_yaml(cfg)}")
-    print(f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images "
-          f"of {info['in_channels']}x{info['image_size']}x{info['image_size']}, {num_classes} classes")
-
-    for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-        start = time.perf_counter()
-        train_loader.set_epoch(epoch)
-        train_loss, train_acc = train_one_epoch(trained_model, train_loader, step, cfg.train, epoch)
-        val = evaluate(model, val_loader, loss_fn, num_classes, device)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-               "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(time.perf_counter() - start, 2)}
-        improved = val["accuracy"] > state["best_val_acc"]
-        state = {"epoch": epoch, "history": state["history"] + [row],
-                 "best_val_acc": max(val["accuracy"], state["best_val_acc"]),
-                 "bad_epochs": 0 if improved else state["bad_epochs"] + 1}
-        ckpt = {"format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": step.scaler.state_dict(), **state, "config": to_dict(cfg), "data": info,
-                "rng": {"torch": torch.get_rng_state()}}
-        atomic_save(ckpt, run_dir / "last.pt")
-        if improved:
-            atomic_save(ckpt, run_dir / "best.pt")
-        write_metrics(state["history"], run_dir)
-        print(epoch_line(row, cfg.train.epochs, improved))
-        if cfg.train.patience and state["bad_epochs"] >= cfg.train.patience:
-            print(f"early stop: no better val accuracy for {cfg.train.patience} epochs")
-            break
+        run.cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
+    run.run_dir = run_dir
+    print(f"device: {device}\nrun folder: {run_dir}\n{to_yaml(run.cfg)}")
+    print(f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images of "
+          f"{info['in_channels']}x{info['image_size']}x{info['image_size']}, {len(info['class_names'])} classes")
+    try:
+        (run_dir / "config.yaml").write_text(to_yaml(run.cfg))
+        for epoch in range(run.state["epoch"] + 1, cfg.train.epochs + 1):
+            run_epoch(run, train_loader, val_loader, epoch)
+            if cfg.train.patience and run.state["bad_epochs"] >= cfg.train.patience:
+                print(f"early stop: no better val accuracy for {cfg.train.patience} epochs")
+                break
+    except KeyboardInterrupt:
+        print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {run.state['epoch']}. "
+              f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)
+        raise
+    except OSError as err:
+        raise UserError(f"could not write to {run_dir} ({err.strerror}); set run.output_dir to a writable folder") from None
 
     best, test = evaluate_checkpoint(run_dir / "best.pt", device)
-    print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  "
-          f"accuracy {100 * test['accuracy']:.2f}%")
+    print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%")
     return run_dir
+
+
+def terminate(signum: int, frame) -> None:
+    """SIGTERM stops training like Ctrl-C does."""
+    raise Terminated()
 
 
 def main() -> None:
@@ -230,6 +284,7 @@ def main() -> None:
     parser.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT_OR_RUN_FOLDER",
                         help="continue a run (default: the most recent one)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, terminate)
     if args.resume is None:
         train(load_config(args.config, args.overrides))
         return
