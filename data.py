@@ -36,8 +36,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def describe(cfg: DataConfig) -> dict:
     """Channels, image size and class names of the configured data set, without loading it."""
     if cfg.name == "folder":
-        return {"in_channels": cfg.channels, "image_size": cfg.image_size,
-                "class_names": class_folders(Path(cfg.root) / "train")}
+        names, test_names = class_folders(Path(cfg.root) / "train"), class_folders(Path(cfg.root) / "test")
+        if names != test_names:
+            raise UserError(f"{Path(cfg.root) / 'test'} has classes {test_names} but train has {names}; "
+                            "both need the same class folders")
+        return {"in_channels": cfg.channels, "image_size": cfg.image_size, "class_names": names}
     channels, size = BUILTIN[cfg.name]
     return {"in_channels": channels, "image_size": size, "class_names": CLASS_NAMES[cfg.name]}
 
@@ -153,10 +156,7 @@ def class_folders(split_dir: Path) -> list[str]:
 def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]:
     """The image files under data.root/<split>/<class>/ and their labels; checks classes match train's."""
     split_dir = Path(cfg.root) / split
-    names = class_folders(split_dir)
-    expected = class_folders(Path(cfg.root) / "train")
-    if names != expected:
-        raise UserError(f"{split_dir} has classes {names} but train has {expected}; both need the same class folders")
+    names = describe(cfg)["class_names"]
     files, labels = [], []
     for label, name in enumerate(names):
         found = sorted(f for f in (split_dir / name).iterdir() if f.is_file() and not f.name.startswith("."))
@@ -192,6 +192,9 @@ def train_val_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[t
         idx = (labels == label).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
         is_val[idx[: round(fraction * len(idx))]] = True
+    if is_val.all() or not is_val.any():
+        raise UserError(f"data.val_fraction {fraction} of {len(labels)} training images leaves the "
+                        f"{'training' if is_val.all() else 'validation'} split empty; change it or add images")
     return (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
 
 

@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,32 @@ def test_other_architecture_names_the_mismatched_layers(run_dir):
     ckpt["config"]["model"]["hidden"] = [32]
     with pytest.raises(UserError, match=r"classifier.1.weight: model \(32, 8\) vs checkpoint \(16, 8\)"):
         model_from_checkpoint(ckpt, torch.device("cpu"))
+
+
+def test_disk_full_during_training_is_one_line_and_keeps_checkpoints(tiny_cfg, monkeypatch):
+    real_save = torch.save
+
+    def full_on_second_epoch(obj, f):
+        if obj["epoch"] == 2:
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        real_save(obj, f)
+    monkeypatch.setattr(torch, "save", full_on_second_epoch)
+    cfg = tiny_cfg("train.epochs=3", "run.name=full")
+    with pytest.raises(UserError, match=r"could not write to .* \(No space left on device\).*intact"):
+        train(cfg)
+    run_dir = Path(cfg.run.output_dir) / "full"
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run_dir / "best.pt")["epoch"] == 1
+    assert not list(run_dir.glob("*.tmp"))
+
+
+def test_deterministic_runs_repeat(tiny_cfg):
+    try:
+        runs = [train(tiny_cfg("run.deterministic=true", "train.epochs=1")) for _ in range(2)]
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    first, second = (load_checkpoint(d / "last.pt") for d in runs)
+    assert [r["val_loss"] for r in first["history"]] == [r["val_loss"] for r in second["history"]]
+    assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])

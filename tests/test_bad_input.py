@@ -1,0 +1,125 @@
+"""The bad-input catalogue: the real scripts, run as a user would, on bad config, command line, data,
+checkpoints and devices. Each must exit non-zero with one line that names the problem and the fix,
+print no traceback, and leave every file of an existing run untouched."""
+import hashlib
+import random
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, run_script
+
+
+class Payload:
+    """Unpickling this would create a file; a safe loader must refuse it."""
+
+    def __reduce__(self):
+        return (open, ("payload-ran", "w"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with a finished run and a set of broken inputs beside it."""
+    root = tmp_path_factory.mktemp("catalogue")
+    result = run_script("train.py", *TINY, "train.epochs=1", "run.name=good", cwd=root)
+    assert result.returncode == 0, result.stderr
+    best = root / "checkpoints" / "good" / "best.pt"
+    data = best.read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (root / "empty.pt").write_bytes(b"")
+    (root / "random.pt").write_bytes(random.Random(0).randbytes(5000))
+    torch.save({"format_version": 1, "model": Payload()}, root / "evil.pt")
+    torch.save({"weights": torch.ones(2)}, root / "foreign.pt")
+    ckpt = torch.load(best, weights_only=True)
+    ckpt["config"]["model"]["hidden"] = [32]
+    torch.save(ckpt, root / "other_arch.pt")
+    (root / "bad.yaml").write_text("data:\n  name: [digits\n")
+    (root / "empty.yaml").write_text("")
+    (root / "a_file").write_text("not a folder")
+    for name, breakage in [("few_images", "none"), ("empty_class", "empty"), ("text_file", "text"), ("class_mismatch", "mismatch")]:
+        make_folder(root / name, breakage)
+    return root
+
+
+def make_folder(root, breakage):
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = root / split / (label + ("x" if breakage == "mismatch" and split == "test" else ""))
+            folder.mkdir(parents=True)
+            if not (breakage == "empty" and split == "train" and label == "b"):
+                for i in range(10):
+                    Image.new("L", (8, 8), 10 * i).save(folder / f"{i}.png")
+    if breakage == "text":
+        (root / "train" / "a" / "readme.txt").write_text("not an image")
+
+
+def snapshot(root):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / "checkpoints").rglob("*")) if p.is_file()}
+
+
+CASES = [
+    # config
+    ("train.py", ["train.lrr=0.1"], "unknown config key 'train.lrr'; did you mean 'lr'?"),
+    ("train.py", ["modle.activation=tanh"], "unknown config key 'modle'; did you mean 'model'?"),
+    ("train.py", ["train.lr=abc"], "train.lr: expected a number, got 'abc'"),
+    ("train.py", ["train.lr=-0.1"], "train.lr: must be greater than 0"),
+    ("train.py", ["train.epochs=0"], "train.epochs: must be at least 1"),
+    ("train.py", ["model.dropout=2"], "model.dropout: must be between 0.0 and 1.0"),
+    ("train.py", ["model.activation=gelu"], "use one of relu | leaky_relu | tanh | sigmoid"),
+    ("train.py", ["model.name=resnet"], "not a registered model; use one of cnn | lenet5"),
+    ("train.py", ["--config", "bad.yaml"], "config file bad.yaml is not valid YAML at line"),
+    ("train.py", ["--config", "empty.yaml"], "config file empty.yaml is empty"),
+    ("train.py", ["--config", "nowhere.yaml"], "config file nowhere.yaml not found"),
+    ("train.py", ["model.conv_blocks.0.kernel_size=11"], "(8 + 2*1 - 11)/1 + 1 = 0 < 1"),
+    # command line
+    ("train.py", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ("train.py", ["train.lr"], "override 'train.lr' is not of the form key=value"),
+    ("train.py", ["model.hidden=[1,"], "override 'model.hidden=[1,': the value is not valid YAML"),
+    ("train.py", ["--resume", "checkpoints/good", "model.activation=tanh"], "'model.activation' cannot change on --resume"),
+    ("train.py", ["--resume", "checkpoints/good", "data.channels=3"], "'data.channels' cannot change on --resume"),
+    ("train.py", ["run.name=good"], "run folder checkpoints/good already holds a run"),
+    ("test.py", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    # data
+    ("train.py", ["data.name=mnist", "data.root=nowhere"], "mnist files not found in nowhere/MNIST/raw"),
+    ("train.py", ["data.name=folder", "data.root=nowhere"], "data folder nowhere/train not found"),
+    ("train.py", ["data.name=folder", "data.root=empty_class", "data.channels=1"], "class folder empty_class/train/b is empty"),
+    ("train.py", ["data.name=folder", "data.root=text_file", "data.channels=1"], "readme.txt is not a readable image"),
+    ("train.py", ["data.name=folder", "data.root=class_mismatch", "data.channels=1"], "test has classes ['ax', 'bx'] but train has"),
+    ("train.py", ["data.name=folder", "data.root=few_images", "data.val_fraction=0.01"], "leaves the validation split empty"),
+    # checkpoints
+    ("test.py", ["missing.pt"], "checkpoint missing.pt not found"),
+    ("test.py", ["random.pt"], "random.pt is not a readable PyTorch checkpoint"),
+    ("test.py", ["empty.pt"], "empty.pt is not a readable PyTorch checkpoint"),
+    ("test.py", ["truncated.pt"], "truncated.pt is not a readable PyTorch checkpoint"),
+    ("test.py", ["evil.pt"], "evil.pt was refused: it holds objects other than plain data"),
+    ("test.py", ["foreign.pt"], "foreign.pt was not written by this template"),
+    ("test.py", ["other_arch.pt"], "classifier.1.weight: model (32, 8) vs checkpoint (16, 8)"),
+    ("train.py", ["--resume", "random.pt"], "random.pt is not a readable PyTorch checkpoint"),
+    ("model.py", ["--checkpoint", "truncated.pt"], "truncated.pt is not a readable PyTorch checkpoint"),
+    # devices and storage
+    ("train.py", ["run.device=cuda"], "device 'cuda' requested but no CUDA device is available; use auto or cpu"),
+    ("train.py", ["run.device=gpu"], "run.device: 'gpu' is not allowed; use auto | cpu | cuda | cuda:N"),
+    ("test.py", ["--device", "tpu"], "device: 'tpu' is not allowed"),
+    ("train.py", ["run.output_dir=a_file/runs"], "cannot create run folder a_file/runs/"),
+    # numbers
+    ("train.py", ["train.lr=1e30", "train.scheduler=none", "run.name=diverges"], "the loss became NaN or infinite in epoch 1"),
+]
+
+
+@pytest.mark.parametrize("script,args,message", CASES, ids=[" ".join([s, *a]) for s, a, _ in CASES])
+def test_bad_input(workdir, script, args, message):
+    if "run.device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    before = snapshot(workdir)
+    result = run_script(script, *args, cwd=workdir)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    after = snapshot(workdir)
+    assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
+    assert not (workdir / "payload-ran").exists()
+    shutil.rmtree(workdir / "checkpoints" / "diverges", ignore_errors=True)
