@@ -88,11 +88,17 @@ class RunConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool
+
+
+@dataclass
 class Config:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     run: RunConfig
+    log: LogConfig
 
 
 def fail_unknown(key: str, known: list[str], path: str) -> None:

@@ -277,6 +277,12 @@ class Loader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def raw_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """The stored uint8 images (len(idx), C, H, W) at positions idx, on the CPU."""
+        if self.stream is None:
+            return self.images[idx.to(self.device)].cpu()
+        return torch.stack([self.images[i] for i in idx.tolist()])
+
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
@@ -327,11 +333,16 @@ def num_workers(cfg: DataConfig) -> int:
     return min(4, os.cpu_count() or 1) if cfg.num_workers == "auto" else cfg.num_workers
 
 
-def make_test_loader(cfg: DataConfig, info: dict, batch_size: int, device: torch.device) -> Loader:
-    """The test split, normalised with the training statistics stored in info."""
-    images, labels = load_images(cfg, "test")
-    check_matches(images, labels, info, cfg)
-    return Loader(images, labels, batch_size, info, device, num_workers=num_workers(cfg))
+def make_eval_loader(cfg: Config, info: dict, split: str, batch_size: int, device: torch.device) -> Loader:
+    """The 'val' or 'test' split in a fixed order, normalised with the training statistics in info."""
+    if split == "val":
+        images, labels = load_images(cfg.data, "train")
+        _, idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
+        images, labels = subset(images, idx), labels[idx]
+    else:
+        images, labels = load_images(cfg.data, "test")
+    check_matches(images, labels, info, cfg.data)
+    return Loader(images, labels, batch_size, info, device, num_workers=num_workers(cfg.data))
 
 
 def check_matches(images: Images, labels: torch.Tensor, info: dict, cfg: DataConfig) -> None:

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from checkpoint import config_of, load_checkpoint, model_from_checkpoint
-from data import make_test_loader
+from data import Loader, make_eval_loader
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TOP_K = 5  # evaluate() keeps each image's k most probable classes
 
 
 def half_mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -28,19 +29,26 @@ def make_loss(name: str) -> LossFn:
 
 def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int,
              device: torch.device) -> dict:
-    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Mean loss, accuracy, the confusion matrix (rows: true class, columns: predicted), and per image
+    the labels, the top-k predicted classes (k = TOP_K or fewer classes) and their probabilities."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    labels_seen, top_probs, top_classes = [], [], []
     with torch.inference_mode():
         for images, labels in loader:
             logits = model(images)  # (B, num_classes)
             loss_sum += loss_fn(logits, labels).double() * len(labels)
             confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+            probs, classes = logits.float().softmax(1).topk(min(TOP_K, num_classes), dim=1)  # (B, k) each
+            labels_seen.append(labels)
+            top_probs.append(probs)
+            top_classes.append(classes)
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
     return {"loss": loss_sum.item() / count, "accuracy": confusion.diag().sum().item() / count,
-            "confusion": confusion}
+            "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
+            "top_probs": torch.cat(top_probs).cpu(), "top_classes": torch.cat(top_classes).cpu()}
 
 
 def per_class(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
@@ -55,11 +63,18 @@ def per_class(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
                                         support.tolist())]
 
 
-def evaluate_checkpoint(path: Path, device: torch.device, batch_size: int | None = None) -> tuple[dict, dict]:
-    """Load a checkpoint, rebuild its model and test data, and evaluate it: (checkpoint, results)."""
+def top_k_accuracy(results: dict, k: int) -> float:
+    """Share of images whose true class is among the k most probable."""
+    hits = (results["top_classes"][:, :k] == results["labels"].view(-1, 1)).any(dim=1)
+    return hits.double().mean().item()
+
+
+def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
+                        batch_size: int | None = None) -> tuple[dict, Loader, dict]:
+    """Load a checkpoint, rebuild its model and data split, and evaluate it: (checkpoint, loader, results)."""
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt)
     model = model_from_checkpoint(ckpt, device)
-    loader = make_test_loader(cfg.data, ckpt["data"], batch_size or cfg.train.eval_batch_size, device)
+    loader = make_eval_loader(cfg, ckpt["data"], split, batch_size or cfg.train.eval_batch_size, device)
     results = evaluate(model, loader, make_loss(cfg.train.loss), len(ckpt["data"]["class_names"]), device)
-    return ckpt, results
+    return ckpt, loader, results

@@ -26,23 +26,86 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str) -> None:
-    """Counts with class names on both axes; rows are true classes, columns predictions."""
+def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str,
+                   normalise: bool = False) -> None:
+    """Counts (or each true class's row as shares) with class names on both axes."""
     n = len(class_names)
+    values = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1) if normalise else confusion
     size = max(5.0, 0.5 * n + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(confusion.numpy(), cmap="Blues")
+    image = ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=1 if normalise else None)
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     if n <= 20:
-        threshold = confusion.max().item() / 2
+        threshold = values.max().item() / 2
         for i in range(n):
             for j in range(n):
-                value = confusion[i, j].item()
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                        color="white" if value > threshold else "black")
+                value = values[i, j].item()
+                ax.text(j, i, f"{value:.2f}" if normalise else str(int(value)), ha="center", va="center",
+                        fontsize=8, color="white" if value > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def show(ax: plt.Axes, image: torch.Tensor) -> None:
+    """One (C, H, W) image, grey or colour, without axes."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray")
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.axis("off")
+
+
+def grid(count: int, columns: int, cell: float) -> tuple[plt.Figure, list[plt.Axes]]:
+    rows = max(1, -(-count // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * cell + 0.6), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:count])
+
+
+def plot_misclassified(images: torch.Tensor, captions: list[str], path: Path, title: str) -> None:
+    """uint8 images (N, C, H, W) with a caption each (true, predicted, confidence)."""
+    fig, axes = grid(len(images), columns=min(6, len(images)), cell=1.9)
+    for ax, image, caption in zip(axes, images, captions):
+        show(ax, image)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_maps(maps: torch.Tensor, path: Path, title: str, cell: float = 1.2) -> None:
+    """Each (H, W) map of maps (N, H, W), or each RGB kernel of (N, 3, H, W), scaled to its own range."""
+    fig, axes = grid(len(maps), columns=min(8, len(maps)), cell=cell)
+    for i, (ax, item) in enumerate(zip(axes, maps)):
+        item = (item - item.min()) / (item.max() - item.min()).clamp_min(1e-12)
+        show(ax, item if item.ndim == 3 else item.unsqueeze(0))
+        ax.set_title(str(i), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> None:
+    """Validation loss and accuracy of several runs, one line per run."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, history in runs:
+        epochs = [row["epoch"] for row in history]
+        ax_loss.plot(epochs, [row["val_loss"] for row in history], marker="o", ms=3, label=label)
+        ax_acc.plot(epochs, [100 * row["val_acc"] for row in history], marker="o", ms=3, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="validation loss", title="validation loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

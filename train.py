@@ -26,7 +26,8 @@ from model import build_model
 from plots import plot_curves
 
 # Keys a resumed run may change; anything else would make it a different experiment.
-RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device")
+RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
+             "log.tensorboard")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -150,7 +151,13 @@ def resumed_config(ckpt: dict, overrides: list[str]) -> Config:
             raise UserError(f"override {key!r} cannot change on --resume (it would be a different run); "
                             f"allowed: {', '.join(RESUMABLE)}")
         apply_override(raw, text)
-    return config_from_dict(raw)
+    cfg = config_from_dict(raw)
+    if cfg.train.epochs != ckpt["config"]["train"]["epochs"] and cfg.train.scheduler in ("cosine", "onecycle"):
+        raise UserError(f"train.epochs cannot change on --resume with train.scheduler={cfg.train.scheduler}: its "
+                        "schedule is laid out over the original epochs; start a new run instead")
+    if overrides:
+        print(f"resuming with {' '.join(overrides)} (recorded in the run's config.yaml)")
+    return cfg
 
 
 def write_metrics(history: list[dict], run_dir: Path) -> None:
@@ -178,6 +185,7 @@ class Run:
     step: Stepper
     info: dict
     state: dict  # epoch, best_val_acc, bad_epochs, history
+    writer: object = None  # a TensorBoard SummaryWriter when log.tensorboard is on
 
 
 def build_run(cfg: Config, info: dict, steps_per_epoch: int, device: torch.device) -> Run:
@@ -237,13 +245,28 @@ def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) ->
                  "best_val_acc": max(val["accuracy"], run.state["best_val_acc"]),
                  "bad_epochs": 0 if improved else run.state["bad_epochs"] + 1}
     save_epoch(run, improved)
+    if run.writer is not None:
+        for key, value in row.items():
+            run.writer.add_scalar(key, value, epoch)
+        run.writer.flush()
     print(epoch_line(row, run.cfg.train.epochs, improved))
+
+
+def summary_writer_class() -> type:
+    """TensorBoard's SummaryWriter, or a clear error when the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("log.tensorboard is true but the tensorboard package is not installed; "
+                        "pip install tensorboard, or set log.tensorboard=false") from None
+    return SummaryWriter
 
 
 def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) -> Path:
     """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = select_device(cfg.run.device)
+    writer_class = summary_writer_class() if cfg.log.tensorboard else None
     train_loader, val_loader, info = make_train_loaders(cfg, device)
     run = build_run(cfg, info, len(train_loader), device)
     if resume is not None:
@@ -252,6 +275,8 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
         run_dir = make_run_dir(cfg)
         run.cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
     run.run_dir = run_dir
+    if writer_class is not None:
+        run.writer = writer_class(str(run_dir / "tensorboard"))
     print(f"device: {device}\nrun folder: {run_dir}\n{to_yaml(run.cfg)}")
     print(f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images of "
           f"{info['in_channels']}x{info['image_size']}x{info['image_size']}, {len(info['class_names'])} classes")
@@ -269,7 +294,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
     except OSError as err:
         raise UserError(f"could not write to {run_dir} ({err.strerror}); set run.output_dir to a writable folder") from None
 
-    best, test = evaluate_checkpoint(run_dir / "best.pt", device)
+    best, _, test = evaluate_checkpoint(run_dir / "best.pt", device)
     print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%")
     return run_dir
 

@@ -113,7 +113,7 @@ def full_run(root: str, output_dir: str) -> None:
     cfg = load_config(None, ["data.name=mnist", f"data.root={root}", "train.epochs=2", f"run.output_dir={output_dir}"])
     with contextlib.redirect_stdout(io.StringIO()):
         run_dir = train(cfg)
-    ckpt, test = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
+    ckpt, _, test = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
     seconds = sum(row["seconds"] for row in ckpt["history"])
     verdict = "reaches" if test["accuracy"] >= 0.99 else "DOES NOT reach"
     print(f"(d) default config, {cfg.train.epochs} epochs: {seconds:.1f} s of training (train + val per epoch), "

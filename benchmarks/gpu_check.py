@@ -48,7 +48,7 @@ def timed_epoch(overrides: list[str]) -> tuple[float, float]:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             run_dir = train_module.train(cfg)
-            _, test = evaluate_checkpoint(run_dir / "last.pt", torch.device(cfg.run.device))
+            _, _, test = evaluate_checkpoint(run_dir / "last.pt", torch.device(cfg.run.device))
     finally:
         train_module.train_one_epoch = real_epoch
     elapsed, images = seconds[0]

@@ -14,7 +14,7 @@ def test_default_cnn_learns_real_mnist(tmp_path):
     cfg = load_config(None, ["data.name=mnist", f"data.root={SHARED_DATASETS}", "train.epochs=2",
                              f"run.output_dir={tmp_path}"])
     run_dir = train(cfg)
-    ckpt, test = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
+    ckpt, _, test = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
     assert test["confusion"].sum() == 10_000
     assert test["accuracy"] >= 0.99
     assert ckpt["data"]["in_channels"] == 1 and ckpt["data"]["image_size"] == 28

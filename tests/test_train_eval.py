@@ -77,7 +77,17 @@ def test_resume_refuses_changes_to_the_experiment(tiny_cfg):
     ckpt = load_checkpoint(train(tiny_cfg("train.epochs=1")) / "last.pt")
     with pytest.raises(Exception, match="'model.activation' cannot change on --resume"):
         train_module.resumed_config(ckpt, ["model.activation=tanh"])
-    assert train_module.resumed_config(ckpt, ["train.epochs=4"]).train.epochs == 4
+    with pytest.raises(Exception, match="train.epochs cannot change on --resume with train.scheduler=onecycle"):
+        train_module.resumed_config(ckpt, ["train.epochs=4"])
+
+
+def test_resume_with_more_epochs_continues(tiny_cfg):
+    run_dir = train(tiny_cfg("train.epochs=2", "train.scheduler=step"))
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    cfg = train_module.resumed_config(ckpt, ["train.epochs=3"])
+    train(cfg, ckpt, run_dir)
+    assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1, 2, 3]
+    assert "epochs: 3" in (run_dir / "config.yaml").read_text()
 
 
 def test_early_stopping_stops(tiny_cfg):
@@ -119,7 +129,7 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
 
 def test_evaluate_checkpoint_matches_test_script_numbers(tiny_cfg):
     run_dir = train(tiny_cfg())
-    ckpt, results = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
+    ckpt, _, results = evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"))
     assert results["confusion"].sum() == 360
     assert results["accuracy"] == results["confusion"].diag().sum().item() / 360
 

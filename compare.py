@@ -1,0 +1,68 @@
+"""Compare runs: their validation curves on one figure, each labelled by the config keys that differ.
+
+    python compare.py checkpoints/act-relu checkpoints/act-tanh
+    python compare.py checkpoints/act-* --output docs/activations.png
+"""
+import argparse
+import csv
+from pathlib import Path
+
+import yaml
+
+from config import Parser, UserError, run_cli
+from plots import plot_comparison
+
+IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without changing the experiment
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """{'train': {'lr': 0.1}} -> {'train.lr': '0.1'}; lists are kept whole."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = str(value)
+    return flat
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
+    """A run folder's flattened config and its metrics.csv rows as numbers."""
+    for name in ("config.yaml", "metrics.csv"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} has no {name}; pass run folders written by train.py")
+    config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    with open(run_dir / "metrics.csv") as f:
+        history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+    return config, history
+
+
+def labels_for(configs: list[dict[str, str]], names: list[str]) -> list[str]:
+    """Each run's values of the keys that differ between the runs; the folder name if none do."""
+    keys = sorted({k for c in configs for k in c if len({c.get(k) for c in configs}) > 1} - IGNORED)
+    if not keys:
+        return names
+    return [", ".join(f"{key}={config.get(key, '-')}" for key in keys) for config in configs]
+
+
+def main() -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="RUN_FOLDER", help="run folders under checkpoints/")
+    parser.add_argument("--output", default="checkpoints/comparison.png", help="PNG to write")
+    args = parser.parse_args()
+    run_dirs = [Path(run) for run in args.runs]
+    configs, histories = zip(*(read_run(run_dir) for run_dir in run_dirs))
+    labels = labels_for(list(configs), [run_dir.name for run_dir in run_dirs])
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shared = [f"{key}={configs[0][key]}" for key in ("data.name", "model.name", "run.seed")
+              if len({config.get(key) for config in configs}) == 1]
+    plot_comparison(list(zip(labels, histories)), output, f"{len(run_dirs)} runs, all with {', '.join(shared)}")
+    for label, history in zip(labels, histories):
+        best = max(history, key=lambda row: row["val_acc"])
+        print(f"{label}: best val accuracy {100 * best['val_acc']:.2f}% at epoch {int(best['epoch'])}")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,135 @@
+"""test.py's report, --predict and --feature-maps, compare.py, and TensorBoard logging."""
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import test as test_script
+import train as train_module
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import TINY, run_script
+from model import summary
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny run, trained through the real script, in a folder of its own."""
+    root = tmp_path_factory.mktemp("report")
+    result = run_script("train.py", *TINY, "train.epochs=3", "run.name=r", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root, result.stdout
+
+
+def test_report_files_and_numbers(trained):
+    root, train_out = trained
+    result = run_script("test.py", "--top-k", "3", cwd=root)
+    assert result.returncode == 0, result.stderr
+    run_dir = root / "checkpoints" / "r"
+    report = json.loads((run_dir / "test_report.json").read_text())
+    logged = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", train_out)[1]
+    assert f"{100 * report['accuracy']:.2f}" == logged
+    assert report["top_k"] == 3 and 1 >= report["top_k_accuracy"] >= report["accuracy"]
+    assert [row["class"] for row in report["per_class"]] == [str(d) for d in range(10)]
+    assert sum(row["support"] for row in report["per_class"]) == 360
+    for row in report["per_class"]:
+        assert set(row) == {"class", "precision", "recall", "f1", "support"}
+    for name in ("confusion_matrix.png", "confusion_matrix_normalised.png", "misclassified.png"):
+        assert (run_dir / name).read_bytes()[:4] == b"\x89PNG", name
+    assert "top-3 accuracy" in result.stdout and str(run_dir.relative_to(root)) in result.stdout
+
+
+def test_val_split_reproduces_the_logged_val_accuracy(trained):
+    root, _ = trained
+    result = run_script("test.py", "checkpoints/r", "--split", "val", cwd=root)
+    assert result.returncode == 0, result.stderr
+    run_dir = root / "checkpoints" / "r"
+    report = json.loads((run_dir / "val_report.json").read_text())
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    assert report["accuracy"] == ckpt["history"][ckpt["epoch"] - 1]["val_acc"]
+    assert (run_dir / "val_confusion_matrix.png").is_file()
+
+
+def test_most_confident_mistakes_come_first():
+    results = {"labels": torch.tensor([0, 1, 2, 0]), "top_classes": torch.tensor([[1], [1], [0], [2]]),
+               "top_probs": torch.tensor([[0.6], [0.9], [0.95], [0.7]])}
+    assert test_script.most_confident_mistakes(results, 5).tolist() == [2, 3, 0]
+
+
+def test_predict_mixed_folder(trained, tmp_path):
+    root, _ = trained
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.new("L", (8, 8), 0).save(folder / "a.png")
+    Image.new("RGB", (50, 30), (200, 10, 10)).save(folder / "b.jpg")
+    Image.new("RGBA", (13, 13)).save(folder / "c.png")
+    (folder / "notes.txt").write_text("not an image")
+    out_csv = tmp_path / "pred.csv"
+    result = run_script("test.py", "--predict", str(folder), "--output", str(out_csv), "--top-k", "2", cwd=root)
+    assert result.returncode == 1  # one file could not be read
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "notes.txt is not a readable image" in lines[0]
+    for name in ("a.png", "b.jpg", "c.png"):
+        assert re.search(rf"{name}: \d [\d.]+%, \d [\d.]+%$", result.stdout, re.M), result.stdout
+    rows = list(csv.DictReader(open(out_csv)))
+    assert [r["file"].rsplit("/", 1)[1] for r in rows] == ["a.png", "b.jpg", "c.png"]
+    assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
+
+
+def test_feature_map_titles_match_the_model_summary(trained, tmp_path, monkeypatch):
+    root, _ = trained
+    image = tmp_path / "digit.png"
+    Image.new("L", (30, 30), 128).save(image)
+    titles = []
+    monkeypatch.setattr(test_script, "plot_maps", lambda maps, path, title, cell=1.2: titles.append((path.name, title)))
+    best = root / "checkpoints" / "r" / "best.pt"
+    test_script.feature_maps(best, str(image), torch.device("cpu"))
+    assert [name for name, _ in titles] == ["kernels.png"] + [f"feature_maps_conv{i}.png" for i in (1, 2, 3)]
+    table = summary(model_from_checkpoint(load_checkpoint(best), torch.device("cpu")), 1, 8)
+    conv_shapes = [line.split()[1] for line in table.splitlines() if line.startswith("Conv2d")]
+    for (_, title), shape in zip(titles[1:], conv_shapes):
+        channels, height, width = shape.split("x")
+        assert f"{channels} feature maps of {height}x{width}" in title
+        assert title.endswith(f"/1 + 1 = {height})")
+
+
+def test_feature_maps_script_writes_pngs(trained, tmp_path):
+    root, _ = trained
+    image = tmp_path / "digit.jpg"
+    Image.new("RGB", (20, 20), (0, 255, 0)).save(image)
+    result = run_script("test.py", "--feature-maps", str(image), cwd=root)
+    assert result.returncode == 0, result.stderr
+    for name in ("kernels.png", "feature_maps_conv1.png", "feature_maps_conv3.png"):
+        assert (root / "checkpoints" / "r" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_labels_runs_by_their_differences(tmp_path):
+    for activation in ("relu", "tanh"):
+        result = run_script("train.py", *TINY, "train.epochs=2", f"model.activation={activation}",
+                            f"run.name={activation}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    result = run_script("compare.py", "checkpoints/relu", "checkpoints/tanh", "--output", "cmp.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "model.activation=relu: best val accuracy" in result.stdout
+    assert "model.activation=tanh: best val accuracy" in result.stdout
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    missing = run_script("compare.py", "checkpoints/nothing", cwd=tmp_path)
+    assert missing.returncode == 2 and "checkpoints/nothing has no config.yaml" in missing.stderr
+
+
+def test_tensorboard_missing_is_a_clear_error(tiny_cfg, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    cfg = tiny_cfg("log.tensorboard=true")
+    with pytest.raises(Exception, match="tensorboard package is not installed; pip install tensorboard"):
+        train_module.train(cfg)
+    assert not Path(cfg.run.output_dir).exists()  # refused before any run folder was made
+
+
+def test_tensorboard_logs_every_epoch(tiny_cfg):
+    pytest.importorskip("tensorboard")
+    run_dir = train_module.train(tiny_cfg("log.tensorboard=true"))
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
