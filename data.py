@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from checkpoint import atomic_save
 from config import Config, DataConfig, UserError
+from distributed import rank_and_world
 
 DIGITS_PATH = Path(__file__).with_name("data") / "digits.pt"
 CACHE_DIR = Path(__file__).with_name("data") / "cache"
@@ -254,11 +255,13 @@ class Loader:
     In-memory images live on the device as uint8; files are decoded by DataLoader workers.
     Either way normalisation and augmentation run on whole batches on the device. With a seed it
     shuffles: each epoch's order is a randperm seeded by (seed, epoch), so a resumed run sees the
-    same order as an uninterrupted one. Without a seed the order is fixed.
+    same order as an uninterrupted one. Without a seed the order is fixed. Under torchrun each
+    process takes every world-th image of that order: disjoint shares that together cover the split.
     """
 
     def __init__(self, images: Images, labels: torch.Tensor, batch_size: int, info: dict,
                  device: torch.device, shuffle_seed: int | None = None, augment: bool = False, num_workers: int = 0):
+        self.rank, self.world = rank_and_world()
         self.device, self.labels = device, labels.to(device)
         self.batch_size, self.shuffle_seed, self.augment = batch_size, shuffle_seed, augment
         # Normalise on the 0..255 scale: (x/255 - mean)/std == (x - 255 mean)/(255 std).
@@ -284,7 +287,16 @@ class Loader:
         return torch.stack([self.images[i] for i in idx.tolist()])
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(math.ceil(len(self.labels) / self.world) / self.batch_size)
+
+    def batches(self, order: torch.Tensor) -> list[torch.Tensor]:
+        """This process's share of the order, as index batches.
+
+        With several processes every one must take the same number of steps, so each share is cut
+        into len(self) nearly equal batches rather than full ones and a short remainder.
+        """
+        share = order[self.rank::self.world]
+        return list(share.split(self.batch_size) if self.world == 1 else share.tensor_split(len(self)))
 
     def __iter__(self):
         generator = None
@@ -292,11 +304,11 @@ class Loader:
         if self.shuffle_seed is not None:
             generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.epoch)
             order = torch.randperm(len(self.labels), generator=generator)
-        batches = order.to(self.device).split(self.batch_size)
+        batches = [batch.to(self.device) for batch in self.batches(order)]
         if self.stream is None:
             raw = (self.images[batch] for batch in batches)
         else:
-            self.epoch_batches.batches = [batch.tolist() for batch in order.split(self.batch_size)]
+            self.epoch_batches.batches = [batch.tolist() for batch in self.batches(order)]
             raw = (images.to(self.device, non_blocking=True) for images in self.stream)
         for batch, images in zip(batches, raw):
             images = (images.float() - self.mean) / self.std  # (B, C, H, W)

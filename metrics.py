@@ -8,6 +8,7 @@ from torch import nn
 
 from checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from data import Loader, make_eval_loader
+from distributed import all_reduce_sum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes
@@ -44,6 +45,8 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: i
             labels_seen.append(labels)
             top_probs.append(probs)
             top_classes.append(classes)
+    all_reduce_sum(loss_sum)  # under torchrun each process saw a disjoint share; per-image lists stay local
+    all_reduce_sum(confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
     return {"loss": loss_sum.item() / count, "accuracy": confusion.diag().sum().item() / count,

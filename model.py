@@ -41,6 +41,7 @@ class ModelConfig:
     conv_blocks: list[ConvBlock]
     hidden: list[int] = field(metadata=AT_LEAST_1)  # checked per item
     dropout: float = field(metadata={"min": 0.0, "max": 1.0})
+    sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (train.py converts)
 
 
 class ShapeError(ValueError):

@@ -15,12 +15,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+
+import distributed
 
 from checkpoint import FORMAT_VERSION, load_checkpoint, resolve, atomic_save
 from config import (Config, RunConfig, Terminated, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
                     run_cli, seed_everything, select_device, to_dict, to_yaml)
 from data import Loader, make_train_loaders
+from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
 from model import build_model
 from plots import plot_curves
@@ -82,7 +86,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Loader, step: Stepper, cfg: 
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main() else True)
     for batch, (images, labels) in enumerate(bar, 1):
         with step.autocast(device):
             logits = model(images)  # forward pass: (B, num_classes)
@@ -94,12 +98,13 @@ def train_one_epoch(model: torch.nn.Module, loader: Loader, step: Stepper, cfg: 
         if batch % cfg.log_interval == 0 or batch == len(loader):  # the only host syncs in the loop
             check_finite(loss_sum.item(), epoch, batch, step.optimizer)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
-    return loss_sum.item() / seen, correct.item() / seen
+    totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device)]))
+    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()  # over all processes' shares
 
 
 def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
                                                                                          torch.dtype | None]:
-    """Speed switches: returns the model to call (compiled or not) and the autocast dtype."""
+    """Speed switches and DDP: returns the model to call (wrapped, compiled or itself) and the autocast dtype."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.channels_last:
@@ -112,6 +117,8 @@ def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device)
     if amp_dtype == torch.float16 and not is_cuda:
         print("note: run.amp=fp16 applies on CUDA only; training in float32 (bf16 works on CPU)")
         amp_dtype = None
+    if rank_and_world()[1] > 1:  # under torchrun: average gradients across processes
+        model = DistributedDataParallel(model, device_ids=[device.index] if is_cuda else None)
     return (torch.compile(model) if cfg.compile else model), amp_dtype
 
 
@@ -191,6 +198,11 @@ class Run:
 def build_run(cfg: Config, info: dict, steps_per_epoch: int, device: torch.device) -> Run:
     """Model, optimizer, schedule and switches for a fresh run (run_dir is set by the caller)."""
     model = build_model(cfg.model, info["in_channels"], len(info["class_names"]), info["image_size"]).to(device)
+    if cfg.model.sync_batchnorm and rank_and_world()[1] > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over all processes' batches
+        else:
+            print("note: model.sync_batchnorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
     optimizer = make_optimizer(model, cfg.train)
     trained_model, amp_dtype = apply_switches(model, cfg.run, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -208,19 +220,27 @@ def restore(run: Run, ckpt: dict) -> None:
     if ckpt["scaler"]:  # empty when the scaler was disabled
         run.step.scaler.load_state_dict(ckpt["scaler"])
     run.state = {key: ckpt[key] for key in run.state}
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    random.setstate(ckpt["rng"]["python"])
-    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    rng, (rank, world) = ckpt["rng"], rank_and_world()  # rng holds one state per process
+    if len(rng["torch"]) != world:
+        print(f"note: resuming a {len(rng['torch'])}-process run with {world}: each process's share of the "
+              "data changes and dropout is reseeded, so the numbers differ from an uninterrupted run")
+        return
+    torch.set_rng_state(rng["torch"][rank])
+    random.setstate(rng["python"][rank])
+    if torch.cuda.is_available() and rng["cuda"][rank]:
+        torch.cuda.set_rng_state_all(rng["cuda"][rank])
 
 
 def save_epoch(run: Run, improved: bool) -> None:
-    """last.pt (and best.pt), metrics.csv and curves.png; a failed write leaves earlier files intact."""
+    """last.pt (and best.pt), metrics.csv and curves.png from rank 0; a failed write leaves earlier files intact."""
+    rng = {"torch": gather(torch.get_rng_state()), "python": gather(random.getstate()),
+           "cuda": gather(torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])}
+    if not is_main():
+        return
     ckpt = {"format_version": FORMAT_VERSION, "model": run.model.state_dict(),
             "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
             "scaler": run.step.scaler.state_dict(), **run.state, "config": to_dict(run.cfg), "data": run.info,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}}
+            "rng": rng}
     try:
         atomic_save(ckpt, run.run_dir / "last.pt")
         if improved:
@@ -236,6 +256,7 @@ def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) ->
     start = time.perf_counter()
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run.trained_model, train_loader, run.step, run.cfg.train, epoch)
+    broadcast_buffers(run.model)  # every process evaluates the weights rank 0 saves
     val = evaluate(run.model, val_loader, run.step.loss_fn, len(run.info["class_names"]), val_loader.device)
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
            "val_acc": val["accuracy"], "lr": run.step.optimizer.param_groups[0]["lr"],
@@ -264,24 +285,26 @@ def summary_writer_class() -> type:
 
 def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) -> Path:
     """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    device = select_device(cfg.run.device)
+    device = distributed.setup(select_device(cfg.run.device))
+    seed_everything(cfg.run.seed + rank_and_world()[0], cfg.run.deterministic)  # DDP copies rank 0's weights
     writer_class = summary_writer_class() if cfg.log.tensorboard else None
     train_loader, val_loader, info = make_train_loaders(cfg, device)
     run = build_run(cfg, info, len(train_loader), device)
     if resume is not None:
         restore(run, resume)
     else:
-        run_dir = make_run_dir(cfg)
+        run_dir = Path(from_main(str(make_run_dir(cfg)) if is_main() else None))
         run.cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
     run.run_dir = run_dir
-    if writer_class is not None:
+    if writer_class is not None and is_main():
         run.writer = writer_class(str(run_dir / "tensorboard"))
-    print(f"device: {device}\nrun folder: {run_dir}\n{to_yaml(run.cfg)}")
+    print(f"device: {device}{f' x {rank_and_world()[1]} processes' if rank_and_world()[1] > 1 else ''}\n"
+          f"run folder: {run_dir}\n{to_yaml(run.cfg)}")
     print(f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images of "
           f"{info['in_channels']}x{info['image_size']}x{info['image_size']}, {len(info['class_names'])} classes")
     try:
-        (run_dir / "config.yaml").write_text(to_yaml(run.cfg))
+        if is_main():
+            (run_dir / "config.yaml").write_text(to_yaml(run.cfg))
         for epoch in range(run.state["epoch"] + 1, cfg.train.epochs + 1):
             run_epoch(run, train_loader, val_loader, epoch)
             if cfg.train.patience and run.state["bad_epochs"] >= cfg.train.patience:
@@ -293,9 +316,6 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
         raise
     except OSError as err:
         raise UserError(f"could not write to {run_dir} ({err.strerror}); set run.output_dir to a writable folder") from None
-
-    best, _, test = evaluate_checkpoint(run_dir / "best.pt", device)
-    print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%")
     return run_dir
 
 
@@ -310,13 +330,23 @@ def main() -> None:
                         help="continue a run (default: the most recent one)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, terminate)
+    ckpt, run_dir = None, None
     if args.resume is None:
-        train(load_config(args.config, args.overrides))
-        return
-    output_dir = load_config(args.config, []).run.output_dir
-    path = resolve(args.resume or None, output_dir, "last.pt")
-    ckpt = load_checkpoint(path)
-    train(resumed_config(ckpt, args.overrides), ckpt, path.parent)
+        cfg = load_config(args.config, args.overrides)
+    else:
+        path = resolve(args.resume or None, load_config(args.config, []).run.output_dir, "last.pt")
+        ckpt, run_dir = load_checkpoint(path), path.parent
+        cfg = resumed_config(ckpt, args.overrides)
+    try:
+        run_dir = train(cfg, ckpt, run_dir)
+        show_test = is_main()
+        distributed.barrier()
+    finally:
+        distributed.teardown()
+    if show_test:  # one process, on the full test split
+        best, _, test = evaluate_checkpoint(run_dir / "best.pt", select_device(cfg.run.device))
+        print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  "
+              f"accuracy {100 * test['accuracy']:.2f}%")
 
 
 if __name__ == "__main__":
