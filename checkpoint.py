@@ -4,7 +4,7 @@ A checkpoint is a dict with:
   format_version, model (state dict of the unwrapped model), optimizer, scheduler,
   epoch (completed epochs), best_val_acc, bad_epochs, history (one dict per epoch),
   config (the resolved config as a dict), data (class_names, in_channels, image_size, mean, std),
-  rng (torch's CPU random state, and CUDA's when used).
+  rng (per process, in rank order: torch's CPU random state, Python's, and CUDA's when used).
 """
 import os
 import pickle
@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 
 def atomic_save(state: dict, path: Path) -> None:
     """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file intact."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: torchrun ranks may share a cache file
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)

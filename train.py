@@ -7,6 +7,7 @@
 """
 import copy
 import csv
+import math
 import random
 import signal
 import sys
@@ -19,10 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
-
-from checkpoint import FORMAT_VERSION, load_checkpoint, resolve, atomic_save
-from config import (Config, RunConfig, Terminated, TrainConfig, UserError, apply_override, config_from_dict, load_config, make_parser,
-                    run_cli, seed_everything, select_device, to_dict, to_yaml)
+from checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, resolve
+from config import (Config, RunConfig, Terminated, TrainConfig, UserError, apply_override, config_from_dict,
+                    load_config, make_parser, run_cli, seed_everything, select_device, to_dict, to_yaml)
 from data import Loader, make_train_loaders
 from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
@@ -123,7 +123,7 @@ def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device)
 
 
 def check_finite(loss_sum: float, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
-    if not torch.isfinite(torch.tensor(loss_sum)):
+    if not math.isfinite(loss_sum):
         lr = optimizer.param_groups[0]["lr"]
         raise UserError(f"the loss became NaN or infinite in epoch {epoch} by batch {step} (lr {lr:.2e}); "
                         "lower train.lr or set train.grad_clip; best.pt is unchanged")
