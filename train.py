@@ -311,8 +311,10 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
                 print(f"early stop: no better val accuracy for {cfg.train.patience} epochs")
                 break
     except KeyboardInterrupt:
-        print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {run.state['epoch']}. "
-              f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)
+        if is_main():
+            launcher = "torchrun ... train.py" if rank_and_world()[1] > 1 else "python train.py"
+            print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {run.state['epoch']}. "
+                  f"Continue with: {launcher} --resume {run_dir}", file=sys.stderr)
         raise
     except OSError as err:
         raise UserError(f"could not write to {run_dir} ({err.strerror}); set run.output_dir to a writable folder") from None
