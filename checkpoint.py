@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from config import Config, UserError, config_from_dict
+from config import Config, UserError, config_from_dict, with_defaults
 from model import build_model
 
 FORMAT_VERSION = 1
@@ -59,7 +59,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def config_of(ckpt: dict) -> Config:
-    return config_from_dict(ckpt["config"])
+    """The run's config; keys added to config.yaml since the checkpoint was saved take their defaults."""
+    return config_from_dict(with_defaults(ckpt["config"]))
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:

@@ -5,6 +5,7 @@ messages with a did-you-mean hint, checks Literal choices and ranges, and reads 
 `1e-3` (a string to PyYAML) as a float.
 """
 import argparse
+import copy
 import dataclasses
 import difflib
 import os
@@ -250,6 +251,15 @@ def read_yaml(path: str | Path) -> Any:
     return raw
 
 
+def with_defaults(raw: dict, defaults: dict | None = None) -> dict:
+    """raw with any key it lacks taken from config.yaml (for configs saved before a key was added)."""
+    merged = copy.deepcopy(read_yaml(DEFAULT_CONFIG) if defaults is None else defaults)
+    for key, value in raw.items():
+        is_section = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = with_defaults(value, merged[key]) if is_section else copy.deepcopy(value)
+    return merged
+
+
 def load_config(path: str | Path | None, overrides: list[str]) -> Config:
     """config.yaml (or path) plus dotted overrides, validated."""
     raw = read_yaml(path or DEFAULT_CONFIG)
@@ -327,6 +337,9 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(2)
     except KeyboardInterrupt as err:
         sys.exit(143 if isinstance(err, Terminated) else 130)
+    except BrokenPipeError:  # e.g. `python test.py | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def select_device(name: str) -> torch.device:

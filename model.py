@@ -176,8 +176,8 @@ def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
 
 def main() -> None:
     """Print the summary table for the configured model, or for a trained checkpoint."""
-    from checkpoint import load_checkpoint
-    from config import UserError, config_from_dict, load_config, make_parser, run_cli
+    from checkpoint import config_of, load_checkpoint
+    from config import UserError, load_config, make_parser, run_cli
     from data import describe
     from model import build_model, summary  # the imported module's, whose ShapeError run_cli catches
 
@@ -189,7 +189,7 @@ def main() -> None:
             raise UserError("--checkpoint takes no config or overrides: the model comes from the checkpoint")
         if args.checkpoint:
             ckpt = load_checkpoint(args.checkpoint)
-            cfg, info = config_from_dict(ckpt["config"]), ckpt["data"]
+            cfg, info = config_of(ckpt), ckpt["data"]
         else:
             cfg = load_config(args.config, args.overrides)
             info = describe(cfg.data)

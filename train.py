@@ -5,7 +5,6 @@
     python train.py data.name=mnist data.root=../shared/datasets train.epochs=2
     python train.py --resume                                 # continue the most recent run
 """
-import copy
 import csv
 import math
 import random
@@ -22,7 +21,8 @@ from tqdm import tqdm
 import distributed
 from checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, resolve
 from config import (Config, RunConfig, Terminated, TrainConfig, UserError, apply_override, config_from_dict,
-                    load_config, make_parser, run_cli, seed_everything, select_device, to_dict, to_yaml)
+                    load_config, make_parser, run_cli, seed_everything, select_device, to_dict, to_yaml,
+                    with_defaults)
 from data import Loader, make_train_loaders
 from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
@@ -151,7 +151,7 @@ def make_run_dir(cfg: Config) -> Path:
 
 def resumed_config(ckpt: dict, overrides: list[str]) -> Config:
     """The checkpoint's config plus overrides that do not change the experiment."""
-    raw = copy.deepcopy(ckpt["config"])
+    raw = with_defaults(ckpt["config"])
     for text in overrides:
         key = text.partition("=")[0]
         if key not in RESUMABLE:

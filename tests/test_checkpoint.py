@@ -128,3 +128,13 @@ def test_deterministic_runs_repeat(tiny_cfg):
     first, second = (load_checkpoint(d / "last.pt") for d in runs)
     assert [r["val_loss"] for r in first["history"]] == [r["val_loss"] for r in second["history"]]
     assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+
+
+def test_checkpoint_from_before_a_new_config_key_still_loads(run_dir, tmp_path):
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    del ckpt["config"]["model"]["sync_batchnorm"]  # as if saved before the key existed
+    del ckpt["config"]["log"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    cfg = checkpoint.config_of(load_checkpoint(tmp_path / "old.pt"))
+    assert cfg.model.sync_batchnorm is False and cfg.log.tensorboard is False
+    assert cfg.model.hidden == [16]  # the stored values win over config.yaml's
