@@ -236,6 +236,11 @@ def subset(images: Images, idx: torch.Tensor) -> Images:
     return images[idx] if isinstance(images, torch.Tensor) else images.select(idx)
 
 
+def decoded(images: Images) -> torch.Tensor:
+    """The images as one uint8 tensor (N, C, H, W), decoding files if need be."""
+    return images if isinstance(images, torch.Tensor) else torch.stack([images[i] for i in range(len(images))])
+
+
 class EpochBatches:
     """The current epoch's index batches; lets DataLoader workers persist across epochs."""
 
@@ -282,9 +287,7 @@ class Loader:
 
     def raw_images(self, idx: torch.Tensor) -> torch.Tensor:
         """The stored uint8 images (len(idx), C, H, W) at positions idx, on the CPU."""
-        if self.stream is None:
-            return self.images[idx.to(self.device)].cpu()
-        return torch.stack([self.images[i] for i in idx.tolist()])
+        return decoded(subset(self.images, idx.to(self.device) if self.stream is None else idx)).cpu()
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.labels) / self.world) / self.batch_size)
@@ -304,11 +307,12 @@ class Loader:
         if self.shuffle_seed is not None:
             generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.epoch)
             order = torch.randperm(len(self.labels), generator=generator)
-        batches = [batch.to(self.device) for batch in self.batches(order)]
+        index_batches = self.batches(order)
+        batches = [batch.to(self.device) for batch in index_batches]
         if self.stream is None:
             raw = (self.images[batch] for batch in batches)
         else:
-            self.epoch_batches.batches = [batch.tolist() for batch in self.batches(order)]
+            self.epoch_batches.batches = [batch.tolist() for batch in index_batches]
             raw = (images.to(self.device, non_blocking=True) for images in self.stream)
         for batch, images in zip(batches, raw):
             images = (images.float() - self.mean) / self.std  # (B, C, H, W)
@@ -375,10 +379,7 @@ def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loade
     images, labels = load_images(cfg.data, "train")
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
     sample = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]]
-    sample_images = subset(images, sample.sort().values)
-    if not isinstance(sample_images, torch.Tensor):
-        sample_images = torch.stack([sample_images[i] for i in range(len(sample_images))])
-    info["mean"], info["std"] = channel_stats(sample_images)
+    info["mean"], info["std"] = channel_stats(decoded(subset(images, sample.sort().values)))
     workers = num_workers(cfg.data)
     train_loader = Loader(subset(images, train_idx), labels[train_idx], cfg.train.batch_size, info, device,
                           shuffle_seed=cfg.run.seed, augment=cfg.data.augment, num_workers=workers)

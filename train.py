@@ -241,14 +241,10 @@ def save_epoch(run: Run, improved: bool) -> None:
             "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
             "scaler": run.step.scaler.state_dict(), **run.state, "config": to_dict(run.cfg), "data": run.info,
             "rng": rng}
-    try:
-        atomic_save(ckpt, run.run_dir / "last.pt")
-        if improved:
-            atomic_save(ckpt, run.run_dir / "best.pt")
-        write_metrics(run.state["history"], run.run_dir)
-    except OSError as err:
-        raise UserError(f"could not write to {run.run_dir} ({err.strerror}); free some space or set "
-                        "run.output_dir to a writable folder; checkpoints already there are intact") from None
+    atomic_save(ckpt, run.run_dir / "last.pt")
+    if improved:
+        atomic_save(ckpt, run.run_dir / "best.pt")
+    write_metrics(run.state["history"], run.run_dir)
 
 
 def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) -> None:
@@ -316,8 +312,9 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
             print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {run.state['epoch']}. "
                   f"Continue with: {launcher} --resume {run_dir}", file=sys.stderr)
         raise
-    except OSError as err:
-        raise UserError(f"could not write to {run_dir} ({err.strerror}); set run.output_dir to a writable folder") from None
+    except OSError as err:  # disk full or not writable: atomic_save left earlier checkpoints whole
+        raise UserError(f"could not write to {run_dir} ({err.strerror}); free some space or set "
+                        "run.output_dir to a writable folder; checkpoints already there are intact") from None
     return run_dir
 
 
