@@ -60,7 +60,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = field(metadata=at_least(1))
     batch_size: int = field(metadata=at_least(1))
-    eval_batch_size: int = field(metadata=at_least(1))
+    eval_batch_size: Literal["auto"] | int = field(metadata=at_least(1))
     optimizer: Literal["sgd", "adam", "adamw"]
     lr: float = field(metadata=POSITIVE)
     momentum: float = field(metadata=between(0.0, 0.999))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from checkpoint import config_of, load_checkpoint, model_from_checkpoint
-from data import Loader, make_eval_loader
+from data import Loader, eval_batch_size, make_eval_loader
 from distributed import all_reduce_sum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,6 +78,6 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt)
     model = model_from_checkpoint(ckpt, device)
-    loader = make_eval_loader(cfg, ckpt["data"], split, batch_size or cfg.train.eval_batch_size, device)
+    loader = make_eval_loader(cfg, ckpt["data"], split, batch_size or eval_batch_size(cfg.train, device), device)
     results = evaluate(model, loader, make_loss(cfg.train.loss), len(ckpt["data"]["class_names"]), device)
     return ckpt, loader, results

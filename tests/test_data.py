@@ -3,7 +3,8 @@ import torch
 from PIL import Image
 
 from config import UserError
-from data import (Loader, channel_stats, flip_and_crop, load_split, make_train_loaders, train_val_split)
+from data import (Loader, channel_stats, eval_batch_size, flip_and_crop, load_split, make_train_loaders,
+                  train_val_split)
 
 
 def batches(loader):
@@ -148,3 +149,13 @@ def test_streamed_folder_gives_the_same_batches_as_in_memory(tiny_cfg, tmp_path,
             assert len(pairs) == len(a) == len(b)
             for (images_a, labels_a), (images_b, labels_b) in pairs:
                 assert torch.equal(labels_a, labels_b) and torch.allclose(images_a, images_b)
+
+
+def test_eval_batch_size_auto_is_the_training_batch_on_cpu_and_four_times_it_on_cuda(tiny_cfg):
+    cfg = tiny_cfg("train.batch_size=32")
+    assert cfg.train.eval_batch_size == "auto"
+    assert eval_batch_size(cfg.train, torch.device("cpu")) == 32
+    assert eval_batch_size(cfg.train, torch.device("cuda")) == 128
+    assert eval_batch_size(tiny_cfg("train.eval_batch_size=7").train, torch.device("cuda")) == 7
+    _, val_loader, _ = make_train_loaders(cfg, torch.device("cpu"))
+    assert val_loader.batch_size == 32
