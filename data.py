@@ -9,6 +9,7 @@ import os
 import pickle
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -254,6 +255,15 @@ class EpochBatches:
         return len(self.batches)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How a Loader cuts its split into batches."""
+    size: int
+    shuffle_seed: int | None = None  # None: the same order every epoch (evaluation)
+    augment: bool = False  # flip_and_crop on shuffled batches
+    num_workers: int = 0  # DataLoader worker processes, for images streamed from files
+
+
 class Loader:
     """Batches of normalised float images and labels on the device, from memory or from files.
 
@@ -264,11 +274,9 @@ class Loader:
     process takes every world-th image of that order: disjoint shares that together cover the split.
     """
 
-    def __init__(self, images: Images, labels: torch.Tensor, batch_size: int, info: dict,
-                 device: torch.device, shuffle_seed: int | None = None, augment: bool = False, num_workers: int = 0):
+    def __init__(self, images: Images, labels: torch.Tensor, batching: Batching, info: dict, device: torch.device):
         self.rank, self.world = rank_and_world()
-        self.device, self.labels = device, labels.to(device)
-        self.batch_size, self.shuffle_seed, self.augment = batch_size, shuffle_seed, augment
+        self.device, self.labels, self.batching = device, labels.to(device), batching
         # Normalise on the 0..255 scale: (x/255 - mean)/std == (x - 255 mean)/(255 std).
         self.mean = torch.tensor(info["mean"], device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(info["std"], device=device).view(1, -1, 1, 1) * 255
@@ -279,8 +287,8 @@ class Loader:
         else:
             self.epoch_batches = EpochBatches()
             self.stream = torch.utils.data.DataLoader(
-                images, batch_sampler=self.epoch_batches, num_workers=num_workers,
-                pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+                images, batch_sampler=self.epoch_batches, num_workers=batching.num_workers,
+                pin_memory=device.type == "cuda", persistent_workers=batching.num_workers > 0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -290,7 +298,7 @@ class Loader:
         return decoded(subset(self.images, idx.to(self.device) if self.stream is None else idx)).cpu()
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.labels) / self.world) / self.batch_size)
+        return math.ceil(math.ceil(len(self.labels) / self.world) / self.batching.size)
 
     def batches(self, order: torch.Tensor) -> list[torch.Tensor]:
         """This process's share of the order, as index batches.
@@ -299,13 +307,13 @@ class Loader:
         into len(self) nearly equal batches rather than full ones and a short remainder.
         """
         share = order[self.rank::self.world]
-        return list(share.split(self.batch_size) if self.world == 1 else share.tensor_split(len(self)))
+        return list(share.split(self.batching.size) if self.world == 1 else share.tensor_split(len(self)))
 
     def __iter__(self):
         generator = None
         order = torch.arange(len(self.labels))
-        if self.shuffle_seed is not None:
-            generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.epoch)
+        if self.batching.shuffle_seed is not None:
+            generator = torch.Generator().manual_seed(self.batching.shuffle_seed * 100_003 + self.epoch)
             order = torch.randperm(len(self.labels), generator=generator)
         index_batches = self.batches(order)
         batches = [batch.to(self.device) for batch in index_batches]
@@ -316,7 +324,7 @@ class Loader:
             raw = (images.to(self.device, non_blocking=True) for images in self.stream)
         for batch, images in zip(batches, raw):
             images = (images.float() - self.mean) / self.std  # (B, C, H, W)
-            if self.augment and generator is not None:
+            if self.batching.augment and generator is not None:
                 images = flip_and_crop(images, generator)
             yield images, self.labels[batch]
 
@@ -366,7 +374,7 @@ def make_eval_loader(cfg: Config, info: dict, split: str, batch_size: int, devic
     else:
         images, labels = load_images(cfg.data, "test")
     check_matches(images, labels, info, cfg.data)
-    return Loader(images, labels, batch_size, info, device, num_workers=num_workers(cfg.data))
+    return Loader(images, labels, Batching(batch_size, num_workers=num_workers(cfg.data)), info, device)
 
 
 def check_matches(images: Images, labels: torch.Tensor, info: dict, cfg: DataConfig) -> None:
@@ -389,8 +397,8 @@ def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loade
     sample = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]]
     info["mean"], info["std"] = channel_stats(decoded(subset(images, sample.sort().values)))
     workers = num_workers(cfg.data)
-    train_loader = Loader(subset(images, train_idx), labels[train_idx], cfg.train.batch_size, info, device,
-                          shuffle_seed=cfg.run.seed, augment=cfg.data.augment, num_workers=workers)
-    val_loader = Loader(subset(images, val_idx), labels[val_idx], eval_batch_size(cfg.train, device), info, device,
-                        num_workers=workers)
+    shuffled = Batching(cfg.train.batch_size, cfg.run.seed, cfg.data.augment, workers)
+    train_loader = Loader(subset(images, train_idx), labels[train_idx], shuffled, info, device)
+    fixed = Batching(eval_batch_size(cfg.train, device), num_workers=workers)
+    val_loader = Loader(subset(images, val_idx), labels[val_idx], fixed, info, device)
     return train_loader, val_loader, info

@@ -19,7 +19,7 @@ from torch import nn
 
 from checkpoint import config_of, load_checkpoint, model_from_checkpoint, resolve
 from config import Parser, UserError, run_cli, select_device
-from data import Loader, read_image
+from data import Batching, Loader, read_image
 from metrics import TOP_K, evaluate, evaluate_checkpoint, make_loss, per_class, top_k_accuracy
 from plots import plot_confusion, plot_maps, plot_misclassified
 
@@ -117,7 +117,7 @@ def predict(path: Path, inputs: list[str], top_k: int, output: str | None, devic
         print(f"error: {message}", file=sys.stderr)
     rows = []
     if images:
-        loader = Loader(torch.stack(images), torch.zeros(len(images), dtype=torch.int64), 256, info, device)
+        loader = Loader(torch.stack(images), torch.zeros(len(images), dtype=torch.int64), Batching(256), info, device)
         model = model_from_checkpoint(ckpt, device)
         results = evaluate(model, loader, make_loss(config_of(ckpt).train.loss), len(names), device)
         for file, probs, classes in zip(files, results["top_probs"].tolist(), results["top_classes"].tolist()):
@@ -145,7 +145,7 @@ def feature_maps(path: Path, image_path: str, device: torch.device) -> None:
     ckpt = load_checkpoint(path)
     model, info = model_from_checkpoint(ckpt, device).eval(), ckpt["data"]
     image = read_image(Path(image_path), info["in_channels"], info["image_size"])
-    images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), 1, info, device)))
+    images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info, device)))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise UserError(f"model {ckpt['config']['model']['name']} has no conv layers to show")

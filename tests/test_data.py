@@ -3,8 +3,8 @@ import torch
 from PIL import Image
 
 from config import UserError
-from data import (Loader, channel_stats, eval_batch_size, flip_and_crop, load_split, make_train_loaders,
-                  train_val_split)
+from data import (Batching, Loader, channel_stats, eval_batch_size, flip_and_crop, load_split,
+                  make_train_loaders, train_val_split)
 
 
 def batches(loader):
@@ -41,7 +41,7 @@ def test_train_loader_shuffles_each_epoch_and_eval_does_not(tiny_cfg):
     train_loader.set_epoch(1)
     assert torch.equal(first, torch.cat(batches(train_loader)))  # same seed and epoch: same order
     assert torch.equal(torch.cat(batches(val_loader)), val_loader.labels)  # eval: stored order
-    assert len(train_loader) == -(-len(train_loader.labels) // train_loader.batch_size)
+    assert len(train_loader) == -(-len(train_loader.labels) // train_loader.batching.size)
 
 
 def test_batches_are_normalised_with_training_statistics(tiny_cfg):
@@ -106,7 +106,7 @@ def test_missing_torchvision_files_offline_give_one_line(tiny_cfg, tmp_path, mon
 def test_tensor_loader_on_explicit_data():
     images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
     info = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    loader = Loader(images, torch.arange(10), 4, info, torch.device("cpu"))
+    loader = Loader(images, torch.arange(10), Batching(4), info, torch.device("cpu"))
     got = list(loader)
     assert [len(labels) for _, labels in got] == [4, 4, 2]
     expected = (images[:4].float() / 255 - 0.5) / 0.25
@@ -158,4 +158,4 @@ def test_eval_batch_size_auto_is_the_training_batch_on_cpu_and_four_times_it_on_
     assert eval_batch_size(cfg.train, torch.device("cuda")) == 128
     assert eval_batch_size(tiny_cfg("train.eval_batch_size=7").train, torch.device("cuda")) == 7
     _, val_loader, _ = make_train_loaders(cfg, torch.device("cpu"))
-    assert val_loader.batch_size == 32
+    assert val_loader.batching.size == 32
