@@ -128,6 +128,48 @@ def full_run(root: str, output_dir: str) -> None:
           f"test accuracy {100 * test['accuracy']:.2f}% ({verdict} 99.0%)")
 
 
+CANONICAL, OURS = ("(a) canonical: MNIST -> ToTensor -> Normalize -> DataLoader",
+                   "(b) this project: in-memory uint8, normalised per batch")
+
+
+def compare_pipelines(canonical, ours: Loader, num_batches: int, rounds: int) -> dict[str, float]:
+    """(a) and (b): each row's median images/s over interleaved rounds, printed with its ratio to (a)."""
+    rows = {  # label -> (loader, channels_last, bf16)
+        CANONICAL: (canonical, False, False),
+        OURS: (ours, False, False),
+        "(b) + channels_last (run.channels_last=true, the default)": (ours, True, False),
+        "(b) + channels_last + bf16 autocast (run.amp=bf16)": (ours, True, True),
+    }
+    for loader, channels_last, bf16 in rows.values():  # untimed: the first row would pay oneDNN's set-up
+        images_per_second(loader, 10, channels_last, bf16)
+    speeds = {label: [] for label in rows}
+    for _ in range(rounds):  # interleaved, so drifts in machine speed hit every row alike
+        for label, (loader, channels_last, bf16) in rows.items():
+            speeds[label].append(images_per_second(loader, num_batches, channels_last, bf16))
+    medians = {label: statistics.median(values) for label, values in speeds.items()}
+    print(f"{'pipeline':<62}{'images/s':>10}{'ratio':>8}")
+    for label, speed in medians.items():
+        print(f"{label:<62}{speed:>10.0f}{speed / medians[CANONICAL]:>8.2f}")
+    return medians
+
+
+def print_loading_share(canonical, canonical_rate: float, num_batches: int) -> None:
+    """The most any data pipeline can give: the canonical step minus its loading time."""
+    loading_rate = timed_rate(canonical, num_batches, lambda images, labels: None)
+    share = canonical_rate / loading_rate  # seconds loading / seconds per training step
+    print(f"\n    the canonical DataLoader alone delivers {loading_rate:.0f} images/s: loading is "
+          f"{100 * share:.0f}% of its training step,\n    so a pipeline that loaded in no time at all "
+          f"would reach {1 / (1 - share):.2f}x")
+
+
+def print_conv_share(rate: float) -> None:
+    """(c): FLOPs per image, and the share of the measured conv throughput that rate images/s reaches."""
+    flops, peak = train_flops_per_image(), conv_throughput()
+    print(f"\n(c) {flops / 1e6:.1f} MFLOP per training image (forward + backward); measured float32 conv "
+          f"throughput {peak / 1e9:.1f} GFLOP/s;\n    (b) runs at {rate * flops / 1e9:.1f} GFLOP/s "
+          f"= {100 * rate * flops / peak:.0f}% of it")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data", help="folder holding MNIST/raw/")
@@ -141,37 +183,10 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of "
           f"{args.batches} timed batches of 64 per row (median shown)")
-    canonical, ours = canonical_loader(args.root), project_loader(args.root)
-    rows = {  # label -> (loader, channels_last, bf16)
-        "(a) canonical: MNIST -> ToTensor -> Normalize -> DataLoader": (canonical, False, False),
-        "(b) this project: in-memory uint8, normalised per batch": (ours, False, False),
-        "(b) + channels_last (run.channels_last=true, the default)": (ours, True, False),
-        "(b) + channels_last + bf16 autocast (run.amp=bf16)": (ours, True, True),
-    }
-    for loader, channels_last, bf16 in rows.values():  # untimed: the first row would pay oneDNN's set-up
-        images_per_second(loader, 10, channels_last, bf16)
-    speeds = {label: [] for label in rows}
-    for _ in range(args.rounds):  # interleaved, so drifts in machine speed hit every row alike
-        for label, (loader, channels_last, bf16) in rows.items():
-            speeds[label].append(images_per_second(loader, args.batches, channels_last, bf16))
-    medians = {label: statistics.median(values) for label, values in speeds.items()}
-    base = medians[next(iter(rows))]
-    print(f"{'pipeline':<62}{'images/s':>10}{'ratio':>8}")
-    for label, speed in medians.items():
-        print(f"{label:<62}{speed:>10.0f}{speed / base:>8.2f}")
-
-    # The most any data pipeline can give: the canonical step minus its loading time.
-    canonical_seconds, loading_seconds = 1 / base, 1 / timed_rate(canonical, args.batches, lambda images, labels: None)
-    share = loading_seconds / canonical_seconds
-    print(f"\n    the canonical DataLoader alone delivers {1 / loading_seconds:.0f} images/s: loading is "
-          f"{100 * share:.0f}% of its training step,\n    so a pipeline that loaded in no time at all "
-          f"would reach {1 / (1 - share):.2f}x")
-
-    flops, peak = train_flops_per_image(), conv_throughput()
-    achieved = medians["(b) this project: in-memory uint8, normalised per batch"] * flops
-    print(f"\n(c) {flops / 1e6:.1f} MFLOP per training image (forward + backward); measured float32 conv "
-          f"throughput {peak / 1e9:.1f} GFLOP/s;\n    (b) runs at {achieved / 1e9:.1f} GFLOP/s "
-          f"= {100 * achieved / peak:.0f}% of it")
+    canonical = canonical_loader(args.root)
+    medians = compare_pipelines(canonical, project_loader(args.root), args.batches, args.rounds)
+    print_loading_share(canonical, medians[CANONICAL], args.batches)
+    print_conv_share(medians[OURS])
     if not args.skip_full_run:
         full_run(args.root, args.output_dir)
 
