@@ -6,7 +6,6 @@ A checkpoint is a dict with:
   config (the resolved config as a dict), data (class_names, in_channels, image_size, mean, std),
   rng (per process, in rank order: torch's CPU random state, Python's, and CUDA's when used).
 """
-import os
 import pickle
 from pathlib import Path
 
@@ -14,23 +13,10 @@ import torch
 from torch import nn
 
 from config import Config, UserError, config_from_dict, with_defaults
-from model import build_model
+from datasets import DataInfo
+from model import ModelConfig, build_model
 
 FORMAT_VERSION = 1
-
-
-def atomic_save(state: dict, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file intact."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: torchrun ranks may share a cache file
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # includes Ctrl-C: never leave a half-written temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def unreadable(path: Path) -> str:
@@ -63,10 +49,19 @@ def config_of(ckpt: dict) -> Config:
     return config_from_dict(with_defaults(ckpt["config"]))
 
 
+def data_of(ckpt: dict) -> DataInfo:
+    """The description of the data the checkpoint's model was trained on."""
+    return DataInfo(**ckpt["data"])
+
+
+def new_model(cfg: ModelConfig, info: DataInfo) -> nn.Module:
+    """A freshly initialised model for data shaped like info."""
+    return build_model(cfg, info.in_channels, len(info.class_names), info.image_size)
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:
     """Rebuild the model from the config and data shape stored in the checkpoint, and load its weights."""
-    info = ckpt["data"]
-    model = build_model(config_of(ckpt).model, info["in_channels"], len(info["class_names"]), info["image_size"])
+    model = new_model(config_of(ckpt).model, data_of(ckpt))
     check_shapes(model.state_dict(), ckpt["model"])
     model.load_state_dict(ckpt["model"])
     return model.to(device)

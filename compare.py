@@ -9,21 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from config import Parser, UserError, run_cli
+from cli import Parser, run_cli
+from config import UserError, flatten
 from plots import plot_comparison
 
 IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without changing the experiment
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
-    """{'train': {'lr': 0.1}} -> {'train.lr': '0.1'}; lists are kept whole."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = str(value)
-    return flat
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
@@ -31,7 +21,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
     for name in ("config.yaml", "metrics.csv"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} has no {name}; pass run folders written by train.py")
-    config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    config = {key: str(value) for key, value in flatten(yaml.safe_load((run_dir / "config.yaml").read_text())).items()}
     with open(run_dir / "metrics.csv") as f:
         history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
     return config, history
@@ -45,11 +35,11 @@ def labels_for(configs: list[dict[str, str]], names: list[str]) -> list[str]:
     return [", ".join(f"{key}={config.get(key, '-')}" for key in keys) for config in configs]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_FOLDER", help="run folders under checkpoints/")
     parser.add_argument("--output", default="checkpoints/comparison.png", help="PNG to write")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run_dirs = [Path(run) for run in args.runs]
     configs, histories = zip(*(read_run(run_dir) for run_dir in run_dirs))
     labels = labels_for(list(configs), [run_dir.name for run_dir in run_dirs])

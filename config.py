@@ -4,33 +4,24 @@ Hand-written rather than OmegaConf: the dataclass walk below is short, gives one
 messages with a did-you-mean hint, checks Literal choices and ranges, and reads YAML's
 `1e-3` (a string to PyYAML) as a float.
 """
-import argparse
 import copy
 import dataclasses
 import difflib
-import os
-import random
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
-from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import torch
 import yaml
 
-from model import MODELS, ModelConfig, ShapeError
+from model import MODELS, ModelConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, without a traceback."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C but exiting with 143."""
 
 
 def at_least(low: float) -> dict:
@@ -54,6 +45,7 @@ class DataConfig:
     augment: bool
     max_memory_mb: int = field(metadata=at_least(0))
     num_workers: Literal["auto"] | int = field(metadata=at_least(0))
+    cache_dir: str
 
 
 @dataclass
@@ -274,6 +266,25 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flatten(node: Any, prefix: str = "") -> dict:
+    """{'train': {'lr': 0.1}} -> {'train.lr': 0.1}; lists stay whole values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat = {}
+    for name, child in node.items():
+        flat.update(flatten(child, f"{prefix}.{name}" if prefix else name))
+    return flat
+
+
+def changed_keys(cfg: Config) -> list[str]:
+    """key=value for each setting that differs from config.yaml; run.name is left out (each run sets it)."""
+    defaults = flatten(to_dict(config_from_dict(read_yaml(DEFAULT_CONFIG))))
+    changed = {key: value for key, value in flatten(to_dict(cfg)).items()
+               if value != defaults.get(key) and key != "run.name"}
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1000).strip()}" if isinstance(value, list)
+            else f"{key}={value}" for key, value in changed.items()]
+
+
 class FlowDict(dict):
     """A mapping written on one line, as conv blocks are in config.yaml."""
 
@@ -310,59 +321,3 @@ def key_help(path: Path = DEFAULT_CONFIG) -> str:
         if value or comment:
             lines.append(f"  {'.'.join(stack):<24} {value:<12} {comment}")
     return "config keys (default, meaning):\n" + "\n".join(lines)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, like every other error here."""
-
-    def error(self, message: str) -> None:
-        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
-        sys.exit(2)
-
-
-def make_parser(doc: str) -> argparse.ArgumentParser:
-    """The arguments every script shares: --config FILE and key=value overrides."""
-    parser = Parser(description=doc, epilog=key_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="FILE", help="config file (default: config.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=0.01")
-    return parser
-
-
-def run_cli(main: Callable[[], None]) -> None:
-    """Run a script's main; turn user errors into one line on stderr and a non-zero exit."""
-    try:
-        main()
-    except (UserError, ShapeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as err:
-        sys.exit(143 if isinstance(err, Terminated) else 130)
-    except BrokenPipeError:  # e.g. `python test.py | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-
-
-def select_device(name: str) -> torch.device:
-    """auto -> CUDA when available, else CPU; explicit CUDA requests are checked."""
-    check_device_name(name, "device")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device '{name}' requested but no CUDA device is available; use auto or cpu")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UserError(f"device '{name}' requested but only {torch.cuda.device_count()} "
-                            "CUDA device(s) exist; use cuda:0 or auto")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python and torch; optionally make PyTorch use deterministic algorithms only."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~150 MB of memory
-        torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.deterministic = deterministic

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import config_of, load_checkpoint, model_from_checkpoint
-from data import Loader, eval_batch_size, make_eval_loader
+from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
+from datasets import Loader, eval_batch_size, make_eval_loader
 from distributed import all_reduce_sum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,7 +77,7 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
     """Load a checkpoint, rebuild its model and data split, and evaluate it: (checkpoint, loader, results)."""
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt)
-    model = model_from_checkpoint(ckpt, device)
-    loader = make_eval_loader(cfg, ckpt["data"], split, batch_size or eval_batch_size(cfg.train, device), device)
-    results = evaluate(model, loader, make_loss(cfg.train.loss), len(ckpt["data"]["class_names"]), device)
+    model, info = model_from_checkpoint(ckpt, device), data_of(ckpt)
+    loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
+    results = evaluate(model, loader, make_loss(cfg.train.loss), len(info.class_names), device)
     return ckpt, loader, results

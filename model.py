@@ -2,11 +2,8 @@
 
 To try another architecture, write an nn.Module whose constructor takes
 (cfg: ModelConfig, in_channels, num_classes, image_size) and whose forward returns logits,
-then add one line to MODELS. train.py and test.py need no change.
-
-    python model.py                                  # summary of the default model on the default data
-    python model.py data.name=mnist model.name=lenet5
-    python model.py --checkpoint checkpoints/<run>/best.pt
+then add one line to MODELS. train.py and test.py need no change; `python summary.py` prints
+the layer table. This file imports torch and nothing else of the project.
 """
 from dataclasses import dataclass, field
 from typing import Literal
@@ -172,33 +169,3 @@ def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
               f"would need {fc_params:,} parameters ({fc_params / total:,.0f}x): a conv kernel is shared "
               "across all positions."]
     return "\n".join(lines)
-
-
-def main() -> None:
-    """Print the summary table for the configured model, or for a trained checkpoint."""
-    from checkpoint import config_of, load_checkpoint
-    from config import UserError, load_config, make_parser, run_cli
-    from data import describe
-    from model import build_model, summary  # the imported module's, whose ShapeError run_cli catches
-
-    def run() -> None:
-        parser = make_parser(__doc__)
-        parser.add_argument("--checkpoint", metavar="PATH", help="summarise this checkpoint instead")
-        args = parser.parse_args()
-        if args.checkpoint and (args.overrides or args.config):
-            raise UserError("--checkpoint takes no config or overrides: the model comes from the checkpoint")
-        if args.checkpoint:
-            ckpt = load_checkpoint(args.checkpoint)
-            cfg, info = config_of(ckpt), ckpt["data"]
-        else:
-            cfg = load_config(args.config, args.overrides)
-            info = describe(cfg.data)
-        model = build_model(cfg.model, info["in_channels"], len(info["class_names"]), info["image_size"])
-        print(f"model: {cfg.model.name}   data: {cfg.data.name}")
-        print(summary(model, info["in_channels"], info["image_size"]))
-
-    run_cli(run)
-
-
-if __name__ == "__main__":
-    main()

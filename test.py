@@ -7,19 +7,22 @@ Outputs go to the checkpoint's run folder.
     python test.py checkpoints/<run> --split val    # best.pt of that run, validation split
     python test.py --predict my_digit.png photos/ --output predictions.csv
     python test.py --feature-maps my_digit.png      # first-layer kernels and every conv's feature maps
+    python test.py run.device=cpu run.output_dir=runs   # the latest run under runs/, on the CPU
 """
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from checkpoint import config_of, load_checkpoint, model_from_checkpoint, resolve
-from config import Parser, UserError, run_cli, select_device
-from data import Batching, Loader, read_image
+from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
+from cli import Parser, run_cli, select_device
+from config import UserError, load_config
+from datasets import Batching, DataInfo, Loader, read_image
 from metrics import TOP_K, evaluate, evaluate_checkpoint, make_loss, per_class, top_k_accuracy
 from plots import plot_confusion, plot_maps, plot_misclassified
 
@@ -54,7 +57,7 @@ def most_confident_mistakes(results: dict, count: int) -> torch.Tensor:
 def report(path: Path, split: str, top_k: int, device: torch.device, batch_size: int | None) -> None:
     """Metrics, confusion matrices and the misclassified grid for one split."""
     ckpt, loader, results = evaluate_checkpoint(path, device, split, batch_size)
-    names, confusion = ckpt["data"]["class_names"], results["confusion"]
+    names, confusion = data_of(ckpt).class_names, results["confusion"]
     summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
                "split": split, "num_images": int(confusion.sum()), "loss": results["loss"],
                "accuracy": results["accuracy"], "top_k": top_k, "top_k_accuracy": top_k_accuracy(results, top_k),
@@ -95,12 +98,12 @@ def image_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-def read_all(files: list[Path], info: dict) -> tuple[list[Path], list[torch.Tensor], list[str]]:
+def read_all(files: list[Path], info: DataInfo) -> tuple[list[Path], list[torch.Tensor], list[str]]:
     """Decode each file at the checkpoint's channels and size; one error line per unreadable file."""
     good, images, errors = [], [], []
     for path in files:
         try:
-            images.append(read_image(path, info["in_channels"], info["image_size"]))
+            images.append(read_image(path, info.in_channels, info.image_size))
             good.append(path)
         except UserError as err:
             errors.append(str(err))
@@ -110,7 +113,8 @@ def read_all(files: list[Path], info: dict) -> tuple[list[Path], list[torch.Tens
 def predict(path: Path, inputs: list[str], top_k: int, output: str | None, device: torch.device) -> int:
     """Print the top-k classes of every image; returns the number of files that could not be read."""
     ckpt = load_checkpoint(path)
-    info, names = ckpt["data"], ckpt["data"]["class_names"]
+    info = data_of(ckpt)
+    names = info.class_names
     files, errors = image_files(inputs)
     files, images, read_errors = read_all(files, info)
     for message in errors + read_errors:
@@ -143,8 +147,8 @@ def formula(conv: nn.Conv2d, size: int) -> str:
 def feature_maps(path: Path, image_path: str, device: torch.device) -> None:
     """One PNG of the first conv layer's kernels, and one PNG of each conv layer's feature maps."""
     ckpt = load_checkpoint(path)
-    model, info = model_from_checkpoint(ckpt, device).eval(), ckpt["data"]
-    image = read_image(Path(image_path), info["in_channels"], info["image_size"])
+    model, info = model_from_checkpoint(ckpt, device).eval(), data_of(ckpt)
+    image = read_image(Path(image_path), info.in_channels, info.image_size)
     images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info, device)))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
@@ -169,23 +173,43 @@ def feature_maps(path: Path, image_path: str, device: torch.device) -> None:
     print(f"{image_path} through {path}: wrote to {run_dir}/: {', '.join(written)}")
 
 
-def main() -> None:
+# The only settings test.py takes from the config; everything else comes from the checkpoint.
+CONFIG_KEYS = ("run.output_dir", "run.device")
+
+
+def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
+    """[CHECKPOINT] [key=value ...] -> (checkpoint or None, overrides of CONFIG_KEYS)."""
+    overrides = [text for text in inputs if re.match(r"^\w+(\.\w+)+=", text)]
+    paths = [text for text in inputs if text not in overrides]
+    for text in overrides:
+        if text.partition("=")[0] not in CONFIG_KEYS:
+            raise UserError(f"override {text!r}: test.py reads only {' and '.join(CONFIG_KEYS)} from the config; "
+                            "the model and data come from the checkpoint")
+    if len(paths) > 1:
+        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {' '.join(paths)}")
+    return (paths[0] if paths else None), overrides
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_FOLDER",
-                        help="a .pt file or a run folder (default: the most recent run)")
+    parser.add_argument("inputs", nargs="*", metavar="[CHECKPOINT_OR_RUN_FOLDER] [key=value]",
+                        help="a .pt file or a run folder (default: the most recent run under run.output_dir); "
+                             f"overrides of {', '.join(CONFIG_KEYS)}")
+    parser.add_argument("--config", metavar="FILE", help="config file for run.output_dir and run.device "
+                        "(default: config.yaml)")
     parser.add_argument("--split", choices=["test", "val"], default="test", help="which split to evaluate")
     parser.add_argument("--top-k", type=int, default=TOP_K, choices=range(1, TOP_K + 1), metavar=f"1..{TOP_K}",
                         help="k for top-k accuracy and predictions")
     parser.add_argument("--predict", nargs="+", metavar="IMG_OR_DIR", help="predict the class of image files")
     parser.add_argument("--output", metavar="CSV", help="with --predict: write the predictions to this CSV file")
     parser.add_argument("--feature-maps", metavar="IMG", help="draw kernels and feature maps for this image")
-    parser.add_argument("--runs-dir", default="checkpoints", help="where to look for the most recent run")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    path = resolve(args.checkpoint, args.runs_dir, "best.pt")
-    device = select_device(args.device)
+    checkpoint, overrides = split_inputs(args.inputs)
+    run_cfg = load_config(args.config, overrides).run
+    path = resolve(checkpoint, run_cfg.output_dir, "best.pt")
+    device = select_device(run_cfg.device)
     if args.predict:
         sys.exit(1 if predict(path, args.predict, args.top_k, args.output, device) else 0)
     if args.feature_maps:

@@ -11,7 +11,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -19,15 +19,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
-from checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, resolve
-from config import (Config, RunConfig, Terminated, TrainConfig, UserError, apply_override, config_from_dict,
-                    load_config, make_parser, run_cli, seed_everything, select_device, to_dict, to_yaml,
-                    with_defaults)
-from data import Loader, make_train_loaders
+from checkpoint import FORMAT_VERSION, load_checkpoint, new_model, resolve
+from cli import Terminated, make_parser, run_cli, seed_everything, select_device
+from config import (Config, RunConfig, TrainConfig, UserError, apply_override, changed_keys, config_from_dict,
+                    load_config, to_dict, to_yaml, with_defaults)
+from datasets import DataInfo, Loader, make_train_loaders
 from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
-from model import build_model
 from plots import plot_curves
+from storage import atomic_save
 
 # Keys a resumed run may change; anything else would make it a different experiment.
 RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
@@ -183,6 +183,15 @@ def epoch_line(row: dict, epochs: int, improved: bool) -> str:
 
 
 @dataclass
+class RunState:
+    """The run's progress; stored at the top level of every checkpoint."""
+    epoch: int = 0  # completed epochs
+    best_val_acc: float = -1.0
+    bad_epochs: int = 0  # epochs since the last improvement, for early stopping
+    history: list[dict] = field(default_factory=list)  # one metrics row per epoch
+
+
+@dataclass
 class Run:
     """Everything the epoch loop reads and updates."""
     cfg: Config
@@ -190,45 +199,48 @@ class Run:
     model: torch.nn.Module  # unwrapped: evaluated and saved
     trained_model: torch.nn.Module  # what the training step calls: compiled, or the model itself
     step: Stepper
-    info: dict
-    state: dict  # epoch, best_val_acc, bad_epochs, history
+    info: DataInfo
+    state: RunState
     writer: object = None  # a TensorBoard SummaryWriter when log.tensorboard is on
 
 
-def build_run(cfg: Config, info: dict, steps_per_epoch: int, device: torch.device) -> Run:
-    """Model, optimizer, schedule and switches for a fresh run (run_dir is set by the caller)."""
-    model = build_model(cfg.model, info["in_channels"], len(info["class_names"]), info["image_size"]).to(device)
+def build_model(cfg: Config, info: DataInfo, device: torch.device) -> torch.nn.Module:
+    """A fresh model on the device; under torchrun on CUDA with synchronised batch norm if asked."""
+    model = new_model(cfg.model, info).to(device)
     if cfg.model.sync_batchnorm and rank_and_world()[1] > 1:
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over all processes' batches
         else:
             print("note: model.sync_batchnorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
-    optimizer = make_optimizer(model, cfg.train)
-    trained_model, amp_dtype = apply_switches(model, cfg.run, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    step = Stepper(make_loss(cfg.train.loss), optimizer, make_scheduler(optimizer, cfg.train, steps_per_epoch),
-                   scaler, amp_dtype, cfg.train.grad_clip)
-    state = {"epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": []}
-    return Run(cfg, Path(), model, trained_model, step, info, state)
+    return model
 
 
-def restore(run: Run, ckpt: dict) -> None:
-    """Load everything the next epoch depends on from a checkpoint."""
-    run.model.load_state_dict(ckpt["model"])
-    run.step.optimizer.load_state_dict(ckpt["optimizer"])
-    run.step.scheduler.load_state_dict(ckpt["scheduler"])
+def make_stepper(model: torch.nn.Module, cfg: TrainConfig, amp_dtype: torch.dtype | None,
+                 steps_per_epoch: int) -> Stepper:
+    """Optimizer, schedule and gradient scaler for a fresh run."""
+    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 runs on CUDA only
+    return Stepper(make_loss(cfg.loss), optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler,
+                   amp_dtype, cfg.grad_clip)
+
+
+def restore(ckpt: dict, model: torch.nn.Module, step: Stepper) -> RunState:
+    """Load everything the next epoch depends on from a checkpoint; returns the run's progress."""
+    model.load_state_dict(ckpt["model"])
+    step.optimizer.load_state_dict(ckpt["optimizer"])
+    step.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"]:  # empty when the scaler was disabled
-        run.step.scaler.load_state_dict(ckpt["scaler"])
-    run.state = {key: ckpt[key] for key in run.state}
+        step.scaler.load_state_dict(ckpt["scaler"])
     rng, (rank, world) = ckpt["rng"], rank_and_world()  # rng holds one state per process
     if len(rng["torch"]) != world:
         print(f"note: resuming a {len(rng['torch'])}-process run with {world}: each process's share of the "
               "data changes and dropout is reseeded, so the numbers differ from an uninterrupted run")
-        return
-    torch.set_rng_state(rng["torch"][rank])
-    random.setstate(rng["python"][rank])
-    if torch.cuda.is_available() and rng["cuda"][rank]:
-        torch.cuda.set_rng_state_all(rng["cuda"][rank])
+    else:
+        torch.set_rng_state(rng["torch"][rank])
+        random.setstate(rng["python"][rank])
+        if torch.cuda.is_available() and rng["cuda"][rank]:
+            torch.cuda.set_rng_state_all(rng["cuda"][rank])
+    return RunState(**{f.name: ckpt[f.name] for f in fields(RunState)})
 
 
 def save_epoch(run: Run, improved: bool) -> None:
@@ -239,12 +251,12 @@ def save_epoch(run: Run, improved: bool) -> None:
         return
     ckpt = {"format_version": FORMAT_VERSION, "model": run.model.state_dict(),
             "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
-            "scaler": run.step.scaler.state_dict(), **run.state, "config": to_dict(run.cfg), "data": run.info,
-            "rng": rng}
+            "scaler": run.step.scaler.state_dict(), **asdict(run.state), "config": to_dict(run.cfg),
+            "data": asdict(run.info), "rng": rng}
     atomic_save(ckpt, run.run_dir / "last.pt")
     if improved:
         atomic_save(ckpt, run.run_dir / "best.pt")
-    write_metrics(run.state["history"], run.run_dir)
+    write_metrics(run.state.history, run.run_dir)
 
 
 def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) -> None:
@@ -253,14 +265,13 @@ def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) ->
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run.trained_model, train_loader, run.step, run.cfg.train, epoch)
     broadcast_buffers(run.model)  # every process evaluates the weights rank 0 saves
-    val = evaluate(run.model, val_loader, run.step.loss_fn, len(run.info["class_names"]), val_loader.device)
+    val = evaluate(run.model, val_loader, run.step.loss_fn, len(run.info.class_names), val_loader.device)
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
            "val_acc": val["accuracy"], "lr": run.step.optimizer.param_groups[0]["lr"],
            "seconds": round(time.perf_counter() - start, 2)}
-    improved = val["accuracy"] > run.state["best_val_acc"]
-    run.state = {"epoch": epoch, "history": run.state["history"] + [row],
-                 "best_val_acc": max(val["accuracy"], run.state["best_val_acc"]),
-                 "bad_epochs": 0 if improved else run.state["bad_epochs"] + 1}
+    improved = val["accuracy"] > run.state.best_val_acc
+    run.state = RunState(epoch, max(val["accuracy"], run.state.best_val_acc),
+                         0 if improved else run.state.bad_epochs + 1, run.state.history + [row])
     save_epoch(run, improved)
     if run.writer is not None:
         for key, value in row.items():
@@ -279,37 +290,48 @@ def summary_writer_class() -> type:
     return SummaryWriter
 
 
+def header(run: Run, train_loader: Loader, val_loader: Loader) -> str:
+    """What a person checks before the first epoch: device, data, model, changed keys, run folder."""
+    info, world = run.info, rank_and_world()[1]
+    parameters = sum(p.numel() for p in run.model.parameters())
+    changed = " ".join(changed_keys(run.cfg)) or "none"
+    return (f"device: {train_loader.device}{f' x {world} processes' if world > 1 else ''}\n"
+            f"data: {run.cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images "
+            f"of {info.in_channels}x{info.image_size}x{info.image_size}, {len(info.class_names)} classes\n"
+            f"model: {run.cfg.model.name}, {parameters:,} parameters\n"
+            f"changed from config.yaml: {changed}\n"
+            f"run folder: {run.run_dir} (full config in its config.yaml)")
+
+
 def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) -> Path:
     """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
     device = distributed.setup(select_device(cfg.run.device))
     seed_everything(cfg.run.seed + rank_and_world()[0], cfg.run.deterministic)  # DDP copies rank 0's weights
     writer_class = summary_writer_class() if cfg.log.tensorboard else None
     train_loader, val_loader, info = make_train_loaders(cfg, device)
-    run = build_run(cfg, info, len(train_loader), device)
+    model = build_model(cfg, info, device)
+    trained_model, amp_dtype = apply_switches(model, cfg.run, device)
+    step = make_stepper(model, cfg.train, amp_dtype, len(train_loader))
     if resume is not None:
-        restore(run, resume)
+        state = restore(resume, model, step)
     else:
-        run_dir = Path(from_main(str(make_run_dir(cfg)) if is_main() else None))
-        run.cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
-    run.run_dir = run_dir
-    if writer_class is not None and is_main():
-        run.writer = writer_class(str(run_dir / "tensorboard"))
-    print(f"device: {device}{f' x {rank_and_world()[1]} processes' if rank_and_world()[1] > 1 else ''}\n"
-          f"run folder: {run_dir}\n{to_yaml(run.cfg)}")
-    print(f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images of "
-          f"{info['in_channels']}x{info['image_size']}x{info['image_size']}, {len(info['class_names'])} classes")
+        state, run_dir = RunState(), Path(from_main(str(make_run_dir(cfg)) if is_main() else None))
+        cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
+    writer = writer_class(str(run_dir / "tensorboard")) if writer_class and is_main() else None
+    run = Run(cfg, run_dir, model, trained_model, step, info, state, writer)
+    print(header(run, train_loader, val_loader))
     try:
         if is_main():
-            (run_dir / "config.yaml").write_text(to_yaml(run.cfg))
-        for epoch in range(run.state["epoch"] + 1, cfg.train.epochs + 1):
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
             run_epoch(run, train_loader, val_loader, epoch)
-            if cfg.train.patience and run.state["bad_epochs"] >= cfg.train.patience:
+            if cfg.train.patience and run.state.bad_epochs >= cfg.train.patience:
                 print(f"early stop: no better val accuracy for {cfg.train.patience} epochs")
                 break
     except KeyboardInterrupt:
         if is_main():
             launcher = "torchrun ... train.py" if rank_and_world()[1] > 1 else "python train.py"
-            print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {run.state['epoch']}. "
+            print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {run.state.epoch}. "
                   f"Continue with: {launcher} --resume {run_dir}", file=sys.stderr)
         raise
     except OSError as err:  # disk full or not writable: atomic_save left earlier checkpoints whole
@@ -323,11 +345,12 @@ def terminate(signum: int, frame) -> None:
     raise Terminated()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = make_parser(__doc__)
     parser.add_argument("--resume", nargs="?", const="", metavar="CHECKPOINT_OR_RUN_FOLDER",
                         help="continue a run (default: the most recent one)")
-    args = parser.parse_args()
+    parser.add_argument("--print-config", action="store_true", help="print the full resolved config first")
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, terminate)
     ckpt, run_dir = None, None
     if args.resume is None:
@@ -336,6 +359,8 @@ def main() -> None:
         path = resolve(args.resume or None, load_config(args.config, []).run.output_dir, "last.pt")
         ckpt, run_dir = load_checkpoint(path), path.parent
         cfg = resumed_config(ckpt, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
     try:
         run_dir = train(cfg, ckpt, run_dir)
         show_test = is_main()

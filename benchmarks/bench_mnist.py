@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import load_config  # noqa: E402
-from data import Batching, Loader, load_split  # noqa: E402
+from datasets import Batching, Loader, load_split  # noqa: E402
 from metrics import evaluate_checkpoint  # noqa: E402
 from train import train  # noqa: E402
 

@@ -18,7 +18,8 @@ TINY = ["train.epochs=2", "model.conv_blocks.0.out_channels=8", "model.conv_bloc
 def tiny_cfg(tmp_path):
     """Build a tiny config writing its runs under tmp_path: tiny_cfg('train.lr=0.1', ...)."""
     def make(*overrides: str) -> Config:
-        return load_config(None, [*TINY, f"run.output_dir={tmp_path / 'checkpoints'}", *overrides])
+        return load_config(None, [*TINY, f"run.output_dir={tmp_path / 'checkpoints'}",
+                                  f"data.cache_dir={tmp_path / 'cache'}", *overrides])
     return make
 
 

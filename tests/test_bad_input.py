@@ -1,6 +1,8 @@
-"""The bad-input catalogue: the real scripts, run as a user would, on bad config, command line, data,
-checkpoints and devices. Each must exit non-zero with one line that names the problem and the fix,
-print no traceback, and leave every file of an existing run untouched."""
+"""The bad-input catalogue: the scripts' entry points, called as the command line calls them, on bad
+config, command line, data, checkpoints and devices. Each must exit non-zero with one line that names
+the problem and the fix, and leave every file of an existing run untouched. The catalogue runs
+in-process (run_cli is what the scripts' __main__ calls); a few cases also run as real processes to
+prove that no traceback reaches the terminal."""
 import hashlib
 import random
 import shutil
@@ -9,7 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+import summary
+import test as test_script
+import train
+from cli import run_cli
 from conftest import TINY, run_script
+
+SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "summary.py": summary.main}
 
 
 class Payload:
@@ -97,29 +105,47 @@ CASES = [
     ("test.py", ["foreign.pt"], "foreign.pt was not written by this template"),
     ("test.py", ["other_arch.pt"], "classifier.1.weight: model (32, 8) vs checkpoint (16, 8)"),
     ("train.py", ["--resume", "random.pt"], "random.pt is not a readable PyTorch checkpoint"),
-    ("model.py", ["--checkpoint", "truncated.pt"], "truncated.pt is not a readable PyTorch checkpoint"),
+    ("summary.py", ["--checkpoint", "truncated.pt"], "truncated.pt is not a readable PyTorch checkpoint"),
     # devices and storage
     ("train.py", ["run.device=cuda"], "device 'cuda' requested but no CUDA device is available; use auto or cpu"),
     ("train.py", ["run.device=gpu"], "run.device: 'gpu' is not allowed; use auto | cpu | cuda | cuda:N"),
-    ("test.py", ["--device", "tpu"], "device: 'tpu' is not allowed"),
+    ("test.py", ["run.device=tpu"], "run.device: 'tpu' is not allowed"),
+    ("test.py", ["train.lr=0.1"], "test.py reads only run.output_dir and run.device from the config"),
     ("train.py", ["run.output_dir=a_file/runs"], "cannot create run folder a_file/runs/"),
     # numbers
     ("train.py", ["train.lr=1e30", "train.scheduler=none", "run.name=diverges"], "the loss became NaN or infinite in epoch 1"),
 ]
 
 
+def check_one_error_line(stderr: str, message: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert message in lines[0]
+
+
 @pytest.mark.parametrize("script,args,message", CASES, ids=[" ".join([s, *a]) for s, a, _ in CASES])
-def test_bad_input(workdir, script, args, message):
+def test_bad_input(workdir, script, args, message, monkeypatch, capsys):
     if "run.device=cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
+    monkeypatch.chdir(workdir)
     before = snapshot(workdir)
-    result = run_script(script, *args, cwd=workdir)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(SCRIPTS[script], args)
+    assert exit_info.value.code == 2
+    check_one_error_line(capsys.readouterr().err, message)
     after = snapshot(workdir)
     assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
     assert not (workdir / "payload-ran").exists()
     shutil.rmtree(workdir / "checkpoints" / "diverges", ignore_errors=True)
+
+
+# One case per script through a real process: a config error, an unsafe checkpoint, a truncated one.
+PROCESS_CASES = [case for case in CASES if case[1] in (["train.lrr=0.1"], ["evil.pt"], ["--checkpoint", "truncated.pt"])]
+
+
+@pytest.mark.parametrize("script,args,message", PROCESS_CASES, ids=[" ".join([s, *a]) for s, a, _ in PROCESS_CASES])
+def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(workdir, script, args, message):
+    result = run_script(script, *args, cwd=workdir)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    check_one_error_line(result.stderr, message)

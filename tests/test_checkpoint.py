@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import checkpoint
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve, atomic_save
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve
+from storage import atomic_save
 from config import UserError
 from train import train
 

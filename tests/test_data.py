@@ -3,8 +3,9 @@ import torch
 from PIL import Image
 
 from config import UserError
-from data import (Batching, Loader, channel_stats, eval_batch_size, flip_and_crop, load_split,
-                  make_train_loaders, train_val_split)
+import datasets
+from datasets import (Batching, DataInfo, Loader, channel_stats, eval_batch_size, flip_and_crop, load_split,
+                      make_train_loaders, train_val_split)
 
 
 def batches(loader):
@@ -50,7 +51,7 @@ def test_batches_are_normalised_with_training_statistics(tiny_cfg):
     assert images.dtype == torch.float32 and images.shape[1:] == (1, 8, 8)
     assert abs(images.mean().item()) < 1e-4 and abs(images.std().item() - 1) < 1e-3
     mean, std = channel_stats(train_loader.images.cpu())
-    assert info["mean"] == pytest.approx(mean) and info["std"] == pytest.approx(std)
+    assert info.mean == pytest.approx(mean) and info.std == pytest.approx(std)
 
 
 def test_flip_and_crop_keeps_shape_and_moves_pixels():
@@ -105,7 +106,7 @@ def test_missing_torchvision_files_offline_give_one_line(tiny_cfg, tmp_path, mon
 
 def test_tensor_loader_on_explicit_data():
     images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
-    info = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    info = DataInfo(3, 4, ["a", "b"], mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     loader = Loader(images, torch.arange(10), Batching(4), info, torch.device("cpu"))
     got = list(loader)
     assert [len(labels) for _, labels in got] == [4, 4, 2]
@@ -114,8 +115,6 @@ def test_tensor_loader_on_explicit_data():
 
 
 def test_second_load_reads_the_cache_and_a_changed_file_invalidates_it(tiny_cfg, tmp_path, monkeypatch, capsys):
-    import data
-    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
     write_folder(tmp_path / "pets")
     cfg = tiny_cfg("data.name=folder", f"data.root={tmp_path / 'pets'}", "data.image_size=8")
     first = load_split(cfg.data, "train")
@@ -123,9 +122,11 @@ def test_second_load_reads_the_cache_and_a_changed_file_invalidates_it(tiny_cfg,
 
     def no_decoding(*args):
         raise AssertionError("decoded again despite the cache")
-    monkeypatch.setattr(data, "read_image", no_decoding)
-    second = load_split(cfg.data, "train")
-    assert "read from" in capsys.readouterr().out
+    monkeypatch.setattr(datasets, "read_image", no_decoding)
+    other_spelling = tiny_cfg("data.name=folder", f"data.root={tmp_path / 'pets' / '..' / 'pets'}",
+                              "data.image_size=8")
+    second = load_split(other_spelling.data, "train")
+    assert "read from" in capsys.readouterr().out and len(list((tmp_path / "cache").iterdir())) == 1
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
     Image.new("RGB", (5, 5)).save(tmp_path / "pets" / "train" / "cat" / "0.png")  # new content, new key

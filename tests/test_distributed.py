@@ -8,7 +8,7 @@ import time
 import torch
 
 from conftest import ROOT, TINY, run_script
-from data import Batching, Loader
+from datasets import Batching, DataInfo, Loader
 
 ARGS = [*TINY, "train.epochs=2", "train.scheduler=step", "run.name=ddp"]
 
@@ -21,7 +21,7 @@ def torchrun(*args, cwd, script="train.py", timeout=300):
 
 def test_shares_are_disjoint_cover_the_split_and_take_equal_steps():
     for n, batch_size in [(1293, 128), (257, 128), (10, 4)]:
-        info = {"mean": [0.0], "std": [1.0]}
+        info = DataInfo(1, 2, ["a"], mean=[0.0], std=[1.0])
         loader = Loader(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n), Batching(batch_size, 0), info,
                         torch.device("cpu"))
         loader.set_epoch(3)

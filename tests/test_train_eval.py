@@ -8,7 +8,7 @@ import torch
 import train as train_module
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import TINY, run_script
-from data import make_train_loaders
+from datasets import make_train_loaders
 from metrics import evaluate, evaluate_checkpoint, make_loss
 from train import train
 
@@ -108,7 +108,9 @@ def test_mse_loss_is_the_notes_half_mean_squared_error():
 def test_train_and_test_scripts_end_to_end(tmp_path):
     trained = run_script("train.py", *TINY, "run.name=e2e", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    assert "device: cpu" in trained.stdout and "lr: 0.004" in trained.stdout
+    header = trained.stdout.split("epoch ")[0]  # before the first epoch: a short header, not the whole config
+    assert "device: cpu" in header and "model: cnn, 1,586 parameters" in header and len(header.splitlines()) <= 6
+    assert "changed from config.yaml: train.epochs=2 model.conv_blocks=" in header
     assert re.search(r"epoch +2/2 +train loss [\d.]+ acc +[\d.]+% +val loss", trained.stdout)
     train_acc = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", trained.stdout)[1]
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import train  # noqa: E402
-from config import UserError, run_cli  # noqa: E402
+from cli import run_cli  # noqa: E402
+from config import UserError  # noqa: E402
 from distributed import rank_and_world  # noqa: E402
 
 real_epoch = train.train_one_epoch

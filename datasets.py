@@ -9,18 +9,17 @@ import os
 import pickle
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from checkpoint import atomic_save
 from config import Config, DataConfig, TrainConfig, UserError
 from distributed import rank_and_world
+from storage import atomic_save
 
 DIGITS_PATH = Path(__file__).with_name("data") / "digits.pt"
-CACHE_DIR = Path(__file__).with_name("data") / "cache"
 TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 STATS_SAMPLE = 20_000  # images used for the per-channel mean and std
 # name -> (channels, image size); folder data sets take both from the config.
@@ -35,23 +34,33 @@ CLASS_NAMES = {
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def describe(cfg: DataConfig) -> dict:
+@dataclass
+class DataInfo:
+    """What a model needs to know about its data; stored in checkpoints as a plain dict."""
+    in_channels: int
+    image_size: int
+    class_names: list[str]
+    mean: list[float] = field(default_factory=list)  # per channel, on the 0..1 scale; set from the train split
+    std: list[float] = field(default_factory=list)
+
+
+def describe(cfg: DataConfig) -> DataInfo:
     """Channels, image size and class names of the configured data set, without loading it."""
     if cfg.name == "folder":
         names, test_names = class_folders(Path(cfg.root) / "train"), class_folders(Path(cfg.root) / "test")
         if names != test_names:
             raise UserError(f"{Path(cfg.root) / 'test'} has classes {test_names} but train has {names}; "
                             "both need the same class folders")
-        return {"in_channels": cfg.channels, "image_size": cfg.image_size, "class_names": names}
+        return DataInfo(cfg.channels, cfg.image_size, names)
     channels, size = BUILTIN[cfg.name]
-    return {"in_channels": channels, "image_size": size, "class_names": CLASS_NAMES[cfg.name]}
+    return DataInfo(channels, size, CLASS_NAMES[cfg.name])
 
 
 def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The 'train' or 'test' split as uint8 images (N, C, H, W) and int64 labels (N,).
 
-    Decoded images are cached under data/cache/, keyed by the source files' names, sizes and
-    modification times, so a second run skips decoding.
+    Decoded images are cached under data.cache_dir, keyed by the source folder's resolved path and
+    its files' names, sizes and modification times, so a second run skips decoding.
     """
     if cfg.name == "digits":
         return load_digits(split)
@@ -67,14 +76,18 @@ def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]
     images, labels = load_folder(cfg, split) if cfg.name == "folder" else load_torchvision(cfg, split)
     message = f"data: {cfg.name} {split} decoded in {time.perf_counter() - start:.1f}s"
     cache = cache or cache_path(cfg, split)  # the files exist now, even if they were just downloaded
+    print(message + (write_cache(images, labels, cache) if cache else ""))
+    return images, labels
+
+
+def write_cache(images: torch.Tensor, labels: torch.Tensor, cache: Path) -> str:
+    """Save a decoded split for the next run; returns how it went, for the log line."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"images": images, "labels": labels}, cache)
-        message += f", cached in {cache}"
+        return f", cached in {cache}"
     except OSError as err:
-        message += f" (not cached: {err.strerror})"
-    print(message)
-    return images, labels
+        return f" (not cached: {err.strerror})"
 
 
 def source_folder(cfg: DataConfig, split: str) -> Path:
@@ -87,17 +100,22 @@ def source_folder(cfg: DataConfig, split: str) -> Path:
 
 
 def cache_path(cfg: DataConfig, split: str) -> Path | None:
-    """data/cache/<name>-<split>-<hash of the source files and decode settings>.pt; None if no files yet."""
-    source = source_folder(cfg, split)
-    if not source.is_dir():
+    """cache_dir/<name>-<split>-<hash of the source files and decode settings>.pt; None if no files or no cache.
+
+    The hash covers the resolved folder and, relative to it, every file's name, size and modification
+    time: two spellings of one path share a cache file, and a changed file gets a new one.
+    """
+    source = source_folder(cfg, split).resolve()
+    if not cfg.cache_dir or not source.is_dir():
         return None
-    digest = hashlib.sha1(f"{source.resolve()}|{cfg.image_size}|{cfg.channels}".encode())
+    digest = hashlib.sha1(f"{source}|{cfg.image_size}|{cfg.channels}".encode())
     for folder, dirs, files in sorted(os.walk(source)):
         dirs.sort()
         for name in sorted(files):
-            stat = os.stat(os.path.join(folder, name))
-            digest.update(f"{folder}/{name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return CACHE_DIR / f"{cfg.name}-{split}-{digest.hexdigest()[:16]}.pt"
+            path = Path(folder, name)
+            stat = path.stat()
+            digest.update(f"{path.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return Path(cfg.cache_dir) / f"{cfg.name}-{split}-{digest.hexdigest()[:16]}.pt"
 
 
 def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +176,7 @@ def class_folders(split_dir: Path) -> list[str]:
 def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]:
     """The image files under data.root/<split>/<class>/ and their labels; checks classes match train's."""
     split_dir = Path(cfg.root) / split
-    names = describe(cfg)["class_names"]
+    names = describe(cfg).class_names
     files, labels = [], []
     for label, name in enumerate(names):
         found = sorted(f for f in (split_dir / name).iterdir() if f.is_file() and not f.name.startswith("."))
@@ -274,12 +292,13 @@ class Loader:
     process takes every world-th image of that order: disjoint shares that together cover the split.
     """
 
-    def __init__(self, images: Images, labels: torch.Tensor, batching: Batching, info: dict, device: torch.device):
+    def __init__(self, images: Images, labels: torch.Tensor, batching: Batching, info: DataInfo,
+                 device: torch.device):
         self.rank, self.world = rank_and_world()
         self.device, self.labels, self.batching = device, labels.to(device), batching
         # Normalise on the 0..255 scale: (x/255 - mean)/std == (x - 255 mean)/(255 std).
-        self.mean = torch.tensor(info["mean"], device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(info["std"], device=device).view(1, -1, 1, 1) * 255
+        self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(info.std, device=device).view(1, -1, 1, 1) * 255
         self.epoch = 0
         self.images, self.stream = images, None
         if isinstance(images, torch.Tensor):
@@ -365,7 +384,7 @@ def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
     return cfg.batch_size * (4 if device.type == "cuda" else 1)
 
 
-def make_eval_loader(cfg: Config, info: dict, split: str, batch_size: int, device: torch.device) -> Loader:
+def make_eval_loader(cfg: Config, info: DataInfo, split: str, batch_size: int, device: torch.device) -> Loader:
     """The 'val' or 'test' split in a fixed order, normalised with the training statistics in info."""
     if split == "val":
         images, labels = load_images(cfg.data, "train")
@@ -377,25 +396,26 @@ def make_eval_loader(cfg: Config, info: dict, split: str, batch_size: int, devic
     return Loader(images, labels, Batching(batch_size, num_workers=num_workers(cfg.data)), info, device)
 
 
-def check_matches(images: Images, labels: torch.Tensor, info: dict, cfg: DataConfig) -> None:
+def check_matches(images: Images, labels: torch.Tensor, info: DataInfo, cfg: DataConfig) -> None:
     """The test split must have the shape and classes the model was trained on."""
-    expected = (info["in_channels"], info["image_size"], info["image_size"])
+    expected = (info.in_channels, info.image_size, info.image_size)
     shape = tuple(images[0].shape) if len(images) else ()
     if shape != expected:
         raise UserError(f"data.{cfg.name}: test images are {shape} but the model expects "
                         f"{expected}; use the data settings the model was trained with")
-    if len(labels) == 0 or int(labels.max()) >= len(info["class_names"]):
-        raise UserError(f"data.{cfg.name}: test labels do not match the {len(info['class_names'])} "
+    if len(labels) == 0 or int(labels.max()) >= len(info.class_names):
+        raise UserError(f"data.{cfg.name}: test labels do not match the {len(info.class_names)} "
                         "training classes; use the same class folders in train/ and test/")
 
 
-def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loader, dict]:
+def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loader, DataInfo]:
     """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints."""
     info = describe(cfg.data)
     images, labels = load_images(cfg.data, "train")
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
     sample = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]]
-    info["mean"], info["std"] = channel_stats(decoded(subset(images, sample.sort().values)))
+    mean, std = channel_stats(decoded(subset(images, sample.sort().values)))
+    info = replace(info, mean=mean, std=std)
     workers = num_workers(cfg.data)
     shuffled = Batching(cfg.train.batch_size, cfg.run.seed, cfg.data.augment, workers)
     train_loader = Loader(subset(images, train_idx), labels[train_idx], shuffled, info, device)

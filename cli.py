@@ -1,0 +1,72 @@
+"""What every script shares: --config and overrides, one-line errors and exit codes, device and seed."""
+import argparse
+import os
+import random
+import sys
+from typing import Callable
+
+import torch
+
+from config import UserError, check_device_name, key_help
+from model import ShapeError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C but exiting with 143."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error here."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every script shares: --config FILE and key=value overrides."""
+    parser = Parser(description=doc, epilog=key_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="config file (default: config.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=0.01")
+    return parser
+
+
+def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a script's main on argv (default: the command line); user errors become one line on stderr
+    and exit status 2, Ctrl-C 130, SIGTERM 143."""
+    try:
+        main(argv)
+    except (UserError, ShapeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as err:
+        sys.exit(143 if isinstance(err, Terminated) else 130)
+    except BrokenPipeError:  # e.g. `python test.py | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def select_device(name: str) -> torch.device:
+    """auto -> CUDA when available, else CPU; explicit CUDA requests are checked."""
+    check_device_name(name, "device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' requested but no CUDA device is available; use auto or cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device '{name}' requested but only {torch.cuda.device_count()} "
+                            "CUDA device(s) exist; use cuda:0 or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python and torch; optionally make PyTorch use deterministic algorithms only."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~150 MB of memory
+        torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
