@@ -1,10 +1,17 @@
-"""Shared test helpers: tiny configs built from config.yaml plus overrides, and script runners."""
+"""Shared test helpers: tiny configs built from config.yaml plus overrides, a tiny trained run shared
+by the tests that only read it, and script runners (in-process and as real processes)."""
+import contextlib
+import io
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import train
+from cli import run_cli
 from config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +28,42 @@ def tiny_cfg(tmp_path):
         return load_config(None, [*TINY, f"run.output_dir={tmp_path / 'checkpoints'}",
                                   f"data.cache_dir={tmp_path / 'cache'}", *overrides])
     return make
+
+
+@dataclass
+class TinyRun:
+    root: Path  # the folder train.py ran in
+    run_dir: Path  # root/checkpoints/r
+    stdout: str  # what train.py printed
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """A finished 3-epoch tiny run, trained once per session through train.py's main. Read it, or
+    copy it with copy_run before changing anything in it."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    stdout = io.StringIO()
+    with contextlib.chdir(root), contextlib.redirect_stdout(stdout):
+        run_cli(train.main, [*TINY, "train.epochs=3", "run.name=r"])
+    return TinyRun(root, root / "checkpoints" / "r", stdout.getvalue())
+
+
+def copy_run(run: TinyRun, root: Path, name: str = "r") -> Path:
+    """The tiny run copied to root/checkpoints/name; returns the copy's run folder."""
+    shutil.copytree(run.run_dir, root / "checkpoints" / name)
+    return root / "checkpoints" / name
+
+
+def call_script(main, *args: str, cwd: Path) -> tuple[int, str, str]:
+    """Run a script's main in this process as its command line would: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_cli(main, list(args))
+            code = 0
+        except SystemExit as exit_info:
+            code = 0 if exit_info.code is None else exit_info.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

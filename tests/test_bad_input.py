@@ -14,8 +14,7 @@ from PIL import Image
 import summary
 import test as test_script
 import train
-from cli import run_cli
-from conftest import TINY, run_script
+from conftest import call_script, copy_run, run_script
 
 SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "summary.py": summary.main}
 
@@ -28,12 +27,10 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tiny_run, tmp_path_factory):
     """A folder with a finished run and a set of broken inputs beside it."""
     root = tmp_path_factory.mktemp("catalogue")
-    result = run_script("train.py", *TINY, "train.epochs=1", "run.name=good", cwd=root)
-    assert result.returncode == 0, result.stderr
-    best = root / "checkpoints" / "good" / "best.pt"
+    best = copy_run(tiny_run, root, "good") / "best.pt"
     data = best.read_bytes()
     (root / "truncated.pt").write_bytes(data[: len(data) // 2])
     (root / "empty.pt").write_bytes(b"")
@@ -124,15 +121,13 @@ def check_one_error_line(stderr: str, message: str) -> None:
 
 
 @pytest.mark.parametrize("script,args,message", CASES, ids=[" ".join([s, *a]) for s, a, _ in CASES])
-def test_bad_input(workdir, script, args, message, monkeypatch, capsys):
+def test_bad_input(workdir, script, args, message):
     if "run.device=cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    monkeypatch.chdir(workdir)
     before = snapshot(workdir)
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(SCRIPTS[script], args)
-    assert exit_info.value.code == 2
-    check_one_error_line(capsys.readouterr().err, message)
+    code, _, stderr = call_script(SCRIPTS[script], *args, cwd=workdir)
+    assert code == 2
+    check_one_error_line(stderr, message)
     after = snapshot(workdir)
     assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
     assert not (workdir / "payload-ran").exists()

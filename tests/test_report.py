@@ -9,26 +9,27 @@ import pytest
 import torch
 from PIL import Image
 
+import compare
 import test as test_script
 import train as train_module
 from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import TINY, run_script
+from conftest import call_script, copy_run
+from metrics import evaluate_checkpoint
 from model import summary
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished tiny run, trained through the real script, in a folder of its own."""
+def trained(tiny_run, tmp_path_factory):
+    """A copy of the session's tiny run (test.py writes its reports into the run folder)."""
     root = tmp_path_factory.mktemp("report")
-    result = run_script("train.py", *TINY, "train.epochs=3", "run.name=r", cwd=root)
-    assert result.returncode == 0, result.stderr
-    return root, result.stdout
+    copy_run(tiny_run, root)
+    return root, tiny_run.stdout
 
 
 def test_report_files_and_numbers(trained):
     root, train_out = trained
-    result = run_script("test.py", "--top-k", "3", cwd=root)
-    assert result.returncode == 0, result.stderr
+    code, stdout, stderr = call_script(test_script.main, "--top-k", "3", cwd=root)
+    assert code == 0, stderr
     run_dir = root / "checkpoints" / "r"
     report = json.loads((run_dir / "test_report.json").read_text())
     logged = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", train_out)[1]
@@ -40,18 +41,40 @@ def test_report_files_and_numbers(trained):
         assert set(row) == {"class", "precision", "recall", "f1", "support"}
     for name in ("confusion_matrix.png", "confusion_matrix_normalised.png", "misclassified.png"):
         assert (run_dir / name).read_bytes()[:4] == b"\x89PNG", name
-    assert "top-3 accuracy" in result.stdout and str(run_dir.relative_to(root)) in result.stdout
+    assert "top-3 accuracy" in stdout and str(run_dir.relative_to(root)) in stdout
 
 
 def test_val_split_reproduces_the_logged_val_accuracy(trained):
     root, _ = trained
-    result = run_script("test.py", "checkpoints/r", "--split", "val", cwd=root)
-    assert result.returncode == 0, result.stderr
+    code, _, stderr = call_script(test_script.main, "checkpoints/r", "--split", "val", cwd=root)
+    assert code == 0, stderr
     run_dir = root / "checkpoints" / "r"
     report = json.loads((run_dir / "val_report.json").read_text())
     ckpt = load_checkpoint(run_dir / "best.pt")
     assert report["accuracy"] == ckpt["history"][ckpt["epoch"] - 1]["val_acc"]
     assert (run_dir / "val_confusion_matrix.png").is_file()
+
+
+def test_evaluate_checkpoint_matches_test_script_numbers(trained):
+    root, _ = trained
+    code, _, stderr = call_script(test_script.main, "checkpoints/r", cwd=root)
+    assert code == 0, stderr
+    report = json.loads((root / "checkpoints" / "r" / "test_report.json").read_text())
+    _, _, results = evaluate_checkpoint(root / "checkpoints" / "r" / "best.pt", torch.device("cpu"))
+    assert report["loss"] == results["loss"] and report["accuracy"] == results["accuracy"]
+    assert report["confusion"] == results["confusion"].tolist() and report["num_images"] == 360
+
+
+def test_test_script_finds_the_latest_run_under_the_configured_output_dir(tiny_run, tmp_path):
+    copy_run(tiny_run, tmp_path / "elsewhere")
+    (tmp_path / "mine.yaml").write_text((tiny_run.run_dir / "config.yaml").read_text().replace(
+        "output_dir: checkpoints", "output_dir: elsewhere/checkpoints"))
+    code, _, stderr = call_script(test_script.main, cwd=tmp_path)
+    assert code == 2 and "no runs with a last.pt under checkpoints/" in stderr
+    for args in (["run.output_dir=elsewhere/checkpoints"], ["--config", "mine.yaml"]):
+        code, stdout, stderr = call_script(test_script.main, *args, "run.device=cpu", cwd=tmp_path)
+        assert code == 0, stderr
+        assert "checkpoint: elsewhere/checkpoints/r/best.pt (epoch" in stdout
 
 
 def test_most_confident_mistakes_come_first():
@@ -69,12 +92,13 @@ def test_predict_mixed_folder(trained, tmp_path):
     Image.new("RGBA", (13, 13)).save(folder / "c.png")
     (folder / "notes.txt").write_text("not an image")
     out_csv = tmp_path / "pred.csv"
-    result = run_script("test.py", "--predict", str(folder), "--output", str(out_csv), "--top-k", "2", cwd=root)
-    assert result.returncode == 1  # one file could not be read
-    lines = result.stderr.strip().splitlines()
+    code, stdout, stderr = call_script(test_script.main, "--predict", str(folder), "--output", str(out_csv),
+                                       "--top-k", "2", cwd=root)
+    assert code == 1  # one file could not be read
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "notes.txt is not a readable image" in lines[0]
     for name in ("a.png", "b.jpg", "c.png"):
-        assert re.search(rf"{name}: \d [\d.]+%, \d [\d.]+%$", result.stdout, re.M), result.stdout
+        assert re.search(rf"{name}: \d [\d.]+%, \d [\d.]+%$", stdout, re.M), stdout
     rows = list(csv.DictReader(open(out_csv)))
     assert [r["file"].rsplit("/", 1)[1] for r in rows] == ["a.png", "b.jpg", "c.png"]
     assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
@@ -101,24 +125,23 @@ def test_feature_maps_script_writes_pngs(trained, tmp_path):
     root, _ = trained
     image = tmp_path / "digit.jpg"
     Image.new("RGB", (20, 20), (0, 255, 0)).save(image)
-    result = run_script("test.py", "--feature-maps", str(image), cwd=root)
-    assert result.returncode == 0, result.stderr
+    code, _, stderr = call_script(test_script.main, "--feature-maps", str(image), cwd=root)
+    assert code == 0, stderr
     for name in ("kernels.png", "feature_maps_conv1.png", "feature_maps_conv3.png"):
         assert (root / "checkpoints" / "r" / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_compare_labels_runs_by_their_differences(tmp_path):
+def test_compare_labels_runs_by_their_differences(tiny_cfg, tmp_path):
     for activation in ("relu", "tanh"):
-        result = run_script("train.py", *TINY, "train.epochs=2", f"model.activation={activation}",
-                            f"run.name={activation}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-    result = run_script("compare.py", "checkpoints/relu", "checkpoints/tanh", "--output", "cmp.png", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "model.activation=relu: best val accuracy" in result.stdout
-    assert "model.activation=tanh: best val accuracy" in result.stdout
+        train_module.train(tiny_cfg("train.epochs=1", f"model.activation={activation}", f"run.name={activation}"))
+    code, stdout, stderr = call_script(compare.main, "checkpoints/relu", "checkpoints/tanh", "--output", "cmp.png",
+                                       cwd=tmp_path)
+    assert code == 0, stderr
+    assert "model.activation=relu: best val accuracy" in stdout
+    assert "model.activation=tanh: best val accuracy" in stdout
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
-    missing = run_script("compare.py", "checkpoints/nothing", cwd=tmp_path)
-    assert missing.returncode == 2 and "checkpoints/nothing has no config.yaml" in missing.stderr
+    code, _, stderr = call_script(compare.main, "checkpoints/nothing", cwd=tmp_path)
+    assert code == 2 and "checkpoints/nothing has no config.yaml" in stderr
 
 
 def test_tensorboard_missing_is_a_clear_error(tiny_cfg, monkeypatch):
