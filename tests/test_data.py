@@ -79,18 +79,19 @@ def test_folder_data_set_is_resized_and_converted(tiny_cfg, tmp_path):
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("breakage,message", [
-    (lambda root: (root / "train" / "cat" / "notes.txt").write_text("hello"), "notes.txt is not a readable image"),
-    (lambda root: [p.unlink() for p in (root / "test" / "dog").iterdir()], "class folder .*dog is empty"),
-    (lambda root: (root / "test" / "dog").rename(root / "test" / "wolf"), "test has classes .*wolf.* but train has"),
+@pytest.mark.parametrize("breakage,split,message", [
+    (lambda root: (root / "train" / "cat" / "notes.txt").write_text("hello"), "train",
+     "notes.txt is not a readable image"),
+    (lambda root: [p.unlink() for p in (root / "test" / "dog").iterdir()], "test", "class folder .*dog is empty"),
+    (lambda root: (root / "test" / "dog").rename(root / "test" / "wolf"), "train",
+     "test has classes .*wolf.* but train has"),
 ])
-def test_folder_problems_are_named(tiny_cfg, tmp_path, breakage, message):
+def test_folder_problems_are_named(tiny_cfg, tmp_path, breakage, split, message):
     write_folder(tmp_path)
     breakage(tmp_path)
     cfg = tiny_cfg("data.name=folder", f"data.root={tmp_path}")
     with pytest.raises(UserError, match=message):
-        load_split(cfg.data, "train")
-        load_split(cfg.data, "test")
+        load_split(cfg.data, split)
 
 
 def test_missing_torchvision_files_offline_give_one_line(tiny_cfg, tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from conftest import ROOT, TINY, run_script
+import test as test_script
+from conftest import ROOT, TINY, call_script
 from datasets import Batching, DataInfo, Loader
 
 ARGS = [*TINY, "train.epochs=2", "train.scheduler=step", "run.name=ddp"]
@@ -49,8 +50,8 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
 
     # The 2-process validation accuracy equals a 1-process evaluation of the saved weights.
-    evaluated = run_script("test.py", "checkpoints/ddp", "--split", "val", cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr
+    code, _, stderr = call_script(test_script.main, "checkpoints/ddp", "--split", "val", cwd=tmp_path)
+    assert code == 0, stderr
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
     report = json.loads((run_dir / "val_report.json").read_text())
     assert report["accuracy"] == ckpt["history"][ckpt["epoch"] - 1]["val_acc"]

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
+from config import load_config
 from conftest import ROOT, run_script
+from train import train
 
 # Slow enough per epoch (small batches) that a signal lands mid-epoch.
 ARGS = ["train.epochs=4", "train.batch_size=8", "train.scheduler=cosine", "train.patience=3"]
@@ -34,8 +36,7 @@ def rows(run_dir):
 
 
 def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    straight = run_script("train.py", *ARGS, "run.name=straight", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr
+    train(load_config(None, [*ARGS, "run.name=straight", f"run.output_dir={tmp_path / 'checkpoints'}"]))
     run_dir = tmp_path / "checkpoints" / "killed"
     proc = start(tmp_path, "killed")
     wait_for_first_epoch(proc, run_dir)

@@ -13,6 +13,7 @@ import compare
 import test as test_script
 import train as train_module
 from checkpoint import load_checkpoint, model_from_checkpoint
+from config import UserError
 from conftest import call_script, copy_run
 from metrics import evaluate_checkpoint
 from model import summary
@@ -147,7 +148,7 @@ def test_compare_labels_runs_by_their_differences(tiny_cfg, tmp_path):
 def test_tensorboard_missing_is_a_clear_error(tiny_cfg, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     cfg = tiny_cfg("log.tensorboard=true")
-    with pytest.raises(Exception, match="tensorboard package is not installed; pip install tensorboard"):
+    with pytest.raises(UserError, match="tensorboard package is not installed; pip install tensorboard"):
         train_module.train(cfg)
     assert not Path(cfg.run.output_dir).exists()  # refused before any run folder was made
 

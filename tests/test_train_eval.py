@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import train as train_module
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from config import UserError
 from conftest import TINY, run_script
 from datasets import make_train_loaders
-from metrics import evaluate, evaluate_checkpoint, make_loss
+from metrics import evaluate, make_loss
 from train import train
 
 
@@ -18,8 +19,8 @@ def read_rows(run_dir):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
-def test_run_folder_holds_everything(tiny_cfg):
-    run_dir = train(tiny_cfg("train.epochs=3"))
+def test_run_folder_holds_everything(tiny_run):
+    run_dir = tiny_run.run_dir
     for name in ("best.pt", "last.pt", "config.yaml", "metrics.csv", "curves.png"):
         assert (run_dir / name).stat().st_size > 0, name
     rows = read_rows(run_dir)
@@ -28,10 +29,9 @@ def test_run_folder_holds_everything(tiny_cfg):
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_best_checkpoint_reproduces_its_logged_val_accuracy(tiny_cfg):
-    cfg = tiny_cfg("train.epochs=3")
-    run_dir = train(cfg)
-    ckpt = load_checkpoint(run_dir / "best.pt")
+def test_best_checkpoint_reproduces_its_logged_val_accuracy(tiny_run):
+    ckpt = load_checkpoint(tiny_run.run_dir / "best.pt")
+    cfg = config_of(ckpt)
     logged = ckpt["history"][ckpt["epoch"] - 1]["val_acc"]
     assert logged == max(row["val_acc"] for row in ckpt["history"])
     _, val_loader, _ = make_train_loaders(cfg, torch.device("cpu"))
@@ -40,7 +40,7 @@ def test_best_checkpoint_reproduces_its_logged_val_accuracy(tiny_cfg):
 
 
 def test_same_seed_gives_same_numbers(tiny_cfg):
-    first, second = train(tiny_cfg()), train(tiny_cfg())
+    first, second = train(tiny_cfg("train.epochs=1")), train(tiny_cfg("train.epochs=1"))
     assert first != second
     assert read_rows(first) == read_rows(second)
 
@@ -73,11 +73,11 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-def test_resume_refuses_changes_to_the_experiment(tiny_cfg):
-    ckpt = load_checkpoint(train(tiny_cfg("train.epochs=1")) / "last.pt")
-    with pytest.raises(Exception, match="'model.activation' cannot change on --resume"):
+def test_resume_refuses_changes_to_the_experiment(tiny_run):
+    ckpt = load_checkpoint(tiny_run.run_dir / "last.pt")
+    with pytest.raises(UserError, match="'model.activation' cannot change on --resume"):
         train_module.resumed_config(ckpt, ["model.activation=tanh"])
-    with pytest.raises(Exception, match="train.epochs cannot change on --resume with train.scheduler=onecycle"):
+    with pytest.raises(UserError, match="train.epochs cannot change on --resume with train.scheduler=onecycle"):
         train_module.resumed_config(ckpt, ["train.epochs=4"])
 
 
