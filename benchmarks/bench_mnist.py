@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import load_config  # noqa: E402
-from datasets import Batching, Loader, load_split  # noqa: E402
+from datasets import Batching, DataInfo, Loader, load_split  # noqa: E402
 from metrics import evaluate_checkpoint  # noqa: E402
 from train import train  # noqa: E402
 
@@ -90,7 +90,7 @@ def canonical_loader(root: str):
 def project_loader(root: str) -> Loader:
     cfg = load_config(None, ["data.name=mnist", f"data.root={root}"])
     images, labels = load_split(cfg.data, "train")
-    info = {"mean": [MEAN], "std": [STD]}
+    info = DataInfo(1, 28, [str(d) for d in range(10)], mean=[MEAN], std=[STD])
     loader = Loader(images, labels, Batching(64, shuffle_seed=0), info, torch.device("cpu"))
     loader.set_epoch(1)
     return loader
