@@ -46,11 +46,18 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
         sys.exit(1)
 
 
+def mps_available() -> bool:
+    return torch.backends.mps.is_available()
+
+
 def select_device(name: str) -> torch.device:
-    """auto -> CUDA when available, else CPU; explicit CUDA requests are checked."""
+    """auto -> CUDA, else Apple's MPS, else CPU; explicit requests are checked. cuda:N becomes the
+    current CUDA device, so libraries that use 'the current device' use it too."""
     check_device_name(name, "device")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    if name == "mps" and not mps_available():
+        raise UserError("device 'mps' requested but this machine has no Apple GPU (MPS); use auto or cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"device '{name}' requested but no CUDA device is available; use auto or cpu")
@@ -58,7 +65,15 @@ def select_device(name: str) -> torch.device:
         if index >= torch.cuda.device_count():
             raise UserError(f"device '{name}' requested but only {torch.cuda.device_count()} "
                             "CUDA device(s) exist; use cuda:0 or auto")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that training, validation and test.py all use for run.amp on this device."""
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return None if dtype == torch.float16 and device.type != "cuda" else dtype  # fp16 needs CUDA's GradScaler
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -66,7 +81,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        require_deterministic_cublas()
     if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~150 MB of memory
         torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
+
+
+def require_deterministic_cublas() -> None:
+    """Deterministic cuBLAS needs this variable before the process's first cuBLAS call (PyTorch reads
+    it once), so train.py sets it as soon as the config asks for determinism."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -187,8 +187,8 @@ def config_from_dict(raw: Any) -> Config:
 
 
 def check_device_name(name: str, key: str) -> None:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise UserError(f"{key}: {name!r} is not allowed; use auto | cpu | cuda | cuda:N")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise UserError(f"{key}: {name!r} is not allowed; use auto | cpu | cuda | cuda:N | mps")
 
 
 def apply_override(raw: dict, text: str) -> None:

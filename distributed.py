@@ -2,11 +2,14 @@
 
 Without torchrun every function here is a no-op for a single process (rank 0 of 1).
 """
+import contextlib
 import os
 import sys
 
 import torch
 import torch.distributed as dist
+
+from config import UserError
 
 
 def is_torchrun() -> bool:
@@ -32,12 +35,41 @@ def setup(device: torch.device) -> torch.device:
     if not is_torchrun() or dist.is_initialized():
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        device = local_gpu(int(os.environ["LOCAL_RANK"]), torch.cuda.device_count())
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl", device_id=device)  # binds the communicator to this GPU at once
+    else:
+        dist.init_process_group("gloo")
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
     return device
+
+
+def local_gpu(local_rank: int, count: int) -> torch.device:
+    """This process's GPU: the LOCAL_RANK-th visible one, or the only one when the launcher gives each
+    process its own (SLURM --gpus-per-task=1, CUDA_VISIBLE_DEVICES per process)."""
+    if local_rank < count:
+        return torch.device("cuda", local_rank)
+    if count == 1:
+        return torch.device("cuda", 0)
+    raise UserError(f"this process has LOCAL_RANK {local_rank} but only {count} GPUs are visible; start at most "
+                    f"{count} processes per machine (torchrun --nproc_per_node={count}) or one GPU per process")
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) if rank_and_world()[1] > 1 else 0
+
+
+@contextlib.contextmanager
+def local_main_first():
+    """Local rank 0 runs the block first (download, decode, write the cache); the other processes on
+    its machine run it afterwards, finding the files and the cache in place."""
+    if local_rank() != 0:
+        barrier()
+    yield
+    if local_rank() == 0:
+        barrier()
 
 
 def barrier() -> None:

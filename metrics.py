@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
+from cli import autocast_dtype
 from datasets import Loader, eval_batch_size, make_eval_loader
 from distributed import all_reduce_sum
 
@@ -28,19 +29,24 @@ def make_loss(name: str) -> LossFn:
     return {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
 
 
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int,
-             device: torch.device) -> dict:
+def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int, device: torch.device,
+             amp_dtype: torch.dtype | None = None) -> dict:
     """Mean loss, accuracy, the confusion matrix (rows: true class, columns: predicted), and per image
-    the labels, the top-k predicted classes (k = TOP_K or fewer classes) and their probabilities."""
+    the labels, the top-k predicted classes (k = TOP_K or fewer classes) and their probabilities.
+
+    amp_dtype is training's autocast dtype, so validation, test.py and training see the same numerics.
+    Nothing in the loop waits for the device: the confusion matrix is accumulated where it lives."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     labels_seen, top_probs, top_classes = [], [], []
-    with torch.inference_mode():
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    with torch.inference_mode(), autocast:
         for images, labels in loader:
             logits = model(images)  # (B, num_classes)
-            loss_sum += loss_fn(logits, labels).double() * len(labels)
-            confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+            loss_sum += loss_fn(logits.float(), labels).double() * len(labels)
+            cells = labels * num_classes + logits.argmax(1)  # (B,) index into the flattened matrix
+            confusion.index_add_(0, cells, torch.ones_like(cells))  # unlike bincount, no host sync on CUDA
             probs, classes = logits.float().softmax(1).topk(min(TOP_K, num_classes), dim=1)  # (B, k) each
             labels_seen.append(labels)
             top_probs.append(probs)
@@ -79,5 +85,6 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
     cfg = config_of(ckpt)
     model, info = model_from_checkpoint(ckpt, device), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
-    results = evaluate(model, loader, make_loss(cfg.train.loss), len(info.class_names), device)
+    results = evaluate(model, loader, make_loss(cfg.train.loss), len(info.class_names), device,
+                       autocast_dtype(cfg.run.amp, device))
     return ckpt, loader, results

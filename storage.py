@@ -1,5 +1,6 @@
 """Files that must survive a crash: written to a temporary file, flushed, then renamed into place."""
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -7,7 +8,8 @@ import torch
 
 def atomic_save(state: dict, path: Path) -> None:
     """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file intact."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: torchrun ranks may share a cache file
+    # One name per process and machine: torchrun ranks on several machines may share a folder.
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)

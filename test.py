@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
-from cli import Parser, run_cli, select_device
+from cli import Parser, autocast_dtype, run_cli, select_device
 from config import UserError, load_config
 from datasets import Batching, DataInfo, Loader, read_image
 from metrics import TOP_K, evaluate, evaluate_checkpoint, make_loss, per_class, top_k_accuracy
@@ -123,7 +123,9 @@ def predict(path: Path, inputs: list[str], top_k: int, output: str | None, devic
     if images:
         loader = Loader(torch.stack(images), torch.zeros(len(images), dtype=torch.int64), Batching(256), info, device)
         model = model_from_checkpoint(ckpt, device)
-        results = evaluate(model, loader, make_loss(config_of(ckpt).train.loss), len(names), device)
+        cfg = config_of(ckpt)
+        results = evaluate(model, loader, make_loss(cfg.train.loss), len(names), device,
+                           autocast_dtype(cfg.run.amp, device))
         for file, probs, classes in zip(files, results["top_probs"].tolist(), results["top_classes"].tolist()):
             ranked = [(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
             print(f"{file}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in ranked))

@@ -7,6 +7,7 @@
 """
 import csv
 import math
+import os
 import random
 import signal
 import sys
@@ -20,7 +21,8 @@ from tqdm import tqdm
 
 import distributed
 from checkpoint import FORMAT_VERSION, load_checkpoint, new_model, resolve
-from cli import Terminated, make_parser, run_cli, seed_everything, select_device
+from cli import (Terminated, autocast_dtype, make_parser, require_deterministic_cublas, run_cli, seed_everything,
+                 select_device)
 from config import (Config, RunConfig, TrainConfig, UserError, apply_override, changed_keys, config_from_dict,
                     load_config, to_dict, to_yaml, with_defaults)
 from datasets import DataInfo, Loader, make_train_loaders
@@ -34,11 +36,14 @@ RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval
              "log.tensorboard")
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """On CUDA the fused kernels: one launch per step, and the fp16 scaler checks for inf without a host sync."""
+    fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=fused)
     optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return optimizer(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -111,15 +116,15 @@ def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device)
         model.to(memory_format=torch.channels_last)
     is_cuda = device.type == "cuda"
     if cfg.cudnn_benchmark and not is_cuda:
-        print("note: run.cudnn_benchmark has no effect on CPU; ignored")
+        print(f"note: run.cudnn_benchmark has no effect on {device.type.upper()}; ignored")
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and is_cuda
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    if amp_dtype == torch.float16 and not is_cuda:
-        print("note: run.amp=fp16 applies on CUDA only; training in float32 (bf16 works on CPU)")
-        amp_dtype = None
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    if cfg.amp == "fp16" and not is_cuda:
+        print(f"note: run.amp=fp16 applies on CUDA only; training in float32 (bf16 works on {device.type.upper()})")
     if rank_and_world()[1] > 1:  # under torchrun: average gradients across processes
         model = DistributedDataParallel(model, device_ids=[device.index] if is_cuda else None)
-    return (torch.compile(model) if cfg.compile else model), amp_dtype
+    # dynamic=False: one graph for the one batch shape (the loader drops the short last batch when compiling)
+    return (torch.compile(model, dynamic=False) if cfg.compile else model), amp_dtype
 
 
 def check_finite(loss_sum: float, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
@@ -208,6 +213,9 @@ def build_model(cfg: Config, info: DataInfo, device: torch.device) -> torch.nn.M
     """A fresh model on the device; under torchrun on CUDA with synchronised batch norm if asked."""
     model = new_model(cfg.model, info).to(device)
     if cfg.model.sync_batchnorm and rank_and_world()[1] > 1:
+        if cfg.run.compile:  # a known torch.compile failure / graph-break case with DDP
+            raise UserError("run.compile with model.sync_batchnorm under torchrun is not supported; "
+                            "turn one of them off")
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over all processes' batches
         else:
@@ -215,16 +223,16 @@ def build_model(cfg: Config, info: DataInfo, device: torch.device) -> torch.nn.M
     return model
 
 
-def make_stepper(model: torch.nn.Module, cfg: TrainConfig, amp_dtype: torch.dtype | None,
+def make_stepper(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
                  steps_per_epoch: int) -> Stepper:
     """Optimizer, schedule and gradient scaler for a fresh run."""
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 runs on CUDA only
     return Stepper(make_loss(cfg.loss), optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler,
                    amp_dtype, cfg.grad_clip)
 
 
-def restore(ckpt: dict, model: torch.nn.Module, step: Stepper) -> RunState:
+def restore(ckpt: dict, model: torch.nn.Module, step: Stepper, device: torch.device) -> RunState:
     """Load everything the next epoch depends on from a checkpoint; returns the run's progress."""
     model.load_state_dict(ckpt["model"])
     step.optimizer.load_state_dict(ckpt["optimizer"])
@@ -238,15 +246,17 @@ def restore(ckpt: dict, model: torch.nn.Module, step: Stepper) -> RunState:
     else:
         torch.set_rng_state(rng["torch"][rank])
         random.setstate(rng["python"][rank])
-        if torch.cuda.is_available() and rng["cuda"][rank]:
-            torch.cuda.set_rng_state_all(rng["cuda"][rank])
+        cuda_state = rng["cuda"][rank]  # the state of the one device in use (a list in older checkpoints: skipped)
+        if isinstance(cuda_state, torch.Tensor) and device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_state, device)
     return RunState(**{f.name: ckpt[f.name] for f in fields(RunState)})
 
 
 def save_epoch(run: Run, improved: bool) -> None:
     """last.pt (and best.pt), metrics.csv and curves.png from rank 0; a failed write leaves earlier files intact."""
+    device = next(run.model.parameters()).device
     rng = {"torch": gather(torch.get_rng_state()), "python": gather(random.getstate()),
-           "cuda": gather(torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])}
+           "cuda": gather(torch.cuda.get_rng_state(device) if device.type == "cuda" else None)}
     if not is_main():
         return
     ckpt = {"format_version": FORMAT_VERSION, "model": run.model.state_dict(),
@@ -265,7 +275,8 @@ def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) ->
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run.trained_model, train_loader, run.step, run.cfg.train, epoch)
     broadcast_buffers(run.model)  # every process evaluates the weights rank 0 saves
-    val = evaluate(run.model, val_loader, run.step.loss_fn, len(run.info.class_names), val_loader.device)
+    val = evaluate(run.model, val_loader, run.step.loss_fn, len(run.info.class_names), val_loader.device,
+                   run.step.amp_dtype)
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
            "val_acc": val["accuracy"], "lr": run.step.optimizer.param_groups[0]["lr"],
            "seconds": round(time.perf_counter() - start, 2)}
@@ -311,9 +322,9 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
     train_loader, val_loader, info = make_train_loaders(cfg, device)
     model = build_model(cfg, info, device)
     trained_model, amp_dtype = apply_switches(model, cfg.run, device)
-    step = make_stepper(model, cfg.train, amp_dtype, len(train_loader))
+    step = make_stepper(model, cfg.train, device, amp_dtype, len(train_loader))
     if resume is not None:
-        state = restore(resume, model, step)
+        state = restore(resume, model, step, device)
     else:
         state, run_dir = RunState(), Path(from_main(str(make_run_dir(cfg)) if is_main() else None))
         cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
@@ -357,8 +368,13 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, args.overrides)
     else:
         path = resolve(args.resume or None, load_config(args.config, []).run.output_dir, "last.pt")
+        if distributed.is_torchrun() and not path.is_file():
+            raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
+                            "run.output_dir must be storage that every machine sees (e.g. NFS)")
         ckpt, run_dir = load_checkpoint(path), path.parent
         cfg = resumed_config(ckpt, args.overrides)
+    if cfg.run.deterministic:
+        require_deterministic_cublas()
     if args.print_config:
         print(to_yaml(cfg))
     try:

@@ -161,3 +161,18 @@ def test_eval_batch_size_auto_is_the_training_batch_on_cpu_and_four_times_it_on_
     assert eval_batch_size(tiny_cfg("train.eval_batch_size=7").train, torch.device("cuda")) == 7
     _, val_loader, _ = make_train_loaders(cfg, torch.device("cpu"))
     assert val_loader.batching.size == 32
+
+
+def test_streamed_folder_statistics_are_cached_with_the_data(tiny_cfg, tmp_path, monkeypatch):
+    write_folder(tmp_path / "pets", per_class=10)
+    streamed = ["data.name=folder", f"data.root={tmp_path / 'pets'}", "data.image_size=8", "data.max_memory_mb=0",
+                "data.num_workers=0"]
+    first = make_train_loaders(tiny_cfg(*streamed), torch.device("cpu"))[2]
+
+    def no_decoding(*args):
+        raise AssertionError("statistics computed again despite the cache")
+    monkeypatch.setattr(datasets, "channel_stats", no_decoding)
+    second = make_train_loaders(tiny_cfg(*streamed), torch.device("cpu"))[2]
+    assert (second.mean, second.std) == (first.mean, first.std)
+    with pytest.raises(AssertionError, match="computed again"):  # another seed samples other images
+        make_train_loaders(tiny_cfg(*streamed, "run.seed=1"), torch.device("cpu"))

@@ -14,7 +14,7 @@ from conftest import ROOT, run_script
 from train import train
 
 # Slow enough per epoch (small batches) that a signal lands mid-epoch.
-ARGS = ["train.epochs=4", "train.batch_size=8", "train.scheduler=cosine", "train.patience=3"]
+ARGS = ["train.epochs=4", "train.batch_size=8", "train.scheduler=cosine", "train.patience=3", "run.device=cpu"]
 
 
 def start(tmp_path, name):

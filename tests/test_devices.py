@@ -1,0 +1,111 @@
+"""Device choice, CUDA and torchrun plumbing, checked on the CPU by simulating devices and ranks;
+the gpu-marked tests run the real thing where a CUDA device exists."""
+import os
+
+import pytest
+import torch
+
+import cli
+import distributed
+import train as train_module
+from checkpoint import load_checkpoint
+from cli import autocast_dtype, select_device
+from config import UserError
+from datasets import Batching, DataInfo, Loader
+from metrics import evaluate_checkpoint
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cli, "mps_available", lambda: True)
+    assert select_device("auto") == torch.device("mps") and select_device("mps") == torch.device("mps")
+    monkeypatch.setattr(cli, "mps_available", lambda: False)
+    assert select_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="device 'mps' requested but this machine has no Apple GPU"):
+        select_device("mps")
+
+
+def test_cuda_n_becomes_the_current_device(monkeypatch):
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert select_device("cuda:2") == torch.device("cuda", 2) and current == [2]
+    with pytest.raises(UserError, match="only 4 CUDA device"):
+        select_device("cuda:4")
+
+
+@pytest.mark.parametrize("amp,device,dtype", [("none", "cuda", None), ("bf16", "cpu", torch.bfloat16),
+                                              ("fp16", "cuda", torch.float16), ("fp16", "cpu", None),
+                                              ("fp16", "mps", None)])
+def test_autocast_dtype_is_shared_by_training_and_evaluation(amp, device, dtype):
+    assert autocast_dtype(amp, torch.device(device)) == dtype
+
+
+@pytest.mark.parametrize("local_rank,count,expected", [(1, 2, "cuda:1"), (3, 1, "cuda:0"), (0, 8, "cuda:0")])
+def test_each_process_gets_its_gpu(local_rank, count, expected):
+    assert distributed.local_gpu(local_rank, count) == torch.device(expected)
+
+
+def test_more_processes_than_gpus_is_one_line():
+    with pytest.raises(UserError, match=r"LOCAL_RANK 2 but only 2 GPUs are visible; .*--nproc_per_node=2"):
+        distributed.local_gpu(2, 2)
+
+
+@pytest.mark.parametrize("n,world,size", [(1001, 2, 500), (1001, 2, 501), (130, 1, 64), (10, 3, 3)])
+def test_drop_last_gives_every_process_the_same_full_batches(n, world, size):
+    info = DataInfo(1, 1, ["a"], mean=[0.0], std=[1.0])
+    loader = Loader(torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.arange(n),
+                    Batching(size, shuffle_seed=0, drop_last=True), info, torch.device("cpu"))
+    steps, seen = [], []
+    for rank in range(world):
+        loader.rank, loader.world = rank, world  # what torchrun's processes would have
+        sizes = [len(labels) for _, labels in loader]
+        assert set(sizes) <= {size} and len(sizes) == len(loader)
+        steps.append(len(sizes))
+        seen += [label for _, labels in loader for label in labels.tolist()]
+    assert len(set(steps)) == 1 and len(set(seen)) == len(seen)  # same step count, no image twice
+
+
+def test_deterministic_cublas_is_configured_before_training(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, *a: seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+    monkeypatch.setattr(train_module, "is_main", lambda: False)  # skip the final test evaluation
+    train_module.main(["run.deterministic=true", f"run.output_dir={tmp_path}"])
+    assert seen == [":4096:8"]
+
+
+def test_compile_with_sync_batchnorm_under_torchrun_is_refused(tiny_cfg, monkeypatch):
+    monkeypatch.setattr(train_module, "rank_and_world", lambda: (0, 2))
+    cfg = tiny_cfg("run.compile=true", "model.sync_batchnorm=true")
+    with pytest.raises(UserError, match="run.compile with model.sync_batchnorm under torchrun is not supported"):
+        train_module.build_model(cfg, DataInfo(1, 8, list("0123456789")), torch.device("cpu"))
+
+
+def test_optimizers_are_fused_on_cuda_only(tiny_cfg):
+    model = torch.nn.Linear(2, 2)
+    for name in ("sgd", "adam", "adamw"):
+        cfg = tiny_cfg(f"train.optimizer={name}").train
+        assert train_module.make_optimizer(model, cfg, torch.device("cuda")).defaults["fused"] is True
+        assert not train_module.make_optimizer(model, cfg, torch.device("cpu")).defaults["fused"]
+
+
+def test_checkpoints_hold_no_cuda_state_for_a_cpu_run(tiny_run):
+    assert load_checkpoint(tiny_run.run_dir / "last.pt")["rng"]["cuda"] == [None]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_run_with_bf16_resumes_and_test_matches_training(tiny_cfg):
+    cfg = tiny_cfg("run.device=cuda", "run.amp=bf16", "run.deterministic=true", "train.epochs=1")
+    run_dir = train_module.train(cfg)
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    assert isinstance(ckpt["rng"]["cuda"][0], torch.Tensor)  # the one device's state, not every device's
+    _, _, val = evaluate_checkpoint(run_dir / "best.pt", torch.device("cuda"), "val")
+    assert val["accuracy"] == ckpt["history"][0]["val_acc"]
+    resumed = train_module.resumed_config(ckpt, ["train.epochs=2"])
+    train_module.train(resumed, load_checkpoint(run_dir / "last.pt"), run_dir)
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2
