@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from torch import nn
 
 from config import Config, DataConfig, TrainConfig, UserError
 from distributed import local_main_first, rank_and_world
+from imagefiles import ImageError, decode_image
 from storage import atomic_save
 
 DIGITS_PATH = Path(__file__).with_name("data") / "digits.pt"
@@ -203,12 +204,9 @@ def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor
 def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
     """One image file as uint8 (channels, size, size)."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-    except (UnidentifiedImageError, OSError):
-        raise UserError(f"{path} is not a readable image; remove it or replace it with a PNG or JPEG") from None
-    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    return pixels.view(size, size, channels).permute(2, 0, 1)
+        return torch.from_numpy(decode_image(path, channels, size))
+    except ImageError as err:
+        raise UserError(str(err)) from None
 
 
 def train_val_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,6 +265,22 @@ def decoded(images: Images) -> torch.Tensor:
     return images if isinstance(images, torch.Tensor) else torch.stack([images[i] for i in range(len(images))])
 
 
+class Normalise(nn.Module):
+    """uint8 images (B, C, H, W) -> float, with the training split's per-channel mean and std (0..1 scale).
+
+    A module so that exported models (export.py) carry the same normalisation as the loader.
+    """
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        # On the 0..255 scale: (x/255 - mean)/std == (x - 255 mean)/(255 std).
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
 class EpochBatches:
     """The current epoch's index batches; lets DataLoader workers persist across epochs."""
 
@@ -304,9 +318,7 @@ class Loader:
                  device: torch.device):
         self.rank, self.world = rank_and_world()
         self.device, self.labels, self.batching = device, labels.to(device), batching
-        # Normalise on the 0..255 scale: (x/255 - mean)/std == (x - 255 mean)/(255 std).
-        self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(info.std, device=device).view(1, -1, 1, 1) * 255
+        self.normalise = Normalise(info.mean, info.std).to(device)
         self.epoch = 0
         self.images, self.stream = images, None
         if isinstance(images, torch.Tensor):
@@ -354,7 +366,7 @@ class Loader:
             self.epoch_batches.batches = [batch.tolist() for batch in index_batches]
             raw = (images.to(self.device, non_blocking=True) for images in self.stream)
         for batch, images in zip(batches, raw):
-            images = (images.float() - self.mean) / self.std  # (B, C, H, W)
+            images = self.normalise(images)  # (B, C, H, W) float
             if self.batching.augment and generator is not None:
                 images = flip_and_crop(images, generator)
             yield images, self.labels[batch]

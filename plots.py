@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -106,6 +107,20 @@ def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str) 
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax_acc.legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_cam(image: torch.Tensor, cam_overlay: np.ndarray, path: Path, title: str) -> None:
+    """The uint8 image (C, H, W) beside its Grad-CAM overlay (an RGB array from gradcam.overlay)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.9))
+    show(left, image)
+    left.set_title("input", fontsize=9)
+    right.imshow(cam_overlay)
+    right.axis("off")
+    right.set_title("Grad-CAM (red: most evidence)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""Evaluate a saved checkpoint, predict on image files, or look at its kernels and feature maps.
+"""Evaluate a saved checkpoint, predict on image files, or look at its kernels, feature maps and Grad-CAM.
 
 The model is rebuilt from the config stored in the checkpoint, so no config file is needed.
 Outputs go to the checkpoint's run folder.
@@ -7,6 +7,7 @@ Outputs go to the checkpoint's run folder.
     python test.py checkpoints/<run> --split val    # best.pt of that run, validation split
     python test.py --predict my_digit.png photos/ --output predictions.csv
     python test.py --feature-maps my_digit.png      # first-layer kernels and every conv's feature maps
+    python test.py --cam my_digit.png checkpoints/<run>   # Grad-CAM: where the evidence for the prediction lies
     python test.py run.device=cpu run.output_dir=runs   # the latest run under runs/, on the CPU
 """
 import argparse
@@ -22,9 +23,11 @@ from torch import nn
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
 from cli import Parser, autocast_dtype, run_cli, select_device
 from config import UserError, load_config
-from datasets import Batching, DataInfo, Loader, read_image
+from datasets import Batching, Loader, read_image
+from explain import conv_outputs, grad_cam, last_conv, overlay
+from imagefiles import read_inputs, report_predictions
 from metrics import TOP_K, evaluate, evaluate_checkpoint, make_loss, per_class, top_k_accuracy
-from plots import plot_confusion, plot_maps, plot_misclassified
+from plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
 
 NUM_MISCLASSIFIED = 36  # images in the misclassified grid
 
@@ -84,59 +87,24 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
     print(f"wrote to {run_dir}/: {', '.join(written)}")
 
 
-def image_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files named directly, plus every file inside named folders; and errors for missing paths."""
-    files, errors = [], []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-        elif path.is_file():
-            files.append(path)
-        else:
-            errors.append(f"{path} not found")
-    return files, errors
-
-
-def read_all(files: list[Path], info: DataInfo) -> tuple[list[Path], list[torch.Tensor], list[str]]:
-    """Decode each file at the checkpoint's channels and size; one error line per unreadable file."""
-    good, images, errors = [], [], []
-    for path in files:
-        try:
-            images.append(read_image(path, info.in_channels, info.image_size))
-            good.append(path)
-        except UserError as err:
-            errors.append(str(err))
-    return good, images, errors
-
-
 def predict(path: Path, inputs: list[str], top_k: int, output: str | None, device: torch.device) -> int:
     """Print the top-k classes of every image; returns the number of files that could not be read."""
     ckpt = load_checkpoint(path)
     info = data_of(ckpt)
-    names = info.class_names
-    files, errors = image_files(inputs)
-    files, images, read_errors = read_all(files, info)
-    for message in errors + read_errors:
-        print(f"error: {message}", file=sys.stderr)
-    rows = []
-    if images:
-        loader = Loader(torch.stack(images), torch.zeros(len(images), dtype=torch.int64), Batching(256), info, device)
+    names, top_k = info.class_names, min(top_k, len(info.class_names))
+    files, images, failures = read_inputs(inputs, info.in_channels, info.image_size)  # uint8 (N, C, H, W)
+    predictions = []
+    if len(files):
+        loader = Loader(torch.from_numpy(images), torch.zeros(len(files), dtype=torch.int64), Batching(256), info,
+                        device)
         model = model_from_checkpoint(ckpt, device)
         cfg = config_of(ckpt)
         results = evaluate(model, loader, make_loss(cfg.train.loss), len(names), device,
                            autocast_dtype(cfg.run.amp, device))
-        for file, probs, classes in zip(files, results["top_probs"].tolist(), results["top_classes"].tolist()):
-            ranked = [(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
-            print(f"{file}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in ranked))
-            rows.append([str(file)] + [v for name, p in ranked for v in (name, f"{p:.6f}")])
-    if output:
-        with open(output, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file"] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")])
-            writer.writerows(rows)
-        print(f"wrote {len(rows)} predictions to {output}")
-    return len(errors) + len(read_errors)
+        predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
+                       for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
+    report_predictions(files, predictions, top_k, output)
+    return failures
 
 
 def formula(conv: nn.Conv2d, size: int) -> str:
@@ -146,33 +114,42 @@ def formula(conv: nn.Conv2d, size: int) -> str:
             f"= {(size + 2 * padding - kernel) // stride + 1}")
 
 
-def feature_maps(path: Path, image_path: str, device: torch.device) -> None:
-    """One PNG of the first conv layer's kernels, and one PNG of each conv layer's feature maps."""
+def one_image(path: Path, image_path: str, device: torch.device) -> tuple[dict, nn.Module, torch.Tensor,
+                                                                          torch.Tensor]:
+    """The checkpoint, its model in eval mode, the image as uint8 (C, H, W) and normalised (1, C, H, W)."""
     ckpt = load_checkpoint(path)
     model, info = model_from_checkpoint(ckpt, device).eval(), data_of(ckpt)
     image = read_image(Path(image_path), info.in_channels, info.image_size)
     images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info, device)))
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise UserError(f"model {ckpt['config']['model']['name']} has no conv layers to show")
-    seen: list[tuple[int, torch.Tensor]] = []  # (input size, output (C, H, W)) per conv
-    hooks = [c.register_forward_hook(lambda m, i, o: seen.append((i[0].shape[-1], o[0].float().cpu())))
-             for c in convs]
-    with torch.inference_mode():
-        model(images)
-    for hook in hooks:
-        hook.remove()
+    return ckpt, model, image, images
 
+
+def feature_maps(path: Path, image_path: str, device: torch.device) -> None:
+    """One PNG of the first conv layer's kernels, and one PNG of each conv layer's feature maps."""
+    _, model, _, images = one_image(path, image_path, device)
+    seen = conv_outputs(model, images)
     run_dir, written = path.parent, ["kernels.png"]
-    kernels = convs[0].weight.detach().float().cpu()  # (out, in, FH, FW)
+    kernels = seen[0][0].weight.detach().float().cpu()  # (out, in, FH, FW)
     plot_maps(kernels if kernels.shape[1] == 3 else kernels.mean(1), run_dir / "kernels.png",
               f"conv 1: {kernels.shape[0]} kernels of {kernels.shape[1]}x{kernels.shape[2]}x{kernels.shape[3]}")
-    for i, (conv, (size, maps)) in enumerate(zip(convs, seen), 1):
+    for i, (conv, size, maps) in enumerate(seen, 1):
         name = f"feature_maps_conv{i}.png"
         plot_maps(maps, run_dir / name, f"conv {i}: {maps.shape[0]} feature maps of {maps.shape[1]}x{maps.shape[2]}"
                   f"  ({formula(conv, size)})", cell=1.0 if maps.shape[1] <= 8 else 1.4)
         written.append(name)
     print(f"{image_path} through {path}: wrote to {run_dir}/: {', '.join(written)}")
+
+
+def cam(path: Path, image_path: str, device: torch.device) -> None:
+    """gradcam.png: the image, and where the last conv layer's evidence for the predicted class lies."""
+    ckpt, model, image, images = one_image(path, image_path, device)
+    heat, probs = grad_cam(model, images)
+    name, _ = last_conv(model)
+    predicted = int(probs[0].argmax())
+    label = f"{data_of(ckpt).class_names[predicted]} ({100 * probs[0, predicted]:.1f}%)"
+    plot_cam(image.cpu(), overlay(image, heat[0], scale=max(1, 224 // image.shape[-1])), path.parent / "gradcam.png",
+             f"Grad-CAM of the last conv layer ({name}) for the predicted class {label}")
+    print(f"{image_path} through {path}: predicted {label}; wrote {path.parent / 'gradcam.png'}")
 
 
 # The only settings test.py takes from the config; everything else comes from the checkpoint.
@@ -205,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predict", nargs="+", metavar="IMG_OR_DIR", help="predict the class of image files")
     parser.add_argument("--output", metavar="CSV", help="with --predict: write the predictions to this CSV file")
     parser.add_argument("--feature-maps", metavar="IMG", help="draw kernels and feature maps for this image")
+    parser.add_argument("--cam", metavar="IMG", help="draw the Grad-CAM heatmap of the predicted class for this image")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
     args = parser.parse_args(argv)
 
@@ -216,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1 if predict(path, args.predict, args.top_k, args.output, device) else 0)
     if args.feature_maps:
         feature_maps(path, args.feature_maps, device)
+        return
+    if args.cam:
+        cam(path, args.cam, device)
         return
     report(path, args.split, args.top_k, device, args.batch_size)
 

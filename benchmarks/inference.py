@@ -1,0 +1,90 @@
+"""Inference speed on this CPU: PyTorch eager vs onnxruntime, for the exported graph export.py writes.
+
+Both run the same thing: uint8 images in, normalisation, the model, softmax out. Weights are
+random (speed does not depend on them). Prints batch-1 latency (median) and batch-64 throughput.
+
+    python benchmarks/inference.py
+    python benchmarks/inference.py --seconds 5
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from config import load_config  # noqa: E402
+from datasets import DataInfo  # noqa: E402
+from export import deployable, export_program, require_extras, write_onnx  # noqa: E402
+from model import build_model  # noqa: E402
+
+# name -> (config overrides, channels, image size)
+MODELS = {
+    "default CNN, digits 1x8x8": ([], 1, 8),
+    "default CNN, MNIST 1x28x28": (["data.name=mnist"], 1, 28),
+    "CNN 64/128/256 + fc 256, CIFAR 3x32x32": (["model.conv_blocks.0.out_channels=64",
+                                                 "model.conv_blocks.1.out_channels=128",
+                                                 "model.conv_blocks.2.out_channels=256", "model.hidden=[256]"], 3, 32),
+}
+
+
+def latency_ms(run, images: np.ndarray, seconds: float) -> float:
+    """Median milliseconds per call, after a warm-up."""
+    for _ in range(10):
+        run(images)
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 20:
+        start = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def measure(name: str, overrides: list[str], channels: int, size: int, seconds: float, folder: Path) -> list[str]:
+    cfg = load_config(None, overrides)
+    model = build_model(cfg.model, channels, 10, size)
+    params = sum(p.numel() for p in model.parameters())
+    info = DataInfo(channels, size, [str(i) for i in range(10)], mean=[0.5] * channels, std=[0.25] * channels)
+    module = deployable(model, info)
+    example = torch.zeros(2, channels, size, size, dtype=torch.uint8)
+    path = folder / "model.onnx"
+    write_onnx(export_program(module, example), example, {}, path)
+
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def eager(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch)).numpy()
+
+    rows = []
+    for runtime, run in (("PyTorch eager", eager), ("onnxruntime", lambda b: session.run(None, {"images": b})[0])):
+        one = np.random.default_rng(0).integers(0, 256, (1, channels, size, size), dtype=np.uint8)
+        many = np.random.default_rng(1).integers(0, 256, (64, channels, size, size), dtype=np.uint8)
+        ms_one, ms_many = latency_ms(run, one, seconds), latency_ms(run, many, seconds)
+        rows.append(f"| {name} | {params:,} | {runtime} | {ms_one:.3f} | {64 / ms_many * 1000:,.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    args = parser.parse_args()
+    require_extras()
+    import onnxruntime
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
+    print("| model | parameters | runtime | batch 1: ms | batch 64: images/s |\n| --- | ---: | --- | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (overrides, channels, size) in MODELS.items():
+            measure(name, overrides, channels, size, args.seconds, Path(folder))
+
+
+if __name__ == "__main__":
+    main()

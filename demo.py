@@ -1,0 +1,143 @@
+"""A web page to try a trained model: upload or draw an image; see the top classes, Grad-CAM and feature maps.
+
+    python demo.py                              # best.pt of the most recent run, on http://127.0.0.1:7860
+    python demo.py checkpoints/<run> --port 8000
+    python demo.py --host 0.0.0.0               # reachable from other machines: anyone there can use it
+
+Serves a Gradio page (pip install -r requirements-extras.txt). Its prediction is also an API
+endpoint, /predict, that gradio_client can call.
+"""
+import argparse
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
+from cli import Parser, run_cli
+from config import UserError, load_config
+from datasets import Batching, Loader
+from explain import conv_outputs, grad_cam, overlay
+from imagefiles import to_array
+from metrics import TOP_K, evaluate_checkpoint
+from plots import plot_maps
+
+CPU = torch.device("cpu")
+MAX_PIXELS = 25_000_000  # bigger uploads are refused before decoding
+DISPLAY = 224  # pixels across the Grad-CAM overlay
+
+
+@dataclass
+class Demo:
+    """The model behind the page and what the page says about it."""
+    ckpt: dict
+    model: nn.Module
+    title: str
+
+
+def load_demo(path: Path) -> Demo:
+    """The checkpoint's model, and its test accuracy when the test split is on this machine."""
+    ckpt = load_checkpoint(path)
+    cfg = config_of(ckpt)
+    try:
+        accuracy = f"test accuracy {100 * evaluate_checkpoint(path, CPU)[2]['accuracy']:.2f}%"
+    except UserError:
+        accuracy = "test accuracy unknown (the test split is not on this machine)"
+    title = (f"**{path.parent.name}/{path.name}**: {cfg.model.name} trained on {cfg.data.name} "
+             f"(epoch {ckpt['epoch']}), {accuracy}")
+    return Demo(ckpt, model_from_checkpoint(ckpt, CPU).eval(), title)
+
+
+def open_upload(upload: dict | None) -> Image.Image:
+    """The uploaded file (Gradio's file data, not preprocessed) decoded; anything else is a message for the page."""
+    import gradio as gr
+
+    if not upload or not upload.get("path"):
+        raise gr.Error("no image was uploaded")
+    path = upload["path"]
+    try:
+        img = Image.open(path)
+        if img.width * img.height > MAX_PIXELS:
+            raise gr.Error(f"the image is {img.width}x{img.height} pixels, over the limit of {MAX_PIXELS:,}; "
+                           "scale it down and upload it again")
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise gr.Error(f"{upload.get('orig_name') or Path(path).name} is not a readable image; upload a PNG or JPEG"
+                       ) from None
+
+
+def feature_map_image(conv: nn.Conv2d, maps: torch.Tensor) -> Image.Image:
+    """The first conv layer's feature maps (C, H, W) as one picture."""
+    buffer = io.BytesIO()
+    plot_maps(maps, buffer, f"conv 1: {maps.shape[0]} feature maps of {maps.shape[1]}x{maps.shape[2]}",
+              cell=1.0 if maps.shape[1] <= 8 else 1.4)
+    return Image.open(buffer)
+
+
+def analyse(demo: Demo, img: Image.Image) -> tuple[dict, np.ndarray, Image.Image, str]:
+    """Top classes, Grad-CAM overlay, first-layer feature maps and a one-line verdict for one image."""
+    info = data_of(demo.ckpt)
+    names = info.class_names
+    image = torch.from_numpy(to_array(img, info.in_channels, info.image_size))  # uint8 (C, H, W)
+    images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info, CPU)))
+    heat, probs = grad_cam(demo.model, images)
+    top = probs[0].topk(min(TOP_K, len(names)))
+    scores = {names[c]: p for p, c in zip(top.values.tolist(), top.indices.tolist())}
+    conv, _, maps = conv_outputs(demo.model, images)[0]
+    verdict = f"prediction: {names[top.indices[0]]} ({100 * top.values[0]:.1f}%)"
+    return scores, overlay(image, heat[0], max(1, DISPLAY // image.shape[-1])), feature_map_image(conv, maps), verdict
+
+
+def build_page(demo: Demo):
+    """The Gradio page: inputs on the left, what the model makes of them on the right."""
+    import gradio as gr
+
+    with gr.Blocks(title="CNN template demo", analytics_enabled=False) as page:
+        gr.Markdown(f"# Try the model\n{demo.title}. Digits and MNIST are light strokes on a dark background.")
+        with gr.Row():
+            with gr.Column():
+                with gr.Tab("Upload"):
+                    upload = gr.Image(type="filepath", sources=["upload", "clipboard"], label="image")
+                with gr.Tab("Draw"):
+                    sketch = gr.Sketchpad(type="pil", image_mode="RGB", canvas_size=(280, 280),
+                                          value=Image.new("RGB", (280, 280)), label="canvas",
+                                          brush=gr.Brush(colors=["#ffffff"], default_size=24))
+                    classify = gr.Button("Classify the drawing")
+            with gr.Column():
+                verdict = gr.Markdown(elem_id="verdict")
+                scores = gr.Label(num_top_classes=TOP_K, label="top classes")
+                cam = gr.Image(label="Grad-CAM: where the last conv layer's evidence for the prediction lies")
+                maps = gr.Image(label="first conv layer's feature maps")
+        outputs = [scores, cam, maps, verdict]
+        # Not preprocessed, so that a file that is not an image reaches open_upload and gets its message.
+        upload.upload(lambda file: analyse(demo, open_upload(file)), upload, outputs, api_name="predict",
+                      preprocess=False)
+        classify.click(lambda drawing: analyse(demo, drawing["composite"]), sketch, outputs, api_name="predict_drawing")
+    return page
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_FOLDER",
+                        help="a .pt file or a run folder (default: best.pt of the most recent run under "
+                             "config.yaml's run.output_dir)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("demo.py needs gradio; pip install -r requirements-extras.txt") from None
+    demo = load_demo(resolve(args.checkpoint, load_config(None, []).run.output_dir, "best.pt"))
+    build_page(demo).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    run_cli(main)

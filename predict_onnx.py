@@ -1,0 +1,69 @@
+"""Predict the classes of image files with a model.onnx from export.py, without PyTorch.
+
+Needs only onnxruntime, numpy and Pillow (pip install onnxruntime numpy pillow), reads the class
+names and image size from the file's metadata, and prints the same table and CSV as
+`python test.py --predict`.
+
+    python predict_onnx.py checkpoints/<run>/model.onnx my_digit.png more_images/
+    python predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 --output predictions.csv
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from imagefiles import ranked, read_inputs, report_predictions
+
+BATCH = 256  # images per onnxruntime call
+REQUIRED = ("class_names", "image_size", "channels")  # metadata keys written by export.py
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; printed as one line."""
+
+
+def open_model(path: Path):
+    """An onnxruntime session for path, and the class names, channels and image size from its metadata."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError("predict_onnx.py needs onnxruntime; pip install onnxruntime") from None
+    if not path.is_file():
+        raise ModelError(f"{path} not found; export a checkpoint with python export.py")
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types, not exported by name
+        raise ModelError(f"{path} is not a readable ONNX model ({type(err).__name__}); export it again") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    missing = [key for key in REQUIRED if key not in meta]
+    if missing:
+        raise ModelError(f"{path} has no {', '.join(missing)} in its metadata; it was not written by export.py")
+    return session, json.loads(meta["class_names"]), int(meta["channels"]), int(meta["image_size"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL.onnx", help="a model.onnx written by export.py")
+    parser.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR", help="image files or folders of images")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    parser.add_argument("--output", metavar="CSV", help="also write the predictions to this CSV file")
+    args = parser.parse_args()
+    if args.top_k < 1:
+        raise ModelError(f"--top-k must be at least 1, got {args.top_k}")
+    session, names, channels, size = open_model(Path(args.model))
+    top_k = min(args.top_k, len(names))
+    files, images, failures = read_inputs(args.inputs, channels, size)  # uint8 (N, C, H, W)
+    probs = [session.run(None, {"images": images[i: i + BATCH]})[0] for i in range(0, len(images), BATCH)]
+    predictions = ranked(np.concatenate(probs), names, top_k) if probs else []
+    report_predictions(files, predictions, top_k, args.output)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
