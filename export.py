@@ -161,8 +161,11 @@ def export(path: Path, check: bool = True) -> tuple[Path, Path]:
           f"{pt2_path} ({pt2_path.stat().st_size / 1e3:.0f} kB)")
     print(f"input: uint8 images (N, {info.in_channels}, {info.image_size}, {info.image_size}); "
           f"output: probabilities (N, {len(info.class_names)}); classes: {', '.join(info.class_names)}")
-    print(f"checked on the test split ({len(images)} images, PyTorch accuracy {100 * results['accuracy']:.2f}%): "
-          + "; ".join(checks) if check else "not checked (--no-verify)")
+    if check:
+        print(f"checked on the test split ({len(images)} images, PyTorch accuracy {100 * results['accuracy']:.2f}%): "
+              + "; ".join(checks))
+    else:
+        print("not checked on the test split (--no-verify)")
     return onnx_path, pt2_path
 
 

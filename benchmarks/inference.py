@@ -4,7 +4,7 @@ Both run the same thing: uint8 images in, normalisation, the model, softmax out.
 random (speed does not depend on them). Prints batch-1 latency (median) and batch-64 throughput.
 
     python benchmarks/inference.py
-    python benchmarks/inference.py --seconds 5
+    python benchmarks/inference.py --threads 1    # one thread each: steadier on a machine others are using
 """
 import argparse
 import statistics
@@ -44,7 +44,8 @@ def latency_ms(run, images: np.ndarray, seconds: float) -> float:
     return 1000 * statistics.median(times)
 
 
-def measure(name: str, overrides: list[str], channels: int, size: int, seconds: float, folder: Path) -> list[str]:
+def measure(name: str, overrides: list[str], channels: int, size: int, args: argparse.Namespace,
+            folder: Path) -> None:
     cfg = load_config(None, overrides)
     model = build_model(cfg.model, channels, 10, size)
     params = sum(p.numel() for p in model.parameters())
@@ -56,34 +57,37 @@ def measure(name: str, overrides: list[str], channels: int, size: int, seconds: 
 
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads  # 0: onnxruntime's default, one per core
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def eager(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return module(torch.from_numpy(batch)).numpy()
 
-    rows = []
     for runtime, run in (("PyTorch eager", eager), ("onnxruntime", lambda b: session.run(None, {"images": b})[0])):
         one = np.random.default_rng(0).integers(0, 256, (1, channels, size, size), dtype=np.uint8)
         many = np.random.default_rng(1).integers(0, 256, (64, channels, size, size), dtype=np.uint8)
-        ms_one, ms_many = latency_ms(run, one, seconds), latency_ms(run, many, seconds)
-        rows.append(f"| {name} | {params:,} | {runtime} | {ms_one:.3f} | {64 / ms_many * 1000:,.0f} |")
-        print(rows[-1], flush=True)
-    return rows
+        ms_one, ms_many = latency_ms(run, one, args.seconds), latency_ms(run, many, args.seconds)
+        print(f"| {name} | {params:,} | {runtime} | {ms_one:.3f} | {64 / ms_many * 1000:,.0f} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    parser.add_argument("--threads", type=int, default=0, help="threads for both runtimes; 0: their defaults")
     args = parser.parse_args()
     require_extras()
     import onnxruntime
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
     print("| model | parameters | runtime | batch 1: ms | batch 64: images/s |\n| --- | ---: | --- | ---: | ---: |")
     with tempfile.TemporaryDirectory() as folder:
         for name, (overrides, channels, size) in MODELS.items():
-            measure(name, overrides, channels, size, args.seconds, Path(folder))
+            measure(name, overrides, channels, size, args, Path(folder))
 
 
 if __name__ == "__main__":
