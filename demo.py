@@ -72,6 +72,15 @@ def open_upload(upload: dict | None) -> Image.Image:
                        ) from None
 
 
+def drawn(drawing: dict | None) -> Image.Image:
+    """The canvas's picture (background and strokes flattened)."""
+    import gradio as gr
+
+    if not drawing or drawing.get("composite") is None:
+        raise gr.Error("the canvas is empty; draw something first")
+    return drawing["composite"]
+
+
 def feature_map_image(conv: nn.Conv2d, maps: torch.Tensor) -> Image.Image:
     """The first conv layer's feature maps (C, H, W) as one picture."""
     buffer = io.BytesIO()
@@ -118,7 +127,7 @@ def build_page(demo: Demo):
         # Not preprocessed, so that a file that is not an image reaches open_upload and gets its message.
         upload.upload(lambda file: analyse(demo, open_upload(file)), upload, outputs, api_name="predict",
                       preprocess=False)
-        classify.click(lambda drawing: analyse(demo, drawing["composite"]), sketch, outputs, api_name="predict_drawing")
+        classify.click(lambda drawing: analyse(demo, drawn(drawing)), sketch, outputs, api_name="predict_drawing")
     return page
 
 
