@@ -3,7 +3,6 @@ config, command line, data, checkpoints and devices. Each must exit non-zero wit
 the problem and the fix, and leave every file of an existing run untouched. The catalogue runs
 in-process (run_cli is what the scripts' __main__ calls); a few cases also run as real processes to
 prove that no traceback reaches the terminal."""
-import hashlib
 import random
 import shutil
 
@@ -14,7 +13,7 @@ from PIL import Image
 import summary
 import test as test_script
 import train
-from conftest import call_script, copy_run, run_script
+from conftest import call_script, copy_run, run_script, snapshot
 
 SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "summary.py": summary.main}
 
@@ -60,10 +59,6 @@ def make_folder(root, breakage):
         (root / "train" / "a" / "readme.txt").write_text("not an image")
 
 
-def snapshot(root):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / "checkpoints").rglob("*")) if p.is_file()}
-
-
 CASES = [
     # config
     ("train.py", ["train.lrr=0.1"], "unknown config key 'train.lrr'; did you mean 'lr'?"),
@@ -107,8 +102,8 @@ CASES = [
     ("train.py", ["run.device=cuda"], "device 'cuda' requested but no CUDA device is available; use auto or cpu"),
     ("train.py", ["run.device=gpu"], "run.device: 'gpu' is not allowed; use auto | cpu | cuda | cuda:N"),
     ("test.py", ["run.device=tpu"], "run.device: 'tpu' is not allowed"),
-    ("test.py", ["train.lr=0.1"], "test.py reads only run.output_dir and run.device from the config"),
-    ("train.py", ["run.output_dir=a_file/runs"], "cannot create run folder a_file/runs/"),
+    ("test.py", ["train.lr=0.1"], "test.py reads only run.output_dir, run.device, data.max_pixels from the config"),
+    ("train.py", ["run.output_dir=a_file/runs"], "cannot create folder a_file/runs (Not a directory); set run.output_dir"),
     # numbers
     ("train.py", ["train.lr=1e30", "train.scheduler=none", "run.name=diverges"], "the loss became NaN or infinite in epoch 1"),
 ]
@@ -124,11 +119,11 @@ def check_one_error_line(stderr: str, message: str) -> None:
 def test_bad_input(workdir, script, args, message):
     if "run.device=cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    before = snapshot(workdir)
+    before = snapshot(workdir / "checkpoints")
     code, _, stderr = call_script(SCRIPTS[script], *args, cwd=workdir)
     assert code == 2
     check_one_error_line(stderr, message)
-    after = snapshot(workdir)
+    after = snapshot(workdir / "checkpoints")
     assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
     assert not (workdir / "payload-ran").exists()
     shutil.rmtree(workdir / "checkpoints" / "diverges", ignore_errors=True)

@@ -51,17 +51,17 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     straight = train(tiny_cfg("train.epochs=3", *extra))
 
     calls = []
-    real_write = train_module.write_metrics
+    real_save = train_module.save_epoch
 
-    def crash_after_epoch_2(history, run_dir):
-        real_write(history, run_dir)
+    def crash_after_epoch_2(run, improved):
+        real_save(run, improved)
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-    monkeypatch.setattr(train_module, "write_metrics", crash_after_epoch_2)
+    monkeypatch.setattr(train_module, "save_epoch", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_cfg("train.epochs=3", *extra))
-    monkeypatch.setattr(train_module, "write_metrics", real_write)
+    monkeypatch.setattr(train_module, "save_epoch", real_save)
     interrupted = max((straight.parent).iterdir(), key=lambda p: p.stat().st_mtime)
     ckpt = load_checkpoint(interrupted / "last.pt")
     assert ckpt["epoch"] == 2
