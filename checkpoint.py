@@ -37,7 +37,7 @@ def load_checkpoint(path: str | Path) -> dict:
             raise UserError(f"checkpoint {path} was refused: it holds objects other than plain data "
                             "(tensors, numbers, strings, lists, dicts), so it could run code when loaded") from None
         raise UserError(unreadable(path)) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError):
+    except Exception:  # on a file that is not a checkpoint the unpickler raises almost any type (IndexError, ...)
         raise UserError(unreadable(path)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} was not written by this template (format version "

@@ -144,7 +144,7 @@ def number(tp: type, value: Any, path: str) -> float:
         raise UserError(f"{path}: expected {kind}, got {value!r}")
     try:
         converted = tp(float(value)) if tp is float else int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise UserError(f"{path}: expected {kind}, got {value!r}") from None
     if tp is int and isinstance(value, float) and value != converted:
         raise UserError(f"{path}: expected an integer, got {value!r}")

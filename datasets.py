@@ -426,7 +426,8 @@ class Loader:
         generator = None
         order = torch.arange(len(self.labels))
         if self.batching.shuffle_seed is not None:
-            generator = torch.Generator().manual_seed(self.batching.shuffle_seed * 100_003 + self.epoch)
+            seed = (self.batching.shuffle_seed * 100_003 + self.epoch) % 2 ** 64  # torch seeds are 64-bit
+            generator = torch.Generator().manual_seed(seed)
             order = torch.randperm(len(self.labels), generator=generator)
         index_batches = self.batches(order)
         batches = [batch.to(self.device) for batch in index_batches]
