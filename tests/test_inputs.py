@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 
 import datasets
+import test as test_script
 from checkpoint import load_checkpoint
 from config import SEED_MAX, UserError, load_config
+from conftest import call_script
 from datasets import Batching, DataInfo, Loader, read_image
 
 MAX_PIXELS = 50_000_000
@@ -106,6 +108,16 @@ def test_damaged_and_oversized_images_are_named(tmp_path, name):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         read_image(tmp_path / name, 1, 8, MAX_PIXELS)
+
+
+def test_predict_names_a_decompression_bomb_and_predicts_the_rest(tiny_run, tmp_path):
+    (tmp_path / "bomb.png").write_bytes(bomb(10_000, 10_000))
+    Image.fromarray(halves()).save(tmp_path / "digit.png")
+    code, out, err = call_script(test_script.main, str(tiny_run.run_dir), "--predict", "bomb.png", "digit.png",
+                                 cwd=tmp_path)
+    assert code == 1
+    assert err.startswith("error: bomb.png is 10000x10000") and "over data.max_pixels" in err
+    assert out.startswith("digit.png: ")
 
 
 def test_the_pixel_limit_is_a_config_key(tmp_path):
