@@ -318,6 +318,7 @@ def test_kill_9_at_every_write_then_resume_ends_with_every_file(tmp_path, one_th
 
 # --- Ctrl-C that a library swallows; exceptions nobody expected ----------------------------------
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowing is the point
 def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training(tiny_cfg, tmp_path, monkeypatch):
     """Python drops an exception raised inside a finalizer or weakref callback (matplotlib runs many while
     collecting garbage), so a Ctrl-C landing there was lost and training ran on; reproduced by sending
