@@ -7,6 +7,7 @@ A checkpoint is a dict with:
   rng (per process, in rank order: torch's CPU random state, Python's, and CUDA's when used).
 """
 import pickle
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -36,12 +37,35 @@ def load_checkpoint(path: str | Path) -> dict:
             raise UserError(f"checkpoint {path} was refused: it holds objects other than plain data "
                             "(tensors, numbers, strings, lists, dicts), so it could run code when loaded") from None
         raise UserError(unreadable(path)) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError):
+    except Exception:  # on a file that is not a checkpoint the unpickler raises almost any type (IndexError, ...)
         raise UserError(unreadable(path)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} was not written by this template (format version "
                         f"{FORMAT_VERSION}); train a new one with train.py")
+    check_contents(ckpt, path)
     return ckpt
+
+
+# The entries every reader relies on, and their types.
+REQUIRED = {"model": dict, "config": dict, "data": dict, "epoch": int, "history": list, "best_val_acc": float}
+
+
+def check_contents(ckpt: dict, path: Path) -> None:
+    """Every required entry present with its type, the data description complete, every weight finite."""
+    for key, kind in REQUIRED.items():
+        if not isinstance(ckpt.get(key), kind):
+            raise UserError(f"checkpoint {path} lacks a valid '{key}' entry (damaged or edited); "
+                            "use another checkpoint, e.g. last.pt of the same run")
+    data_keys = {f.name for f in fields(DataInfo)}
+    if set(ckpt["data"]) != data_keys:
+        raise UserError(f"checkpoint {path} has a 'data' entry with keys {sorted(ckpt['data'])}, not "
+                        f"{sorted(data_keys)}; use another checkpoint")
+    for name, weight in ckpt["model"].items():
+        if not isinstance(weight, torch.Tensor):
+            raise UserError(f"checkpoint {path}: model entry '{name}' is not a tensor; use another checkpoint")
+        if weight.is_floating_point() and not torch.isfinite(weight).all():
+            raise UserError(f"checkpoint {path} has NaN or infinite weights in '{name}': the run diverged before "
+                            "it was saved; use an earlier checkpoint or train again with a lower train.lr")
 
 
 def config_of(ckpt: dict) -> Config:

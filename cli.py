@@ -2,8 +2,14 @@
 import argparse
 import os
 import random
+import signal
 import sys
-from typing import Callable
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, NoReturn
 
 import torch
 
@@ -23,6 +29,17 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def positive_int(text: str) -> int:
+    """argparse type for sizes and counts: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """The arguments every script shares: --config FILE and key=value overrides."""
     parser = Parser(description=doc, epilog=key_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,19 +48,79 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+# Exit statuses, also listed in the README.
+EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
+EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
+SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+received: list[int] = []  # Ctrl-C / SIGTERM seen during this run_cli call
+
+
+def on_signal(signum: int, frame) -> None:
+    """Ctrl-C and SIGTERM: remember the signal, then interrupt whatever runs now."""
+    received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def check_interrupted() -> None:
+    """Raise again a Ctrl-C or SIGTERM that was swallowed: an exception raised inside a finalizer or a
+    weakref callback (matplotlib runs many during garbage collection) is printed and dropped by Python."""
+    if received:
+        raise Terminated() if received[-1] == signal.SIGTERM else KeyboardInterrupt()
+
+
+def fail(message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
+def report_unexpected(err: BaseException, script: str) -> NoReturn:
+    """One line naming the exception and where it was raised; the full traceback goes to a file."""
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    text = str(err).splitlines()[0][:200] if str(err) else ""
+    name = f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-traceback.txt"
+    path = Path(tempfile.gettempdir()) / name
+    try:
+        path.write_text("".join(traceback.format_exception(err)))
+        saved = f"the full traceback is in {path}; please report it with that file"
+    except OSError:
+        saved = "the traceback could not be written to the temporary folder"
+    fail(f"unexpected {type(err).__name__}{where}: {text}; this is a bug in the template, not in your input; "
+         f"{saved}", EXIT_UNEXPECTED)
+
+
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a script's main on argv (default: the command line); user errors become one line on stderr
-    and exit status 2, Ctrl-C 130, SIGTERM 143."""
+    """Run a script's main on argv (default: the command line) and turn every way it can end into an exit
+    status: 0 done, 2 with one `error:` line for a problem the user can fix, 3 with one line and a
+    traceback file for a bug, 130 Ctrl-C, 143 SIGTERM."""
+    received.clear()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS} if in_main_thread else {}
     try:
         main(argv)
     except (UserError, ShapeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(err))
     except KeyboardInterrupt as err:
         sys.exit(143 if isinstance(err, Terminated) else 130)
     except BrokenPipeError:  # e.g. `python test.py | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except Exception as err:
+        if is_out_of_memory(err):
+            fail(f"out of memory ({str(err).splitlines()[0][:120]}); lower train.batch_size or "
+                 "train.eval_batch_size, the model's widths, or data.image_size")
+        if isinstance(err, OSError):  # a file the user named or a folder they chose: theirs to fix
+            fail(f"{err.filename or 'a file'}: {err.strerror or err}; check that it exists, is readable, "
+                 "and that its folder is writable with free space")
+        report_unexpected(err, getattr(main, "__module__", "script"))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def mps_available() -> bool:

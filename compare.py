@@ -7,11 +7,10 @@ import argparse
 import csv
 from pathlib import Path
 
-import yaml
-
 from cli import Parser, run_cli
-from config import UserError, flatten
+from config import UserError, flatten, read_yaml
 from plots import plot_comparison
+from storage import make_folder
 
 IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without changing the experiment
 
@@ -21,10 +20,24 @@ def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
     for name in ("config.yaml", "metrics.csv"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} has no {name}; pass run folders written by train.py")
-    config = {key: str(value) for key, value in flatten(yaml.safe_load((run_dir / "config.yaml").read_text())).items()}
-    with open(run_dir / "metrics.csv") as f:
-        history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
-    return config, history
+    config = {key: str(value) for key, value in flatten(read_yaml(run_dir / "config.yaml")).items()}
+    return config, read_metrics(run_dir / "metrics.csv")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.csv as numbers; an empty, damaged or foreign file is an error naming the line."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = list(csv.DictReader(f))
+    history = []
+    for line, row in enumerate(rows, 2):
+        try:
+            history.append({key: float(row[key]) for key in ("epoch", "val_loss", "val_acc")})
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path} line {line} lacks numbers for epoch, val_loss and val_acc (a damaged or "
+                            "foreign file); leave this run out or train it again") from None
+    if not history:
+        raise UserError(f"{path} has no epochs yet; leave this run out until it has finished one")
+    return history
 
 
 def labels_for(configs: list[dict[str, str]], names: list[str]) -> list[str]:
@@ -44,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     configs, histories = zip(*(read_run(run_dir) for run_dir in run_dirs))
     labels = labels_for(list(configs), [run_dir.name for run_dir in run_dirs])
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(output.parent, "--output")
     shared = [f"{key}={configs[0][key]}" for key in ("data.name", "model.name", "run.seed")
               if len({config.get(key) for config in configs}) == 1]
     plot_comparison(list(zip(labels, histories)), output, f"{len(run_dirs)} runs, all with {', '.join(shared)}")

@@ -44,6 +44,7 @@ class DataConfig:
     val_fraction: float = field(metadata=between(0.01, 0.9))
     augment: bool
     max_memory_mb: int = field(metadata=at_least(0))
+    max_pixels: int = field(metadata=at_least(1))
     num_workers: Literal["auto"] | int = field(metadata=at_least(0))
     cache_dir: str
 
@@ -66,13 +67,16 @@ class TrainConfig:
     log_interval: int = field(metadata=at_least(1))
 
 
+SEED_MAX = 2 ** 63 - 1  # torch seeds are 64-bit; each torchrun process adds its rank
+
+
 @dataclass
 class RunConfig:
-    seed: int = field(metadata=at_least(0))
+    seed: int = field(metadata=between(0, SEED_MAX))
     device: str
     output_dir: str
     name: str
-    threads: int = field(metadata=at_least(0))
+    threads: int = field(metadata=between(0, 4096))
     channels_last: bool
     amp: Literal["none", "bf16", "fp16"]
     compile: bool
@@ -140,7 +144,7 @@ def number(tp: type, value: Any, path: str) -> float:
         raise UserError(f"{path}: expected {kind}, got {value!r}")
     try:
         converted = tp(float(value)) if tp is float else int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise UserError(f"{path}: expected {kind}, got {value!r}") from None
     if tp is int and isinstance(value, float) and value != converted:
         raise UserError(f"{path}: expected an integer, got {value!r}")
@@ -183,7 +187,21 @@ def config_from_dict(raw: Any) -> Config:
         raise UserError(f"model.name: {cfg.model.name!r} is not a registered model; use one of {choices} "
                         "or add yours to MODELS in model.py")
     check_device_name(cfg.run.device, "run.device")
+    check_plain_name(cfg.run.name, "run.name")
     return cfg
+
+
+NAME_MAX = 100  # characters of a name that becomes a folder: room for suffixes within the 255-byte limit
+
+
+def check_plain_name(name: str, key: str) -> None:
+    """A name that becomes a file or folder: no separators, not . or .., printable, bounded length."""
+    bad = [c for c in name if c in '/\\' or not c.isprintable()]
+    if bad or name in (".", "..") or len(name.encode()) > NAME_MAX:
+        problem = (f"contains {bad[0]!r}" if bad else "is too long" if len(name.encode()) > NAME_MAX
+                   else "is not a folder name")
+        raise UserError(f"{key}: {name[:40]!r}{'...' if len(name) > 40 else ''} {problem}; use a plain folder name "
+                        f"of at most {NAME_MAX} characters without / or \\ (it becomes a folder under run.output_dir)")
 
 
 def check_device_name(name: str, key: str) -> None:
@@ -196,10 +214,7 @@ def apply_override(raw: dict, text: str) -> None:
     key, sep, value_text = text.partition("=")
     if not sep or not key:
         raise UserError(f"override {text!r} is not of the form key=value, e.g. train.lr=0.01")
-    try:
-        value = yaml.safe_load(value_text) if value_text else ""
-    except yaml.YAMLError:
-        raise UserError(f"override {text!r}: the value is not valid YAML") from None
+    value = parse_yaml(value_text, f"override {text!r}: the value") if value_text else ""
     *parents, last = key.split(".")
     node: Any = raw
     for part in parents:
@@ -228,16 +243,47 @@ def index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys are refused by PyYAML itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> plain data; where names the file or override in messages."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or ""
+        detail = f" ({problem})" if "twice" in problem else "; check indentation and colons"
+        raise UserError(f"{where} is not valid YAML{line}{detail}") from None
+    except RecursionError:
+        raise UserError(f"{where} is nested too deeply to read; a config needs a few levels at most") from None
+
+
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass an existing file with --config")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{where}; check indentation and colons") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"config file {path} cannot be read ({err.strerror}); check its permissions") from None
+    raw = parse_yaml(text, f"config file {path}")
     if raw is None:
         raise UserError(f"config file {path} is empty; start from a copy of config.yaml")
     return raw

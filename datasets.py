@@ -18,7 +18,7 @@ from torch import nn
 from config import Config, DataConfig, TrainConfig, UserError
 from distributed import local_main_first, rank_and_world
 from imagefiles import ImageError, decode_image
-from storage import atomic_save
+from storage import StorageError, atomic_save, make_folder, remove_stale_temporaries
 
 DIGITS_PATH = Path(__file__).with_name("data") / "digits.pt"
 TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -52,6 +52,9 @@ def describe(cfg: DataConfig) -> DataInfo:
         if names != test_names:
             raise UserError(f"{Path(cfg.root) / 'test'} has classes {test_names} but train has {names}; "
                             "both need the same class folders")
+        if len(names) < 2:
+            raise UserError(f"{Path(cfg.root) / 'train'} has one class folder ({names[0]}); a classifier needs "
+                            "at least two classes, one folder each")
         return DataInfo(cfg.channels, cfg.image_size, names)
     channels, size = BUILTIN[cfg.name]
     return DataInfo(channels, size, CLASS_NAMES[cfg.name])
@@ -91,11 +94,12 @@ def read_or_decode(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Ten
 def write_cache(content: dict, cache: Path) -> str:
     """Save a decoded split (or its statistics) for the next run; returns how it went, for the log line."""
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(cache.parent, "data.cache_dir")
+        remove_stale_temporaries(cache.parent, only_dead=True)
         atomic_save(content, cache)
         return f", cached in {cache}"
-    except OSError as err:
-        return f" (not cached: {err.strerror})"
+    except (StorageError, UserError) as err:
+        return f" (not cached: {err})"
 
 
 def source_folder(cfg: DataConfig, split: str) -> Path:
@@ -110,19 +114,17 @@ def source_folder(cfg: DataConfig, split: str) -> Path:
 def cache_path(cfg: DataConfig, split: str) -> Path | None:
     """cache_dir/<name>-<split>-<hash of the source files and decode settings>.pt; None if no files or no cache.
 
-    The hash covers the resolved folder and, relative to it, every file's name, size and modification
-    time: two spellings of one path share a cache file, and a changed file gets a new one.
+    The hash covers the resolved folder and, relative to it, every source file's name, size and
+    modification time: two spellings of one path share a cache file, and a changed file gets a new one.
     """
-    source = source_folder(cfg, split).resolve()
-    if not cfg.cache_dir or not source.is_dir():
+    folder = source_folder(cfg, split)
+    if not cfg.cache_dir or not folder.is_dir():
         return None
-    digest = hashlib.sha1(f"{source}|{cfg.image_size}|{cfg.channels}".encode())
-    for folder, dirs, files in sorted(os.walk(source)):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(folder, name)
-            stat = path.stat()
-            digest.update(f"{path.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    files = folder_files(cfg, split)[0] if cfg.name == "folder" else [f for f in scan(folder) if f.is_file()]
+    digest = hashlib.sha1(f"{folder.resolve()}|{cfg.image_size}|{cfg.channels}".encode())
+    for path in files:
+        stat = path.stat()  # of the target, for a symlink
+        digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return Path(cfg.cache_dir) / f"{cfg.name}-{split}-{digest.hexdigest()[:16]}.pt"
 
 
@@ -134,12 +136,35 @@ def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return digits["images"][idx].unsqueeze(1), digits["labels"][idx]  # (N, 1, 8, 8), (N,)
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """An uncompressed IDX file (MNIST's format): magic with the dimension count, sizes, then uint8 data."""
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An uncompressed IDX file of uint8 (MNIST's format): 0, 0, type 0x08, the dimension count, the sizes
+    as big-endian uint32, then the data. Every part is checked, so a damaged file is named, not misread."""
     data = path.read_bytes()
-    ndim = data[3]
+    again = "delete it to download it again, or replace it with the original"
+    if data[:2] == b"\x1f\x8b":
+        raise UserError(f"{path} is still gzip-compressed; decompress it (gunzip) or {again}")
+    if len(data) < 4 + 4 * ndim or data[:4] != bytes([0, 0, 8, ndim]):
+        raise UserError(f"{path} is not an IDX file of {ndim}-dimensional uint8 data (its header is wrong); {again}")
     dims = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
+    size = 4 + 4 * ndim + math.prod(dims)
+    if len(data) != size:
+        raise UserError(f"{path} has {len(data):,} bytes but its header {dims} needs {size:,} "
+                        f"({'truncated' if len(data) < size else 'extra data'}); {again}")
     return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
+
+
+def check_idx_pair(images: torch.Tensor, labels: torch.Tensor, files: list[Path], cfg: DataConfig) -> None:
+    """Images and labels of one split must agree in count, and fit the data set's image size and classes."""
+    size = BUILTIN[cfg.name][1]
+    if len(images) != len(labels):
+        raise UserError(f"{files[0]} holds {len(images)} images but {files[1]} holds {len(labels)} labels; "
+                        "the two files must come from the same release")
+    if images.shape[1:] != (size, size) or len(labels) == 0:
+        raise UserError(f"{files[0]} holds {len(images)} images of {tuple(images.shape[1:])} pixels; "
+                        f"{cfg.name} has {size}x{size} images; replace it with the original file")
+    if int(labels.max()) >= len(CLASS_NAMES[cfg.name]):
+        raise UserError(f"{files[1]} has label {int(labels.max())}, but {cfg.name} has "
+                        f"{len(CLASS_NAMES[cfg.name])} classes; replace it with the original file")
 
 
 def load_torchvision(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +177,9 @@ def load_torchvision(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.T
     files = [Path(f"{prefix}-images-idx3-ubyte"), Path(f"{prefix}-labels-idx1-ubyte")]
     if not all(f.is_file() for f in files):
         torchvision_dataset(cfg, split)
-    return read_idx(files[0]).unsqueeze(1), read_idx(files[1]).long()  # (N, 1, 28, 28), (N,)
+    images, labels = read_idx(files[0], 3), read_idx(files[1], 1)
+    check_idx_pair(images, labels, files, cfg)
+    return images.unsqueeze(1), labels.long()  # (N, 1, 28, 28), (N,)
 
 
 def torchvision_dataset(cfg: DataConfig, split: str):
@@ -171,11 +198,25 @@ def torchvision_dataset(cfg: DataConfig, split: str):
                         f"({type(err).__name__}); put the files there or point data.root at them") from None
 
 
+def scan(folder: Path) -> list[Path]:
+    """The entries of folder, hidden ones left out. A symbolic link counts as what it points to; a broken
+    one (its target missing, or a loop) is an error rather than a silently missing file."""
+    entries = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not entry.exists():  # exists() follows the link: False if dangling or looping
+            raise UserError(f"{entry} is a broken symbolic link (its target is missing or it points back to "
+                            "itself); remove it or fix its target")
+        entries.append(entry)
+    return entries
+
+
 def class_folders(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
         raise UserError(f"data folder {split_dir} not found; a folder data set needs "
                         "data.root/train/<class>/ and data.root/test/<class>/")
-    names = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names = [d.name for d in scan(split_dir) if d.is_dir()]
     if not names:
         raise UserError(f"{split_dir} has no class folders; put each class's images in {split_dir}/<class>/")
     return names
@@ -187,7 +228,7 @@ def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]
     names = describe(cfg).class_names
     files, labels = [], []
     for label, name in enumerate(names):
-        found = sorted(f for f in (split_dir / name).iterdir() if f.is_file() and not f.name.startswith("."))
+        found = [f for f in scan(split_dir / name) if f.is_file()]
         if not found:
             raise UserError(f"class folder {split_dir / name} is empty; add images or remove the folder")
         files += found
@@ -198,13 +239,14 @@ def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]
 def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A folder split decoded into memory: resized to image_size, grey or colour as configured."""
     files, labels = folder_files(cfg, split)
-    return torch.stack([read_image(f, cfg.channels, cfg.image_size) for f in files]), labels
+    return torch.stack([read_image(f, cfg.channels, cfg.image_size, cfg.max_pixels) for f in files]), labels
 
 
-def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
-    """One image file as uint8 (channels, size, size)."""
+
+def read_image(path: Path, channels: int, size: int, max_pixels: int) -> torch.Tensor:
+    """One image file as uint8 (channels, size, size); transparent pixels are shown over white."""
     try:
-        return torch.from_numpy(decode_image(path, channels, size))
+        return torch.from_numpy(decode_image(path, channels, size, max_pixels))
     except ImageError as err:
         raise UserError(str(err)) from None
 
@@ -240,17 +282,17 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 class FileImages(torch.utils.data.Dataset):
     """Image files decoded on demand in DataLoader workers: folder data sets too big for memory."""
 
-    def __init__(self, files: list[Path], channels: int, size: int):
-        self.files, self.channels, self.size = files, channels, size
+    def __init__(self, files: list[Path], cfg: DataConfig):
+        self.files, self.cfg = files, cfg
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return read_image(self.files[i], self.channels, self.size)  # uint8 (C, H, W)
+        return read_image(self.files[i], self.cfg.channels, self.cfg.image_size, self.cfg.max_pixels)  # (C, H, W)
 
     def select(self, idx: torch.Tensor) -> "FileImages":
-        return FileImages([self.files[i] for i in idx.tolist()], self.channels, self.size)
+        return FileImages([self.files[i] for i in idx.tolist()], self.cfg)
 
 
 Images = torch.Tensor | FileImages  # uint8 (N, C, H, W) in memory, or files read per batch
@@ -336,10 +378,17 @@ class Loader:
         """The stored uint8 images (len(idx), C, H, W) at positions idx, on the CPU."""
         return decoded(subset(self.images, idx.to(self.device) if self.stream is None else idx)).cpu()
 
+    def drops_single(self) -> bool:
+        """A shuffled (training) split whose last batch would hold one image drops it: batch norm cannot
+        normalise a batch of one, and the image is in another batch next epoch."""
+        count = len(self.labels)
+        return (self.batching.shuffle_seed is not None and self.world == 1 and count > 1
+                and count % self.batching.size == 1)
+
     def __len__(self) -> int:
         if self.batching.drop_last:  # the smallest share's full batches, so every process takes as many steps
             return len(self.labels) // self.world // self.batching.size
-        return math.ceil(math.ceil(len(self.labels) / self.world) / self.batching.size)
+        return math.ceil(math.ceil(len(self.labels) / self.world) / self.batching.size) - self.drops_single()
 
     def batches(self, order: torch.Tensor) -> list[torch.Tensor]:
         """This process's share of the order, as index batches.
@@ -350,13 +399,16 @@ class Loader:
         share = order[self.rank::self.world]
         if self.batching.drop_last:
             return [share[i * self.batching.size: (i + 1) * self.batching.size] for i in range(len(self))]
-        return list(share.split(self.batching.size) if self.world == 1 else share.tensor_split(len(self)))
+        if self.world > 1:
+            return list(share.tensor_split(len(self)))
+        return list(share.split(self.batching.size))[: len(self)]  # without a last batch of one, if dropped
 
     def __iter__(self):
         generator = None
         order = torch.arange(len(self.labels))
         if self.batching.shuffle_seed is not None:
-            generator = torch.Generator().manual_seed(self.batching.shuffle_seed * 100_003 + self.epoch)
+            seed = (self.batching.shuffle_seed * 100_003 + self.epoch) % 2 ** 64  # torch seeds are 64-bit
+            generator = torch.Generator().manual_seed(seed)
             order = torch.randperm(len(self.labels), generator=generator)
         index_batches = self.batches(order)
         batches = [batch.to(self.device) for batch in index_batches]
@@ -392,7 +444,7 @@ def load_images(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
         files, labels = folder_files(cfg, split)
         if len(files) * cfg.channels * cfg.image_size ** 2 > cfg.max_memory_mb * 2 ** 20:
             print(f"data: {split} is over data.max_memory_mb decoded; streaming {len(files)} files from disk")
-            return FileImages(files, cfg.channels, cfg.image_size), labels
+            return FileImages(files, cfg), labels
     return load_split(cfg, split)
 
 

@@ -4,7 +4,10 @@ test.py --predict, demo.py and predict_onnx.py (which must run where PyTorch is 
 decode images and print predictions through these functions, so they agree on both.
 """
 import csv
+import io
+import struct
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +18,53 @@ class ImageError(ValueError):
     """A file or upload that cannot be used as an image."""
 
 
+MAX_PIXELS = 50_000_000  # config.yaml's data.max_pixels, for predict_onnx.py and the demo, which have no config
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """Any PIL mode as L, RGB or RGBA with 8 bits per channel: 16- and 32-bit grey are scaled, not clipped
+    (a 16-bit PNG would otherwise turn white), float grey is read as 0..1, palettes become colours."""
+    if img.mode in ("1", "L", "RGB", "RGBA"):
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img).astype(np.float64)  # (H, W)
+        if img.mode == "F":
+            scale = 255 if values.max(initial=0) <= 1 else 1
+        else:
+            top = values.max(initial=0)
+            scale = 1 if top <= 255 else 255 / 65535 if top <= 65535 else 255 / top
+        return Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), "L")
+    has_alpha = img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info
+    return img.convert("RGBA" if has_alpha else "RGB")
+
+
 def to_array(img: Image.Image, channels: int, size: int) -> np.ndarray:
-    """A PIL image as uint8 (channels, size, size): grey or RGB, resized bilinearly."""
+    """A PIL image as uint8 (channels, size, size): grey or RGB, resized bilinearly; transparency over white."""
+    img = eight_bit(img)
+    if img.mode == "RGBA":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img)
     img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8).reshape(size, size, channels).transpose(2, 0, 1).copy()
 
 
-def decode_image(path: Path, channels: int, size: int) -> np.ndarray:
-    """One image file as uint8 (channels, size, size)."""
+def decode_image(path: Path, channels: int, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image file as uint8 (channels, size, size); files over max_pixels are refused before decoding."""
     try:
-        with Image.open(path) as img:
-            return to_array(img, channels, size)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, below
+            with Image.open(path) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageError(f"{path} is {img.width}x{img.height} = {img.width * img.height:,} pixels, "
+                                     f"over data.max_pixels ({max_pixels:,}); shrink it, or raise data.max_pixels "
+                                     "if the image is genuine")
+                return to_array(img, channels, size)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path} has more pixels than Pillow opens (a decompression bomb?); it is over "
+                         f"data.max_pixels ({max_pixels:,}) too; shrink it or remove it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, IndexError, ValueError, struct.error):
+        # what Pillow's plugins raise on damaged files
         raise ImageError(f"{path} is not a readable image; remove it or replace it with a PNG or JPEG") from None
 
 
@@ -44,7 +82,8 @@ def image_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-def read_inputs(inputs: list[str], channels: int, size: int) -> tuple[list[Path], np.ndarray, int]:
+def read_inputs(inputs: list[str], channels: int, size: int,
+                max_pixels: int = MAX_PIXELS) -> tuple[list[Path], np.ndarray, int]:
     """Decode the named images and folders: (files, uint8 images (N, C, H, W), number of failures).
 
     Each missing or unreadable file gets one `error:` line on stderr; the others are still returned.
@@ -53,7 +92,7 @@ def read_inputs(inputs: list[str], channels: int, size: int) -> tuple[list[Path]
     good, images = [], []
     for path in files:
         try:
-            images.append(decode_image(path, channels, size))
+            images.append(decode_image(path, channels, size, max_pixels))
             good.append(path)
         except ImageError as err:
             errors.append(str(err))
@@ -68,16 +107,12 @@ def ranked(probs: np.ndarray, class_names: list[str], top_k: int) -> list[list[t
     return [[(class_names[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
 
 
-def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int,
-                       output: str | None) -> None:
-    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`) and optionally write them to a CSV file."""
-    rows = []
+def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int) -> str:
+    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`); returns the same predictions as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file"] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")])
     for file, pairs in zip(files, predictions):
         print(f"{file}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in pairs))
-        rows.append([str(file)] + [v for name, p in pairs for v in (name, f"{p:.6f}")])
-    if output:
-        with open(output, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file"] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")])
-            writer.writerows(rows)
-        print(f"wrote {len(rows)} predictions to {output}")
+        writer.writerow([str(file)] + [v for name, p in pairs for v in (name, f"{p:.6f}")])
+    return buffer.getvalue()

@@ -1,4 +1,5 @@
 """PNG figures: training curves and confusion matrices."""
+import io
 from pathlib import Path
 
 import matplotlib
@@ -7,6 +8,21 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from storage import replacing  # noqa: E402
+
+
+def save(fig: plt.Figure, path: Path | io.BytesIO) -> None:
+    """Write the figure as a PNG through a temporary file (a crash never leaves half a PNG), then free it."""
+    try:
+        fig.tight_layout()
+        if isinstance(path, io.BytesIO):  # the demo's in-memory picture
+            fig.savefig(path, format="png", dpi=100)
+        else:
+            with replacing(path) as f:
+                fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -22,9 +38,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str,
@@ -46,9 +60,7 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
                 value = values[i, j].item()
                 ax.text(j, i, f"{value:.2f}" if normalise else str(int(value)), ha="center", va="center",
                         fontsize=8, color="white" if value > threshold else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def show(ax: plt.Axes, image: torch.Tensor) -> None:
@@ -75,9 +87,7 @@ def plot_misclassified(images: torch.Tensor, captions: list[str], path: Path, ti
         show(ax, image)
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_maps(maps: torch.Tensor, path: Path, title: str, cell: float = 1.2) -> None:
@@ -88,9 +98,7 @@ def plot_maps(maps: torch.Tensor, path: Path, title: str, cell: float = 1.2) -> 
         show(ax, item if item.ndim == 3 else item.unsqueeze(0))
         ax.set_title(str(i), fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> None:
@@ -107,9 +115,7 @@ def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str) 
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax_acc.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_cam(image: torch.Tensor, cam_overlay: np.ndarray, path: Path, title: str) -> None:
@@ -121,6 +127,4 @@ def plot_cam(image: torch.Tensor, cam_overlay: np.ndarray, path: Path, title: st
     right.axis("off")
     right.set_title("Grad-CAM (red: most evidence)", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)

@@ -9,6 +9,7 @@ names and image size from the file's metadata, and prints the same table and CSV
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def open_model(path: Path):
     return session, json.loads(meta["class_names"]), int(meta["channels"]), int(meta["image_size"])
 
 
+def write_csv(path: Path, text: str) -> None:
+    """Through a temporary file beside it (like storage.replacing, which needs torch): never half a CSV."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"{path}: {err.strerror}; choose an --output in a writable folder with free space") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL.onnx", help="a model.onnx written by export.py")
@@ -57,7 +69,10 @@ def main() -> int:
     files, images, failures = read_inputs(args.inputs, channels, size)  # uint8 (N, C, H, W)
     probs = [session.run(None, {"images": images[i: i + BATCH]})[0] for i in range(0, len(images), BATCH)]
     predictions = ranked(np.concatenate(probs), names, top_k) if probs else []
-    report_predictions(files, predictions, top_k, args.output)
+    table = report_predictions(files, predictions, top_k)
+    if args.output:
+        write_csv(Path(args.output), table)
+        print(f"wrote {len(files)} predictions to {args.output}")
     return 1 if failures else 0
 
 

@@ -21,19 +21,20 @@ import torch
 from torch import nn
 
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
-from cli import Parser, autocast_dtype, run_cli, select_device
+from cli import Parser, autocast_dtype, positive_int, run_cli, select_device
 from config import UserError, load_config
 from datasets import Batching, Loader, read_image
 from explain import conv_outputs, grad_cam, last_conv, overlay
 from imagefiles import read_inputs, report_predictions
 from metrics import TOP_K, evaluate, evaluate_checkpoint, make_loss, per_class, top_k_accuracy
 from plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
+from storage import replacing, write_text
 
 NUM_MISCLASSIFIED = 36  # images in the misclassified grid
 
 
 def write_confusion_csv(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with replacing(path, binary=False) as f:
         writer = csv.writer(f)
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, confusion.tolist()):
@@ -69,7 +70,7 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
 
     run_dir, prefix = path.parent, "" if split == "test" else f"{split}_"
     title = f"{summary['data']} {split}: accuracy {100 * summary['accuracy']:.2f}%"
-    (run_dir / f"{split}_report.json").write_text(json.dumps(summary, indent=2))
+    write_text(run_dir / f"{split}_report.json", json.dumps(summary, indent=2))
     write_confusion_csv(confusion, names, run_dir / f"{prefix}confusion_matrix.csv")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix.png", title + " (counts)")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix_normalised.png",
@@ -87,12 +88,12 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
     print(f"wrote to {run_dir}/: {', '.join(written)}")
 
 
-def predict(path: Path, inputs: list[str], top_k: int, output: str | None, device: torch.device) -> int:
-    """Print the top-k classes of every image; returns the number of files that could not be read."""
+def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixels: int) -> int:
+    """Print the top-k classes of every image in args.predict; returns the number of files that could not be read."""
     ckpt = load_checkpoint(path)
     info = data_of(ckpt)
-    names, top_k = info.class_names, min(top_k, len(info.class_names))
-    files, images, failures = read_inputs(inputs, info.in_channels, info.image_size)  # uint8 (N, C, H, W)
+    names, top_k = info.class_names, min(args.top_k, len(info.class_names))
+    files, images, failures = read_inputs(args.predict, info.in_channels, info.image_size, max_pixels)
     predictions = []
     if len(files):
         loader = Loader(torch.from_numpy(images), torch.zeros(len(files), dtype=torch.int64), Batching(256), info,
@@ -103,7 +104,10 @@ def predict(path: Path, inputs: list[str], top_k: int, output: str | None, devic
                            autocast_dtype(cfg.run.amp, device))
         predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
                        for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
-    report_predictions(files, predictions, top_k, output)
+    table = report_predictions(files, predictions, top_k)
+    if args.output:
+        write_text(args.output, table)
+        print(f"wrote {len(files)} predictions to {args.output}")
     return failures
 
 
@@ -114,19 +118,19 @@ def formula(conv: nn.Conv2d, size: int) -> str:
             f"= {(size + 2 * padding - kernel) // stride + 1}")
 
 
-def one_image(path: Path, image_path: str, device: torch.device) -> tuple[dict, nn.Module, torch.Tensor,
-                                                                          torch.Tensor]:
+def one_image(path: Path, image_path: str, device: torch.device,
+              max_pixels: int) -> tuple[dict, nn.Module, torch.Tensor, torch.Tensor]:
     """The checkpoint, its model in eval mode, the image as uint8 (C, H, W) and normalised (1, C, H, W)."""
     ckpt = load_checkpoint(path)
     model, info = model_from_checkpoint(ckpt, device).eval(), data_of(ckpt)
-    image = read_image(Path(image_path), info.in_channels, info.image_size)
+    image = read_image(Path(image_path), info.in_channels, info.image_size, max_pixels)
     images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info, device)))
     return ckpt, model, image, images
 
 
-def feature_maps(path: Path, image_path: str, device: torch.device) -> None:
+def feature_maps(path: Path, image_path: str, device: torch.device, max_pixels: int) -> None:
     """One PNG of the first conv layer's kernels, and one PNG of each conv layer's feature maps."""
-    _, model, _, images = one_image(path, image_path, device)
+    _, model, _, images = one_image(path, image_path, device, max_pixels)
     seen = conv_outputs(model, images)
     run_dir, written = path.parent, ["kernels.png"]
     kernels = seen[0][0].weight.detach().float().cpu()  # (out, in, FH, FW)
@@ -140,9 +144,9 @@ def feature_maps(path: Path, image_path: str, device: torch.device) -> None:
     print(f"{image_path} through {path}: wrote to {run_dir}/: {', '.join(written)}")
 
 
-def cam(path: Path, image_path: str, device: torch.device) -> None:
+def cam(path: Path, image_path: str, device: torch.device, max_pixels: int) -> None:
     """gradcam.png: the image, and where the last conv layer's evidence for the predicted class lies."""
-    ckpt, model, image, images = one_image(path, image_path, device)
+    ckpt, model, image, images = one_image(path, image_path, device, max_pixels)
     heat, probs = grad_cam(model, images)
     name, _ = last_conv(model)
     predicted = int(probs[0].argmax())
@@ -153,7 +157,7 @@ def cam(path: Path, image_path: str, device: torch.device) -> None:
 
 
 # The only settings test.py takes from the config; everything else comes from the checkpoint.
-CONFIG_KEYS = ("run.output_dir", "run.device")
+CONFIG_KEYS = ("run.output_dir", "run.device", "data.max_pixels")
 
 
 def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
@@ -162,7 +166,7 @@ def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
     paths = [text for text in inputs if text not in overrides]
     for text in overrides:
         if text.partition("=")[0] not in CONFIG_KEYS:
-            raise UserError(f"override {text!r}: test.py reads only {' and '.join(CONFIG_KEYS)} from the config; "
+            raise UserError(f"override {text!r}: test.py reads only {', '.join(CONFIG_KEYS)} from the config; "
                             "the model and data come from the checkpoint")
     if len(paths) > 1:
         raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {' '.join(paths)}")
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("inputs", nargs="*", metavar="[CHECKPOINT_OR_RUN_FOLDER] [key=value]",
                         help="a .pt file or a run folder (default: the most recent run under run.output_dir); "
                              f"overrides of {', '.join(CONFIG_KEYS)}")
-    parser.add_argument("--config", metavar="FILE", help="config file for run.output_dir and run.device "
+    parser.add_argument("--config", metavar="FILE", help=f"config file for {', '.join(CONFIG_KEYS)} "
                         "(default: config.yaml)")
     parser.add_argument("--split", choices=["test", "val"], default="test", help="which split to evaluate")
     parser.add_argument("--top-k", type=int, default=TOP_K, choices=range(1, TOP_K + 1), metavar=f"1..{TOP_K}",
@@ -183,20 +187,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", metavar="CSV", help="with --predict: write the predictions to this CSV file")
     parser.add_argument("--feature-maps", metavar="IMG", help="draw kernels and feature maps for this image")
     parser.add_argument("--cam", metavar="IMG", help="draw the Grad-CAM heatmap of the predicted class for this image")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
     args = parser.parse_args(argv)
 
     checkpoint, overrides = split_inputs(args.inputs)
-    run_cfg = load_config(args.config, overrides).run
-    path = resolve(checkpoint, run_cfg.output_dir, "best.pt")
-    device = select_device(run_cfg.device)
+    cfg = load_config(args.config, overrides)
+    path = resolve(checkpoint, cfg.run.output_dir, "best.pt")
+    device = select_device(cfg.run.device)
     if args.predict:
-        sys.exit(1 if predict(path, args.predict, args.top_k, args.output, device) else 0)
+        sys.exit(1 if predict(path, args, device, cfg.data.max_pixels) else 0)
     if args.feature_maps:
-        feature_maps(path, args.feature_maps, device)
+        feature_maps(path, args.feature_maps, device, cfg.data.max_pixels)
         return
     if args.cam:
-        cam(path, args.cam, device)
+        cam(path, args.cam, device, cfg.data.max_pixels)
         return
     report(path, args.split, args.top_k, device, args.batch_size)
 

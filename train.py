@@ -6,10 +6,10 @@
     python train.py --resume                                 # continue the most recent run
 """
 import csv
+import itertools
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -21,15 +21,16 @@ from tqdm import tqdm
 
 import distributed
 from checkpoint import FORMAT_VERSION, load_checkpoint, new_model, resolve
-from cli import (Terminated, autocast_dtype, make_parser, require_deterministic_cublas, run_cli, seed_everything,
-                 select_device)
+from cli import (autocast_dtype, check_interrupted, make_parser, require_deterministic_cublas, run_cli,
+                 seed_everything, select_device)
 from config import (Config, RunConfig, TrainConfig, UserError, apply_override, changed_keys, config_from_dict,
-                    load_config, to_dict, to_yaml, with_defaults)
+                    load_config, read_yaml, to_dict, to_yaml, with_defaults)
 from datasets import DataInfo, Loader, make_train_loaders
 from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
 from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
 from plots import plot_curves
-from storage import atomic_save
+from storage import RunFolderInUse, RunLock, atomic_save, make_folder, remove_stale_temporaries, \
+    replacing, write_text
 
 # Keys a resumed run may change; anything else would make it a different experiment.
 RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
@@ -97,6 +98,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Loader, step: Stepper, cfg: 
             logits = model(images)  # forward pass: (B, num_classes)
             loss = step.loss_fn(logits, labels)  # error
         step.update(loss, model)
+        check_interrupted()
         loss_sum += loss.detach().float() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
@@ -134,29 +136,57 @@ def check_finite(loss_sum: float, epoch: int, step: int, optimizer: torch.optim.
                         "lower train.lr or set train.grad_clip; best.pt is unchanged")
 
 
-def make_run_dir(cfg: Config) -> Path:
-    """A new run folder; an explicit run.name that already holds a run is refused, not overwritten."""
+def claim(run_dir: Path) -> RunLock:
+    """Lock the run folder for this process, and remove temporary files a killed run left in it."""
+    lock = RunLock(run_dir).acquire()
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        print(f"note: removed {', '.join(removed)} left in {run_dir} by an interrupted run")
+    return lock
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists()
+
+
+def make_run_dir(cfg: Config, explicit_name: bool = False) -> tuple[Path, RunLock]:
+    """A new run folder, locked. A name given on the command line that already holds a run is refused;
+    any other name (the default, or one from a config file such as a run's saved config.yaml) gets the
+    next free -2, -3, ... suffix instead, so nothing is ever overwritten."""
+    output_dir = make_folder(cfg.run.output_dir, "run.output_dir")
     name = cfg.run.name or f"{cfg.data.name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.output_dir) / name
-    if (run_dir / "last.pt").exists():
-        if cfg.run.name:
+    for suffix in itertools.count(1):
+        run_dir = output_dir / (name if suffix == 1 else f"{name}-{suffix}")
+        make_folder(run_dir, "run.output_dir")
+        if run_dir.resolve().parent != output_dir.resolve():
+            raise UserError(f"run folder {run_dir} is a link to {run_dir.resolve()}, outside run.output_dir; "
+                            "remove the link or pick another run.name")
+        try:
+            lock = claim(run_dir)
+        except RunFolderInUse:
+            if explicit_name:
+                raise
+            continue
+        if not holds_run(run_dir):
+            if suffix > 1:
+                print(f"note: {output_dir / name} already holds a run; this one goes to {run_dir}")
+            return run_dir, lock
+        lock.release()
+        if explicit_name:
             raise UserError(f"run folder {run_dir} already holds a run; pick another run.name "
                             f"or continue it with --resume {run_dir}")
-        suffix = 2
-        while (Path(cfg.run.output_dir) / f"{name}-{suffix}").exists():
-            suffix += 1
-        run_dir = Path(cfg.run.output_dir) / f"{name}-{suffix}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); set run.output_dir "
-                        "to a writable folder") from None
-    return run_dir
 
 
 def resumed_config(ckpt: dict, overrides: list[str]) -> Config:
     """The checkpoint's config plus overrides that do not change the experiment."""
-    raw = with_defaults(ckpt["config"])
+    return overridden(ckpt["config"], overrides)
+
+
+def overridden(saved: dict, overrides: list[str]) -> Config:
+    """A run's saved config plus overrides of the keys a resumed run may change."""
+    if not isinstance(saved, dict):
+        raise UserError("the run's saved config is not a mapping of keys; start a new run instead")
+    raw = with_defaults(saved)
     for text in overrides:
         key = text.partition("=")[0]
         if key not in RESUMABLE:
@@ -164,7 +194,7 @@ def resumed_config(ckpt: dict, overrides: list[str]) -> Config:
                             f"allowed: {', '.join(RESUMABLE)}")
         apply_override(raw, text)
     cfg = config_from_dict(raw)
-    if cfg.train.epochs != ckpt["config"]["train"]["epochs"] and cfg.train.scheduler in ("cosine", "onecycle"):
+    if cfg.train.epochs != saved["train"]["epochs"] and cfg.train.scheduler in ("cosine", "onecycle"):
         raise UserError(f"train.epochs cannot change on --resume with train.scheduler={cfg.train.scheduler}: its "
                         "schedule is laid out over the original epochs; start a new run instead")
     if overrides:
@@ -174,7 +204,7 @@ def resumed_config(ckpt: dict, overrides: list[str]) -> Config:
 
 def write_metrics(history: list[dict], run_dir: Path) -> None:
     """metrics.csv and curves.png, rewritten from the full history every epoch."""
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
+    with replacing(run_dir / "metrics.csv", binary=False) as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
@@ -253,7 +283,9 @@ def restore(ckpt: dict, model: torch.nn.Module, step: Stepper, device: torch.dev
 
 
 def save_epoch(run: Run, improved: bool) -> None:
-    """last.pt (and best.pt), metrics.csv and curves.png from rank 0; a failed write leaves earlier files intact."""
+    """From rank 0: metrics.csv and curves.png, then best.pt if improved, then last.pt. last.pt is written
+    last: whatever epoch it holds, every other file already has that epoch, so a run killed at any point
+    resumes from last.pt and ends with all its files."""
     device = next(run.model.parameters()).device
     rng = {"torch": gather(torch.get_rng_state()), "python": gather(random.getstate()),
            "cuda": gather(torch.cuda.get_rng_state(device) if device.type == "cuda" else None)}
@@ -263,10 +295,10 @@ def save_epoch(run: Run, improved: bool) -> None:
             "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
             "scaler": run.step.scaler.state_dict(), **asdict(run.state), "config": to_dict(run.cfg),
             "data": asdict(run.info), "rng": rng}
-    atomic_save(ckpt, run.run_dir / "last.pt")
+    write_metrics(run.state.history, run.run_dir)
     if improved:
         atomic_save(ckpt, run.run_dir / "best.pt")
-    write_metrics(run.state.history, run.run_dir)
+    atomic_save(ckpt, run.run_dir / "last.pt")
 
 
 def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) -> None:
@@ -284,6 +316,7 @@ def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) ->
     run.state = RunState(epoch, max(val["accuracy"], run.state.best_val_acc),
                          0 if improved else run.state.bad_epochs + 1, run.state.history + [row])
     save_epoch(run, improved)
+    check_interrupted()
     if run.writer is not None:
         for key, value in row.items():
             run.writer.add_scalar(key, value, epoch)
@@ -314,26 +347,42 @@ def header(run: Run, train_loader: Loader, val_loader: Loader) -> str:
             f"run folder: {run.run_dir} (full config in its config.yaml)")
 
 
-def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) -> Path:
+def check_batch_size(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Batch norm needs two images per batch to compute statistics (the loader drops a last batch of one)."""
+    if cfg.batch_size < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UserError("train.batch_size=1 with a batch-norm model: batch norm needs at least 2 images per batch; "
+                        "raise train.batch_size or set model.batch_norm=false")
+
+
+def take_run_dir(cfg: Config, run_dir: Path | None, explicit_name: bool) -> tuple[Config, Path, RunLock | None]:
+    """The run folder, locked by rank 0: run_dir when continuing, else a new one; cfg is given its name."""
+    lock = None
+    if is_main():
+        run_dir, lock = make_run_dir(cfg, explicit_name) if run_dir is None else (run_dir, claim(run_dir))
+    run_dir = Path(from_main(str(run_dir) if is_main() else None))
+    return replace(cfg, run=replace(cfg.run, name=run_dir.name)), run_dir, lock
+
+
+def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None,
+          explicit_name: bool = False) -> Path:
     """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
     device = distributed.setup(select_device(cfg.run.device))
     seed_everything(cfg.run.seed + rank_and_world()[0], cfg.run.deterministic)  # DDP copies rank 0's weights
     writer_class = summary_writer_class() if cfg.log.tensorboard else None
     train_loader, val_loader, info = make_train_loaders(cfg, device)
     model = build_model(cfg, info, device)
+    check_batch_size(model, cfg.train)
     trained_model, amp_dtype = apply_switches(model, cfg.run, device)
     step = make_stepper(model, cfg.train, device, amp_dtype, len(train_loader))
-    if resume is not None:
-        state = restore(resume, model, step, device)
-    else:
-        state, run_dir = RunState(), Path(from_main(str(make_run_dir(cfg)) if is_main() else None))
-        cfg = replace(cfg, run=replace(cfg.run, name=run_dir.name))
-    writer = writer_class(str(run_dir / "tensorboard")) if writer_class and is_main() else None
-    run = Run(cfg, run_dir, model, trained_model, step, info, state, writer)
-    print(header(run, train_loader, val_loader))
+    state = RunState() if resume is None else restore(resume, model, step, device)
+    cfg, run_dir, lock = take_run_dir(cfg, run_dir, explicit_name)
+    run = Run(cfg, run_dir, model, trained_model, step, info, state)
     try:
+        if writer_class and is_main():
+            run.writer = writer_class(str(run_dir / "tensorboard"))
+        print(header(run, train_loader, val_loader))
         if is_main():
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            write_text(run_dir / "config.yaml", to_yaml(cfg))
         for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
             run_epoch(run, train_loader, val_loader, epoch)
             if cfg.train.patience and run.state.bad_epochs >= cfg.train.patience:
@@ -345,15 +394,40 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
             print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {run.state.epoch}. "
                   f"Continue with: {launcher} --resume {run_dir}", file=sys.stderr)
         raise
-    except OSError as err:  # disk full or not writable: atomic_save left earlier checkpoints whole
-        raise UserError(f"could not write to {run_dir} ({err.strerror}); free some space or set "
-                        "run.output_dir to a writable folder; checkpoints already there are intact") from None
+    finally:
+        if lock is not None:
+            lock.release()
     return run_dir
 
 
-def terminate(signum: int, frame) -> None:
-    """SIGTERM stops training like Ctrl-C does."""
-    raise Terminated()
+def finished(ckpt: dict, cfg: Config) -> str:
+    """Why the checkpoint's run has nothing left to do under cfg; '' if it has."""
+    longer = ("start a new run to train longer" if cfg.train.scheduler in ("cosine", "onecycle")
+              else "raise train.epochs to train on")
+    if ckpt["epoch"] >= cfg.train.epochs:
+        return f"all {cfg.train.epochs} epochs are done; {longer}"
+    if cfg.train.patience and ckpt["bad_epochs"] >= cfg.train.patience:
+        return (f"it stopped early after {ckpt['bad_epochs']} epochs without a better val accuracy; "
+                "raise train.patience (0 = off) to train on")
+    return ""
+
+
+def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Config, dict | None, Path]:
+    """What --resume continues: a run's last.pt, or a run folder killed before its first epoch ended,
+    which starts again from its config.yaml."""
+    path = resolve(resume or None, load_config(config, []).run.output_dir, "last.pt")
+    if resume and Path(resume).is_dir() and not path.exists():
+        if not (path.parent / "config.yaml").is_file():
+            raise UserError(f"{path.parent} holds no checkpoint and no config.yaml: it was stopped before its "
+                            "first file was written, so there is nothing to resume; start the run again with "
+                            "the same command (the folder is reused)")
+        print(f"note: {path.parent} has no completed epoch yet; starting it again from its config.yaml")
+        return overridden(read_yaml(path.parent / "config.yaml"), overrides), None, path.parent
+    if distributed.is_torchrun() and not path.is_file():
+        raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
+                        "run.output_dir must be storage that every machine sees (e.g. NFS)")
+    ckpt = load_checkpoint(path)
+    return resumed_config(ckpt, overrides), ckpt, path.parent
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,23 +436,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="continue a run (default: the most recent one)")
     parser.add_argument("--print-config", action="store_true", help="print the full resolved config first")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, terminate)
     ckpt, run_dir = None, None
     if args.resume is None:
         cfg = load_config(args.config, args.overrides)
     else:
-        path = resolve(args.resume or None, load_config(args.config, []).run.output_dir, "last.pt")
-        if distributed.is_torchrun() and not path.is_file():
-            raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
-                            "run.output_dir must be storage that every machine sees (e.g. NFS)")
-        ckpt, run_dir = load_checkpoint(path), path.parent
-        cfg = resumed_config(ckpt, args.overrides)
+        cfg, ckpt, run_dir = to_resume(args.resume, args.config, args.overrides)
+        if ckpt is not None and finished(ckpt, cfg):
+            print(f"{run_dir} already finished: {finished(ckpt, cfg)}. Nothing was changed; "
+                  f"test it with python test.py {run_dir}")
+            return
     if cfg.run.deterministic:
         require_deterministic_cublas()
     if args.print_config:
         print(to_yaml(cfg))
+    explicit_name = any(text.partition("=")[0] == "run.name" for text in args.overrides)
     try:
-        run_dir = train(cfg, ckpt, run_dir)
+        run_dir = train(cfg, ckpt, run_dir, explicit_name and args.resume is None)
         show_test = is_main()
         distributed.barrier()
     finally:

@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from config import load_config  # noqa: E402
+from cli import Parser, run_cli  # noqa: E402
+from config import UserError, load_config  # noqa: E402
 from datasets import Batching, DataInfo, Loader, load_split  # noqa: E402
 from metrics import evaluate_checkpoint  # noqa: E402
 from train import train  # noqa: E402
@@ -170,16 +171,16 @@ def print_conv_share(rate: float) -> None:
           f"= {100 * rate * flops / peak:.0f}% of it")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data", help="folder holding MNIST/raw/")
     parser.add_argument("--batches", type=int, default=200, help="timed batches of 64 per pipeline")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each row")
     parser.add_argument("--skip-full-run", action="store_true", help="skip (d)")
     parser.add_argument("--output-dir", default="checkpoints/bench", help="where (d) writes its run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not (Path(args.root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-        sys.exit(f"error: MNIST not found in {args.root}/MNIST/raw; pass --root pointing at a folder with MNIST/raw/")
+        raise UserError(f"MNIST not found in {args.root}/MNIST/raw; pass --root pointing at a folder with MNIST/raw/")
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of "
           f"{args.batches} timed batches of 64 per row (median shown)")
@@ -192,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

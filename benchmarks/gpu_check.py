@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import train as train_module  # noqa: E402
-from config import load_config  # noqa: E402
+from cli import Parser, run_cli  # noqa: E402
+from config import UserError, load_config  # noqa: E402
 from datasets import Batching, Loader, describe, load_images, make_eval_loader, num_workers  # noqa: E402
 from metrics import evaluate, evaluate_checkpoint, make_loss  # noqa: E402
 
@@ -157,16 +158,16 @@ def header(device: torch.device) -> str:
             f"{torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data", help="folder holding MNIST/raw/ and cifar10-jpg/")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="fewer epochs and rows: checks the code paths")
     parser.add_argument("--output-dir", default="checkpoints/gpu-check")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per torchrun subprocess")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: no CUDA device is available; run on a GPU machine or pass --device cpu")
+        raise UserError("no CUDA device is available; run on a GPU machine or pass --device cpu")
     device = torch.device(args.device)
     epochs = 2 if args.quick else 4
     base = ["data.name=mnist", f"data.root={args.root}", f"run.device={args.device}",
@@ -196,4 +197,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,6 +1,7 @@
 """Shared test helpers: tiny configs built from config.yaml plus overrides, a tiny trained run shared
 by the tests that only read it, and script runners (in-process and as real processes)."""
 import contextlib
+import hashlib
 import io
 import shutil
 import signal
@@ -54,6 +55,11 @@ def copy_run(run: TinyRun, root: Path, name: str = "r") -> Path:
     """The tiny run copied to root/checkpoints/name; returns the copy's run folder."""
     shutil.copytree(run.run_dir, root / "checkpoints" / name)
     return root / "checkpoints" / name
+
+
+def snapshot(folder: Path) -> dict[Path, str]:
+    """Every file under folder with a hash of its bytes, to prove that nothing changed."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def call_script(main, *args: str, cwd: Path) -> tuple[int, str, str]:

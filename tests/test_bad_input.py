@@ -3,7 +3,6 @@ config, command line, data, checkpoints and devices. Each must exit non-zero wit
 the problem and the fix, and leave every file of an existing run untouched. The catalogue runs
 in-process (run_cli is what the scripts' __main__ calls); a few cases also run as real processes to
 prove that no traceback reaches the terminal."""
-import hashlib
 import random
 import shutil
 
@@ -11,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+import compare
 import summary
 import test as test_script
 import train
-from conftest import call_script, copy_run, run_script
+from conftest import call_script, copy_run, run_script, snapshot
 
-SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "summary.py": summary.main}
+SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "summary.py": summary.main, "compare.py": compare.main}
 
 
 class Payload:
@@ -40,17 +40,26 @@ def workdir(tiny_run, tmp_path_factory):
     ckpt = torch.load(best, weights_only=True)
     ckpt["config"]["model"]["hidden"] = [32]
     torch.save(ckpt, root / "other_arch.pt")
+    nan = torch.load(best, weights_only=True)
+    nan["model"]["classifier.1.weight"][0, 0] = float("nan")
+    torch.save(nan, root / "nan.pt")
+    for name, metrics in [("empty_metrics", ""), ("half_metrics", (best.parent / "metrics.csv").read_text()[:-60])]:
+        shutil.copytree(best.parent, root / name)
+        (root / name / "metrics.csv").write_text(metrics)
+    (root / "dup.yaml").write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    (root / "latin1.yaml").write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
     (root / "bad.yaml").write_text("data:\n  name: [digits\n")
     (root / "empty.yaml").write_text("")
     (root / "a_file").write_text("not a folder")
-    for name, breakage in [("few_images", "none"), ("empty_class", "empty"), ("text_file", "text"), ("class_mismatch", "mismatch")]:
+    for name, breakage in [("few_images", "none"), ("empty_class", "empty"), ("text_file", "text"),
+                           ("class_mismatch", "mismatch"), ("one_class", "one")]:
         make_folder(root / name, breakage)
     return root
 
 
 def make_folder(root, breakage):
     for split in ("train", "test"):
-        for label in ("a", "b"):
+        for label in ("a",) if breakage == "one" else ("a", "b"):
             folder = root / split / (label + ("x" if breakage == "mismatch" and split == "test" else ""))
             folder.mkdir(parents=True)
             if not (breakage == "empty" and split == "train" and label == "b"):
@@ -58,10 +67,6 @@ def make_folder(root, breakage):
                     Image.new("L", (8, 8), 10 * i).save(folder / f"{i}.png")
     if breakage == "text":
         (root / "train" / "a" / "readme.txt").write_text("not an image")
-
-
-def snapshot(root):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / "checkpoints").rglob("*")) if p.is_file()}
 
 
 CASES = [
@@ -107,8 +112,19 @@ CASES = [
     ("train.py", ["run.device=cuda"], "device 'cuda' requested but no CUDA device is available; use auto or cpu"),
     ("train.py", ["run.device=gpu"], "run.device: 'gpu' is not allowed; use auto | cpu | cuda | cuda:N"),
     ("test.py", ["run.device=tpu"], "run.device: 'tpu' is not allowed"),
-    ("test.py", ["train.lr=0.1"], "test.py reads only run.output_dir and run.device from the config"),
-    ("train.py", ["run.output_dir=a_file/runs"], "cannot create run folder a_file/runs/"),
+    ("test.py", ["train.lr=0.1"], "test.py reads only run.output_dir, run.device, data.max_pixels from the config"),
+    ("train.py", ["run.output_dir=a_file/runs"], "cannot create folder a_file/runs (Not a directory); set run.output_dir"),
+    # rules of issue 14, each also tested with generated cases in test_faults.py, test_inputs.py, test_fuzz.py
+    ("train.py", ["run.name=.."], "run.name: '..' is not a folder name"),
+    ("train.py", ["--config", "dup.yaml"], "dup.yaml is not valid YAML at line 3 (key 'lr' appears twice)"),
+    ("train.py", ["--config", "latin1.yaml"], "latin1.yaml is not UTF-8 text (byte 16); save it as UTF-8"),
+    ("train.py", [f"run.seed={2 ** 64}"], "run.seed: must be between 0 and 9223372036854775807"),
+    ("train.py", ["train.batch_size=1"], "batch norm needs at least 2 images per batch"),
+    ("train.py", ["data.name=folder", "data.root=one_class", "data.channels=1"], "has one class folder (a)"),
+    ("test.py", ["--batch-size", "-3"], "argument --batch-size: must be at least 1, got -3"),
+    ("test.py", ["nan.pt"], "nan.pt has NaN or infinite weights in 'classifier.1.weight'"),
+    ("compare.py", ["checkpoints/good", "empty_metrics"], "empty_metrics/metrics.csv has no epochs yet"),
+    ("compare.py", ["checkpoints/good", "half_metrics"], "half_metrics/metrics.csv line 4 lacks numbers"),
     # numbers
     ("train.py", ["train.lr=1e30", "train.scheduler=none", "run.name=diverges"], "the loss became NaN or infinite in epoch 1"),
 ]
@@ -124,11 +140,11 @@ def check_one_error_line(stderr: str, message: str) -> None:
 def test_bad_input(workdir, script, args, message):
     if "run.device=cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    before = snapshot(workdir)
+    before = snapshot(workdir / "checkpoints")
     code, _, stderr = call_script(SCRIPTS[script], *args, cwd=workdir)
     assert code == 2
     check_one_error_line(stderr, message)
-    after = snapshot(workdir)
+    after = snapshot(workdir / "checkpoints")
     assert {p: h for p, h in after.items() if p in before} == before  # nothing that existed changed
     assert not (workdir / "payload-ran").exists()
     shutil.rmtree(workdir / "checkpoints" / "diverges", ignore_errors=True)

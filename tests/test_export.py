@@ -1,4 +1,5 @@
 """export.py (ONNX and torch.export) and predict_onnx.py, which must work without PyTorch."""
+import argparse
 import csv
 import json
 import subprocess
@@ -19,6 +20,7 @@ from checkpoint import FORMAT_VERSION, data_of, load_checkpoint, model_from_chec
 from conftest import ROOT, copy_run  # noqa: E402
 from config import UserError  # noqa: E402
 from datasets import Batching, Loader, load_digits  # noqa: E402
+from imagefiles import MAX_PIXELS  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -104,7 +106,9 @@ def test_predict_onnx_runs_without_torch_and_agrees_with_test_py(exported, tmp_p
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
     assert "onnxruntime" in imported and not [m for m in imported if m.split(".")[0] == "torch"]
     assert result.returncode == 1 and "notes.txt is not a readable image" in result.stderr  # others still predicted
-    assert test_script.predict(onnx_path.with_name("best.pt"), [str(folder)], 5, str(torch_csv), CPU) == 1
+    assert test_script.predict(onnx_path.with_name("best.pt"),
+                               argparse.Namespace(predict=[str(folder)], top_k=5, output=str(torch_csv)), CPU,
+                               max_pixels=MAX_PIXELS) == 1
     onnx_rows, torch_rows = (list(csv.reader(open(path))) for path in (onnx_csv, torch_csv))
     assert onnx_rows[0] == torch_rows[0] and len(onnx_rows) == 25
     for ours, theirs in zip(onnx_rows[1:], torch_rows[1:]):

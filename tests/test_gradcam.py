@@ -36,7 +36,7 @@ def test_heatmap_peaks_inside_the_patch(tiny_cfg, tmp_path, capsys):
     ckpt = load_checkpoint(run_dir / "best.pt")
     model = model_from_checkpoint(ckpt, torch.device("cpu"))
     files = sorted((tmp_path / "patches" / "test" / "patch").glob("*.png"))
-    images = torch.stack([read_image(f, 1, SIZE) for f in files])
+    images = torch.stack([read_image(f, 1, SIZE, max_pixels=10_000) for f in files])
     loader = Loader(images, torch.zeros(len(files), dtype=torch.int64), Batching(len(files)), data_of(ckpt),
                     torch.device("cpu"))
     heat, probs = grad_cam(model, next(iter(loader))[0])
@@ -46,6 +46,6 @@ def test_heatmap_peaks_inside_the_patch(tiny_cfg, tmp_path, capsys):
         row, col = divmod(int(heatmap.argmax()), SIZE)
         assert PATCH.start <= row < PATCH.stop and PATCH.start <= col < PATCH.stop, (file, row, col)
 
-    test_script.cam(run_dir / "best.pt", str(files[0]), torch.device("cpu"))
+    test_script.cam(run_dir / "best.pt", str(files[0]), torch.device("cpu"), max_pixels=10_000)
     assert (run_dir / "gradcam.png").read_bytes()[:4] == b"\x89PNG"
     assert "predicted patch (" in capsys.readouterr().out

@@ -24,7 +24,7 @@ def start(tmp_path, name):
 
 def wait_for_first_epoch(proc, run_dir, timeout=120):
     deadline = time.monotonic() + timeout
-    while not (run_dir / "metrics.csv").exists():
+    while not (run_dir / "last.pt").exists():  # written last of an epoch's files
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "no epoch finished in time"
         time.sleep(0.01)

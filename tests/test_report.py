@@ -112,7 +112,7 @@ def test_feature_map_titles_match_the_model_summary(trained, tmp_path, monkeypat
     titles = []
     monkeypatch.setattr(test_script, "plot_maps", lambda maps, path, title, cell=1.2: titles.append((path.name, title)))
     best = root / "checkpoints" / "r" / "best.pt"
-    test_script.feature_maps(best, str(image), torch.device("cpu"))
+    test_script.feature_maps(best, str(image), torch.device("cpu"), max_pixels=10_000)
     assert [name for name, _ in titles] == ["kernels.png"] + [f"feature_maps_conv{i}.png" for i in (1, 2, 3)]
     table = summary(model_from_checkpoint(load_checkpoint(best), torch.device("cpu")), 1, 8)
     conv_shapes = [line.split()[1] for line in table.splitlines() if line.startswith("Conv2d")]

@@ -51,17 +51,17 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     straight = train(tiny_cfg("train.epochs=3", *extra))
 
     calls = []
-    real_write = train_module.write_metrics
+    real_save = train_module.save_epoch
 
-    def crash_after_epoch_2(history, run_dir):
-        real_write(history, run_dir)
+    def crash_after_epoch_2(run, improved):
+        real_save(run, improved)
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-    monkeypatch.setattr(train_module, "write_metrics", crash_after_epoch_2)
+    monkeypatch.setattr(train_module, "save_epoch", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_cfg("train.epochs=3", *extra))
-    monkeypatch.setattr(train_module, "write_metrics", real_write)
+    monkeypatch.setattr(train_module, "save_epoch", real_save)
     interrupted = max((straight.parent).iterdir(), key=lambda p: p.stat().st_mtime)
     ckpt = load_checkpoint(interrupted / "last.pt")
     assert ckpt["epoch"] == 2
@@ -110,7 +110,7 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
     assert trained.returncode == 0, trained.stderr
     header = trained.stdout.split("epoch ")[0]  # before the first epoch: a short header, not the whole config
     assert "device: cpu" in header and "model: cnn, 1,586 parameters" in header and len(header.splitlines()) <= 6
-    assert re.search(r"changed from config.yaml: model.conv_blocks=.* model.hidden=\[16\] train.epochs=2\n", header)
+    assert re.search(r"changed from config.yaml: model.conv_blocks=.* model.hidden=\[16\] train.epochs=2 run.device=cpu\n", header)
     assert re.search(r"epoch +2/2 +train loss [\d.]+ acc +[\d.]+% +val loss", trained.stdout)
     train_acc = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", trained.stdout)[1]
 
