@@ -77,6 +77,8 @@ def has_native_bf16(device: torch.device) -> bool:
     """CUDA with bf16 support, or a CPU whose oneDNN reports bf16 support (AVX-512 CPUs and newer)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":  # MPS: float32 unless asked
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a private call: absent from some builds
