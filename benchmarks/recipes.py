@@ -47,7 +47,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     seconds = sum(float(s) for s in re.findall(r"^epoch .*?\s([\d.]+)s(?:  \*best)?$", out, re.M))
     epochs = len(re.findall(r"^epoch ", out, re.M))
     train_images = int(re.search(r"(\d+) train / \d+ val images", out)[1])
-    return {"data set": name, "model": re.search(r"^  name: (\w+)", out.split("model:")[1], re.M)[1],
+    return {"data set": name, "model": re.search(r"^model: (\w+)", out, re.M)[1],
             "epochs": epochs, "test acc": float(re.search(r"accuracy ([\d.]+)%", out)[1]),
             "train s": seconds, "images/s": epochs * train_images / seconds,
             "peak GB": usage.ru_maxrss / 2 ** 20, "amp": re.search(r"^amp: \w+ -> (\w+)", out, re.M)[1],

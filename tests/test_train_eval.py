@@ -112,7 +112,9 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
     assert trained.returncode == 0, trained.stderr
     header = trained.stdout.split("epoch ")[0]  # before the first epoch: a short header, not the whole config
     assert "device: cpu" in header and "model: cnn, 1,586 parameters" in header and len(header.splitlines()) <= 6
-    assert re.search(r"changed from config.yaml: model.conv_blocks=.* model.hidden=\[16\] train.epochs=2\n", header)
+    assert re.search(r"changed from config.yaml: model.conv_blocks=.* model.hidden=\[16\] model.widths=\[8, 8, 8\] "
+                     r"train.epochs=2 run.device=cpu\n", header)
+    assert "amp: auto -> " in header
     assert re.search(r"epoch +2/2 +train loss [\d.]+ acc +[\d.]+% +val loss", trained.stdout)
     train_acc = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", trained.stdout)[1]
 
