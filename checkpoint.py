@@ -1,7 +1,8 @@
 """The one checkpoint format: plain types only, written atomically, read with weights_only=True.
 
 A checkpoint is a dict with:
-  format_version, model (state dict of the unwrapped model), optimizer, scheduler,
+  format_version, model (state dict of the unwrapped model), optimizer, scheduler, scaler,
+  amp (the precision run.amp resolved to: none | bf16 | fp16),
   epoch (completed epochs), best_val_acc, bad_epochs, history (one dict per epoch),
   config (the resolved config as a dict), data (class_names, in_channels, image_size, mean, std),
   rng (per process, in rank order: torch's CPU random state, Python's, and CUDA's when used).

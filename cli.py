@@ -147,10 +147,35 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """CUDA with bf16 support, or a CPU whose oneDNN reports bf16 support (AVX-512 CPUs and newer)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":  # MPS: float32 unless asked
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private call: absent from some builds
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """run.amp -> none | bf16 | fp16 on this device, and why."""
+    if amp == "auto":
+        if has_native_bf16(device):
+            return "bf16", f"{device.type} has native bf16"
+        return "none", f"float32: no native bf16 on this {'GPU' if device.type == 'cuda' else device.type.upper()}"
+    if amp == "fp16" and device.type != "cuda":  # fp16 needs CUDA's GradScaler
+        return "none", f"fp16 applies on CUDA only; training in float32 (run.amp=bf16 works on {device.type.upper()})"
+    return amp, "as configured"
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype that training, validation and test.py all use for run.amp on this device."""
-    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return None if dtype == torch.float16 and device.type != "cuda" else dtype  # fp16 needs CUDA's GradScaler
+    return AMP_DTYPES[resolve_amp(amp, device)[0]]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

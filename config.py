@@ -42,7 +42,9 @@ class DataConfig:
     image_size: int = field(metadata=at_least(1))
     channels: Literal[1, 3]
     val_fraction: float = field(metadata=between(0.01, 0.9))
-    augment: bool
+    augment: Literal["none", "crop", "flip_crop", "trivialaugment", "randaugment"]
+    crop_padding: int = field(metadata=at_least(0))
+    random_erasing: float = field(metadata=between(0.0, 1.0))
     max_memory_mb: int = field(metadata=at_least(0))
     max_pixels: int = field(metadata=at_least(1))
     num_workers: Literal["auto"] | int = field(metadata=at_least(0))
@@ -62,6 +64,9 @@ class TrainConfig:
     step_epochs: int = field(metadata=at_least(1))
     step_gamma: float = field(metadata=between(0.0, 1.0))
     loss: Literal["cross_entropy", "mse"]
+    label_smoothing: float = field(metadata=between(0.0, 0.99))
+    mixup_alpha: float = field(metadata=at_least(0.0))
+    cutmix_alpha: float = field(metadata=at_least(0.0))
     patience: int = field(metadata=at_least(0))
     grad_clip: float = field(metadata=at_least(0.0))
     log_interval: int = field(metadata=at_least(1))
@@ -78,7 +83,7 @@ class RunConfig:
     name: str
     threads: int = field(metadata=between(0, 4096))
     channels_last: bool
-    amp: Literal["none", "bf16", "fp16"]
+    amp: Literal["auto", "none", "bf16", "fp16"]
     compile: bool
     cudnn_benchmark: bool
     deterministic: bool
@@ -181,6 +186,9 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
 
 def config_from_dict(raw: Any) -> Config:
     """Validate a plain dict (from YAML or a checkpoint) into a Config."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("augment"), bool):  # saved when augment was true/false
+        raw = {**raw, "data": {**data, "augment": "flip_crop" if data["augment"] else "none"}}
     cfg = build(Config, raw)
     if cfg.model.name not in MODELS:
         choices = " | ".join(MODELS)
@@ -299,8 +307,14 @@ def with_defaults(raw: dict, defaults: dict | None = None) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str]) -> Config:
-    """config.yaml (or path) plus dotted overrides, validated."""
-    raw = read_yaml(path or DEFAULT_CONFIG)
+    """config.yaml, merged with the file at path if given (a recipe holding only the keys it changes,
+    or a run's complete config.yaml), plus dotted overrides, validated."""
+    raw = read_yaml(DEFAULT_CONFIG)
+    if path is not None:
+        file_raw = read_yaml(path)
+        if not isinstance(file_raw, dict):
+            raise UserError(f"config file {path} must map sections (data:, model:, ...) to keys, got {file_raw!r}")
+        raw = with_defaults(file_raw, raw)
     for text in overrides:
         if not isinstance(raw, dict):
             break
@@ -359,6 +373,9 @@ def key_help(path: Path = DEFAULT_CONFIG) -> str:
     """Every key of config.yaml with its default and comment, for --help."""
     lines, stack = [], []
     for line in path.read_text().splitlines():
+        continued = re.match(r"^ {20,}#\s*(.*)$", line)  # a comment aligned under the one above continues it
+        if continued and lines:
+            lines.append(f"  {'':<24} {'':<12} {continued[1]}")
         match = re.match(r"^( *)([A-Za-z_]\w*):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
         if not match:
             continue

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from augment import Augmentation, augment_images, augment_normalised, generator_for
 from config import Config, DataConfig, TrainConfig, UserError
 from distributed import local_main_first, rank_and_world
 from imagefiles import ImageError, decode_image
@@ -341,19 +342,22 @@ class Batching:
     """How a Loader cuts its split into batches."""
     size: int
     shuffle_seed: int | None = None  # None: the same order every epoch (evaluation)
-    augment: bool = False  # flip_and_crop on shuffled batches
+    augmentation: Augmentation | None = None  # applied to shuffled batches only
     num_workers: int = 0  # DataLoader worker processes, for images streamed from files
     drop_last: bool = False  # drop the short last batch: torch.compile then sees a single batch shape
 
 
 class Loader:
-    """Batches of normalised float images and labels on the device, from memory or from files.
+    """Batches of normalised float images and targets on the device, from memory or from files.
 
     In-memory images live on the device as uint8; files are decoded by DataLoader workers.
     Either way normalisation and augmentation run on whole batches on the device. With a seed it
-    shuffles: each epoch's order is a randperm seeded by (seed, epoch), so a resumed run sees the
-    same order as an uninterrupted one. Without a seed the order is fixed. Under torchrun each
-    process takes every world-th image of that order: disjoint shares that together cover the split.
+    shuffles: each epoch's order is a randperm seeded by (seed, epoch), and augmentation draws come
+    from a generator on the device seeded by (seed, epoch, rank), so a resumed run sees the same
+    batches as an uninterrupted one. Without a seed the order is fixed and nothing is augmented.
+    Under torchrun each process takes every world-th image of that order: disjoint shares that
+    together cover the split. Targets are the labels (B,), or class probabilities (B, num_classes)
+    under MixUp/CutMix.
     """
 
     def __init__(self, images: Images, labels: torch.Tensor, batching: Batching, info: DataInfo,
@@ -404,12 +408,11 @@ class Loader:
         return list(share.split(self.batching.size))[: len(self)]  # without a last batch of one, if dropped
 
     def __iter__(self):
-        generator = None
         order = torch.arange(len(self.labels))
         if self.batching.shuffle_seed is not None:
             seed = (self.batching.shuffle_seed * 100_003 + self.epoch) % 2 ** 64  # torch seeds are 64-bit
-            generator = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(self.labels), generator=generator)
+            shuffle = torch.Generator().manual_seed(seed)
+            order = torch.randperm(len(self.labels), generator=shuffle)  # the same on every process
         index_batches = self.batches(order)
         batches = [batch.to(self.device) for batch in index_batches]
         if self.stream is None:
@@ -417,25 +420,17 @@ class Loader:
         else:
             self.epoch_batches.batches = [batch.tolist() for batch in index_batches]
             raw = (images.to(self.device, non_blocking=True) for images in self.stream)
+        aug = self.batching.augmentation if self.batching.shuffle_seed is not None else None
+        generator = None if aug is None else generator_for(self.batching.shuffle_seed, self.epoch, self.rank,
+                                                           self.device)
         for batch, images in zip(batches, raw):
-            images = self.normalise(images)  # (B, C, H, W) float
-            if self.batching.augment and generator is not None:
-                images = flip_and_crop(images, generator)
-            yield images, self.labels[batch]
-
-
-def flip_and_crop(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random horizontal flip and random crop from a zero-padded copy, per image, on the whole batch."""
-    n, _, height, width = images.shape
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    images = torch.where(flip.view(n, 1, 1, 1), images.flip(3), images)
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
-    dy, dx = (torch.randint(0, 2 * pad + 1, (2, n), generator=generator)).to(images.device)
-    rows = (dy.view(n, 1) + torch.arange(height, device=images.device)).view(n, 1, height, 1)
-    cols = (dx.view(n, 1) + torch.arange(width, device=images.device)).view(n, 1, 1, width)
-    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
-    channel = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
-    return padded[batch, channel, rows, cols]  # (B, C, H, W)
+            images, labels = images.float(), self.labels[batch]  # (B, C, H, W) on the 0..255 scale
+            if aug is not None:
+                images = augment_images(images, aug, generator)
+            images = self.normalise(images)
+            if aug is not None:
+                images, labels = augment_normalised(images, labels, aug, generator)
+            yield images, labels
 
 
 def load_images(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
@@ -500,6 +495,11 @@ def normalisation(cfg: Config, images: Images, train_idx: torch.Tensor) -> dict:
         return {"mean": mean, "std": std}
 
 
+def augmentation(cfg: Config, num_classes: int) -> Augmentation:
+    return Augmentation(cfg.data.augment, cfg.data.crop_padding, cfg.data.random_erasing, cfg.train.mixup_alpha,
+                        cfg.train.cutmix_alpha, num_classes)
+
+
 def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loader, DataInfo]:
     """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints."""
     info = describe(cfg.data)
@@ -507,7 +507,8 @@ def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loade
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
     info = replace(info, **normalisation(cfg, images, train_idx))
     workers = num_workers(cfg.data)
-    shuffled = Batching(cfg.train.batch_size, cfg.run.seed, cfg.data.augment, workers, drop_last=cfg.run.compile)
+    shuffled = Batching(cfg.train.batch_size, cfg.run.seed, augmentation(cfg, len(info.class_names)), workers,
+                        drop_last=cfg.run.compile)
     train_loader = Loader(subset(images, train_idx), labels[train_idx], shuffled, info, device)
     if len(train_loader) == 0:
         raise UserError(f"train.batch_size {cfg.train.batch_size} is more than the {len(train_idx)} training images "

@@ -1,4 +1,5 @@
 """Losses, the one evaluation loop, and per-class metrics from a confusion matrix."""
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -15,18 +16,29 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes
 
 
-def half_mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The notes' J = 1/(2m) sum_i ||f(x_i) - y_i||^2, with f = softmax(logits) and y one-hot.
+def half_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The notes' J = 1/(2m) sum_i ||f(x_i) - y_i||^2, with f = softmax(logits) and y one-hot
+    (or the class probabilities (B, K) that MixUp/CutMix give).
 
     PyTorch's MSELoss averages over all m*K entries instead, so J = K/2 * MSELoss(f, y).
     """
-    probs = logits.softmax(dim=1)  # (B, K)
-    one_hot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
-    return 0.5 * (probs - one_hot).pow(2).sum(dim=1).mean()
+    probs = logits.float().softmax(dim=1)  # (B, K)
+    y = targets if targets.ndim == 2 else F.one_hot(targets, probs.shape[1]).to(probs.dtype)
+    return 0.5 * (probs - y).pow(2).sum(dim=1).mean()
 
 
-def make_loss(name: str) -> LossFn:
-    return {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
+def make_loss(name: str, label_smoothing: float = 0.0) -> LossFn:
+    """The loss on logits and targets (labels (B,) or probabilities (B, K)); smoothing is for training only."""
+    if label_smoothing == 0:
+        return {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
+    if name == "cross_entropy":
+        return partial(F.cross_entropy, label_smoothing=label_smoothing)
+
+    def smoothed_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        num_classes = logits.shape[1]
+        y = targets if targets.ndim == 2 else F.one_hot(targets, num_classes).float()
+        return half_mse(logits, y * (1 - label_smoothing) + label_smoothing / num_classes)
+    return smoothed_mse
 
 
 def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int, device: torch.device,

@@ -1,4 +1,4 @@
-"""The models: a configurable CNN and LeNet-5, picked by `model.name` in config.yaml.
+"""The models: a configurable CNN, LeNet-5 and a small ResNet, picked by `model.name` in config.yaml.
 
 To try another architecture, write an nn.Module whose constructor takes
 (cfg: ModelConfig, in_channels, num_classes, image_size) and whose forward returns logits,
@@ -38,6 +38,7 @@ class ModelConfig:
     conv_blocks: list[ConvBlock]
     hidden: list[int] = field(metadata=AT_LEAST_1)  # checked per item
     dropout: float = field(metadata={"min": 0.0, "max": 1.0})
+    widths: list[int] = field(metadata=AT_LEAST_1)  # resnet only: channels of each stage
     sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (train.py converts)
 
 
@@ -124,10 +125,51 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(images))  # (B, num_classes)
 
 
+def conv_bn(in_channels: int, out_channels: int, cfg: ModelConfig) -> nn.Sequential:
+    """3x3 conv (size-preserving) -> batch norm -> activation."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), make_activation(cfg))
+
+
+class Residual(nn.Module):
+    """x + f(x) with f two conv_bn layers: gradients reach early layers through the identity path."""
+
+    def __init__(self, channels: int, cfg: ModelConfig):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(channels, channels, cfg), conv_bn(channels, channels, cfg))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNet(nn.Module):
+    """A small residual net after the fast CIFAR-10 ResNets (Page's ResNet-9, 2018).
+
+    stem conv_bn -> per width in model.widths: conv_bn, 2x2 max pool, Residual -> global max pool -> linear.
+    Reads model.widths and model.activation; batch norm is always on.
+    """
+
+    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn(in_channels, cfg.widths[0], cfg)]
+        channels, size = cfg.widths[0], image_size
+        for i, width in enumerate(cfg.widths):
+            size = out_size(size, 2, 2, 0, f"model.widths[{i}] max pool")
+            layers += [conv_bn(channels, width, cfg), nn.MaxPool2d(2), Residual(width, cfg)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(images)  # (B, widths[-1], H / 2^len(widths), W / 2^len(widths))
+        return self.classifier(features)  # (B, num_classes)
+
+
 # model.name -> class. A new architecture is one more line here.
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": CNN,
     "lenet5": LeNet5,
+    "resnet": ResNet,
 }
 
 

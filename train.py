@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import distributed
 from checkpoint import FORMAT_VERSION, load_checkpoint, new_model, resolve
-from cli import (autocast_dtype, check_interrupted, make_parser, require_deterministic_cublas, run_cli,
+from cli import (AMP_DTYPES, check_interrupted, make_parser, require_deterministic_cublas, resolve_amp, run_cli,
                  seed_everything, select_device)
 from config import (Config, RunConfig, TrainConfig, UserError, apply_override, changed_keys, config_from_dict,
                     load_config, read_yaml, to_dict, to_yaml, with_defaults)
@@ -93,12 +93,13 @@ def train_one_epoch(model: torch.nn.Module, loader: Loader, step: Stepper, cfg: 
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if is_main() else True)
-    for batch, (images, labels) in enumerate(bar, 1):
+    for batch, (images, targets) in enumerate(bar, 1):
         with step.autocast(device):
             logits = model(images)  # forward pass: (B, num_classes)
-            loss = step.loss_fn(logits, labels)  # error
+            loss = step.loss_fn(logits, targets)  # error
         step.update(loss, model)
         check_interrupted()
+        labels = targets if targets.ndim == 1 else targets.argmax(1)  # MixUp/CutMix: the larger share
         loss_sum += loss.detach().float() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
@@ -107,6 +108,9 @@ def train_one_epoch(model: torch.nn.Module, loader: Loader, step: Stepper, cfg: 
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
     totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device)]))
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()  # over all processes' shares
+
+
+AMP_NAMES = {dtype: name for name, dtype in AMP_DTYPES.items()}
 
 
 def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
@@ -120,9 +124,9 @@ def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device)
     if cfg.cudnn_benchmark and not is_cuda:
         print(f"note: run.cudnn_benchmark has no effect on {device.type.upper()}; ignored")
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and is_cuda
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    if cfg.amp == "fp16" and not is_cuda:
-        print(f"note: run.amp=fp16 applies on CUDA only; training in float32 (bf16 works on {device.type.upper()})")
+    amp, reason = resolve_amp(cfg.amp, device)
+    print(f"amp: {cfg.amp} -> {amp} ({reason})")
+    amp_dtype = AMP_DTYPES[amp]
     if rank_and_world()[1] > 1:  # under torchrun: average gradients across processes
         model = DistributedDataParallel(model, device_ids=[device.index] if is_cuda else None)
     # dynamic=False: one graph for the one batch shape (the loader drops the short last batch when compiling)
@@ -258,8 +262,8 @@ def make_stepper(model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
     """Optimizer, schedule and gradient scaler for a fresh run."""
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 runs on CUDA only
-    return Stepper(make_loss(cfg.loss), optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler,
-                   amp_dtype, cfg.grad_clip)
+    schedule = make_scheduler(optimizer, cfg, steps_per_epoch)
+    return Stepper(make_loss(cfg.loss, cfg.label_smoothing), optimizer, schedule, scaler, amp_dtype, cfg.grad_clip)
 
 
 def restore(ckpt: dict, model: torch.nn.Module, step: Stepper, device: torch.device) -> RunState:
@@ -293,8 +297,8 @@ def save_epoch(run: Run, improved: bool) -> None:
         return
     ckpt = {"format_version": FORMAT_VERSION, "model": run.model.state_dict(),
             "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
-            "scaler": run.step.scaler.state_dict(), **asdict(run.state), "config": to_dict(run.cfg),
-            "data": asdict(run.info), "rng": rng}
+            "scaler": run.step.scaler.state_dict(), "amp": AMP_NAMES[run.step.amp_dtype], **asdict(run.state),
+            "config": to_dict(run.cfg), "data": asdict(run.info), "rng": rng}
     write_metrics(run.state.history, run.run_dir)
     if improved:
         atomic_save(ckpt, run.run_dir / "best.pt")
@@ -307,8 +311,8 @@ def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) ->
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run.trained_model, train_loader, run.step, run.cfg.train, epoch)
     broadcast_buffers(run.model)  # every process evaluates the weights rank 0 saves
-    val = evaluate(run.model, val_loader, run.step.loss_fn, len(run.info.class_names), val_loader.device,
-                   run.step.amp_dtype)
+    val = evaluate(run.model, val_loader, make_loss(run.cfg.train.loss), len(run.info.class_names),
+                   val_loader.device, run.step.amp_dtype)  # the loss test.py reports: no smoothing
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
            "val_acc": val["accuracy"], "lr": run.step.optimizer.param_groups[0]["lr"],
            "seconds": round(time.perf_counter() - start, 2)}

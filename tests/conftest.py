@@ -21,7 +21,7 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 # Small and quick on the embedded digits: narrow conv blocks, two epochs, on the CPU (where runs are
 # bitwise repeatable and test.py's numbers equal training's; the gpu-marked tests cover CUDA).
 TINY = ["train.epochs=2", "run.device=cpu", "model.conv_blocks.0.out_channels=8", "model.conv_blocks.1.out_channels=8",
-        "model.conv_blocks.2.out_channels=8", "model.hidden=[16]"]
+        "model.conv_blocks.2.out_channels=8", "model.hidden=[16]", "model.widths=[8, 8, 8]"]
 
 
 @pytest.fixture

@@ -29,8 +29,11 @@ def test_dotted_overrides_including_list_items():
     ("train.epochs=0", "train.epochs: must be at least 1, got 0"),
     ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
     ("model.activation=gelu", "model.activation: 'gelu' is not allowed; use one of relu | leaky_relu | tanh | sigmoid"),
-    ("model.name=resnet", "model.name: 'resnet' is not a registered model; use one of cnn | lenet5"),
-    ("data.augment=maybe", "data.augment: expected true or false, got 'maybe'"),
+    ("model.name=vgg", "model.name: 'vgg' is not a registered model; use one of cnn | lenet5 | resnet"),
+    ("data.augment=maybe", "data.augment: 'maybe' is not allowed; use one of none | crop | flip_crop | "
+                           "trivialaugment | randaugment"),
+    ("train.label_smoothing=1", "train.label_smoothing: must be between 0.0 and 0.99, got 1.0"),
+    ("train.mixup_alpha=-1", "train.mixup_alpha: must be at least 0.0, got -1.0"),
     ("model.dropout=1.5", "model.dropout: must be between 0.0 and 1.0, got 1.5"),
     ("run.device=gpu", "run.device: 'gpu' is not allowed; use auto | cpu | cuda | cuda:N"),
     ("model.conv_blocks.7.stride=1", "'7' is not an index of a list of length 3"),

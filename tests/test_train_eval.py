@@ -46,7 +46,9 @@ def test_same_seed_gives_same_numbers(tiny_cfg):
 
 
 @pytest.mark.parametrize("extra", [[], ["train.scheduler=step", "train.step_epochs=1", "train.patience=5",
-                                        "train.optimizer=sgd", "model.dropout=0.5"]])
+                                        "train.optimizer=sgd", "model.dropout=0.5"],
+                                   ["data.augment=trivialaugment", "data.random_erasing=0.5", "train.mixup_alpha=0.2",
+                                    "train.cutmix_alpha=1", "train.label_smoothing=0.1"]])
 def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     straight = train(tiny_cfg("train.epochs=3", *extra))
 
@@ -110,7 +112,9 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
     assert trained.returncode == 0, trained.stderr
     header = trained.stdout.split("epoch ")[0]  # before the first epoch: a short header, not the whole config
     assert "device: cpu" in header and "model: cnn, 1,586 parameters" in header and len(header.splitlines()) <= 6
-    assert re.search(r"changed from config.yaml: model.conv_blocks=.* model.hidden=\[16\] train.epochs=2 run.device=cpu\n", header)
+    assert re.search(r"changed from config.yaml: model.conv_blocks=.* model.hidden=\[16\] model.widths=\[8, 8, 8\] "
+                     r"train.epochs=2 run.device=cpu\n", header)
+    assert "amp: auto -> " in header
     assert re.search(r"epoch +2/2 +train loss [\d.]+ acc +[\d.]+% +val loss", trained.stdout)
     train_acc = re.search(r"test \(best.pt, epoch \d\): loss [\d.]+ +accuracy ([\d.]+)%", trained.stdout)[1]
 
@@ -132,5 +136,5 @@ def test_cuda_switches_run_on_cpu_with_a_notice(tiny_cfg, capsys, monkeypatch):
     run_dir = train(tiny_cfg("train.epochs=1", "run.amp=fp16", "run.cudnn_benchmark=true", "run.channels_last=true",
                              "run.threads=1"))
     out = capsys.readouterr().out
-    assert "note: run.amp=fp16 applies on CUDA only" in out and "note: run.cudnn_benchmark has no effect" in out
+    assert "amp: fp16 -> none (fp16 applies on CUDA only" in out and "note: run.cudnn_benchmark has no effect" in out
     assert (run_dir / "best.pt").is_file() and calls == [1]

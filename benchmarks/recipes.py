@@ -1,0 +1,85 @@
+"""Run the recipes in configs/ and print what each reaches: test accuracy, time, speed, memory.
+
+Each recipe runs as `python train.py --config configs/<name>.yaml` in its own process (so its
+peak memory is its own), with data.root and run.output_dir set from the arguments below.
+
+    python benchmarks/recipes.py --root ../shared/datasets                     # every recipe
+    python benchmarks/recipes.py --root ../shared/datasets --only mnist
+    python benchmarks/recipes.py --only cifar10 --cifar10-folder ../shared/datasets/cifar10-jpg
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def recipe_overrides(name: str, args: argparse.Namespace) -> list[str]:
+    """Where the data is, where runs go, and any extra overrides."""
+    overrides = [f"run.output_dir={args.output_dir}", f"run.name=recipe-{name}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    if name == "cifar10" and args.cifar10_folder:  # the JPEG folder copy instead of torchvision's binary files
+        overrides += ["data.name=folder", f"data.root={args.cifar10_folder}"]
+    elif name != "digits":
+        overrides.append(f"data.root={args.root}")
+    return overrides + args.overrides
+
+
+def run_recipe(name: str, args: argparse.Namespace) -> dict:
+    """Train one recipe in a child process; read its numbers from what train.py prints and writes."""
+    command = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{name}.yaml"),
+               *recipe_overrides(name, args)]
+    print(f"$ {' '.join(command)}", flush=True)
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if line.startswith(("epoch", "test", "amp", "error")):
+            print("  " + line.rstrip(), flush=True)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak resident memory
+    out = "".join(lines)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"error: recipe {name} failed:\n{out[-2000:]}")
+    seconds = sum(float(s) for s in re.findall(r"^epoch .*?\s([\d.]+)s(?:  \*best)?$", out, re.M))
+    epochs = len(re.findall(r"^epoch ", out, re.M))
+    train_images = int(re.search(r"(\d+) train / \d+ val images", out)[1])
+    return {"data set": name, "model": re.search(r"^model: (\w+)", out, re.M)[1],
+            "epochs": epochs, "test acc": float(re.search(r"accuracy ([\d.]+)%", out)[1]),
+            "train s": seconds, "images/s": epochs * train_images / seconds,
+            "peak GB": usage.ru_maxrss / 2 ** 20, "amp": re.search(r"^amp: \w+ -> (\w+)", out, re.M)[1],
+            "device": device_name(re.search(r"^device: (\S+)", out, re.M)[1])}
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    model = re.search(r"model name\s*: (.*)", cpuinfo.read_text()) if cpuinfo.exists() else None
+    return f"cpu ({model[1].strip() if model else 'unknown'}, {os.cpu_count()} cores)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=RECIPES, help="run this recipe only")
+    parser.add_argument("--root", default="data", help="data.root for the torchvision data sets")
+    parser.add_argument("--cifar10-folder", help="train cifar10 from this JPEG folder copy (train/, test/)")
+    parser.add_argument("--output-dir", default="checkpoints/recipes", help="run.output_dir for the runs")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every recipe, e.g. run.threads=1")
+    args = parser.parse_args()
+    rows = [run_recipe(name, args) for name in ([args.only] if args.only else RECIPES)]
+    print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, "
+          f"overrides: {' '.join(args.overrides) or 'none'}")
+    print("| data set | model | epochs | test acc | train s | images/s | peak GB | amp | device |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    for r in rows:
+        print(f"| {r['data set']} | {r['model']} | {r['epochs']} | {r['test acc']:.2f}% | {r['train s']:.0f} | "
+              f"{r['images/s']:,.0f} | {r['peak GB']:.2f} | {r['amp']} | {r['device']} |")
+
+
+if __name__ == "__main__":
+    main()
