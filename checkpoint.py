@@ -2,19 +2,24 @@
 
 A checkpoint is a dict with:
   format_version, model (state dict of the unwrapped model), optimizer, scheduler,
-  epoch (completed epochs), best_val_acc, bad_epochs, history (one dict per epoch),
-  config (the resolved config as a dict), data (class_names, in_channels, image_size, mean, std),
+  epoch (completed epochs), best_score (of train.best_metric), bad_epochs, history (one dict per epoch),
+  config (the resolved config as a dict), data (class_names, in_channels, image_size, mean, std,
+  class_counts), new_layers (with model.pretrained: the state-dict keys that did not come from it),
   rng (per process, in rank order: torch's CPU random state, Python's, and CUDA's when used).
+
+It also reads model.pretrained: torchvision's ImageNet weights, a state dict, or another run's checkpoint.
 """
+import os
 import pickle
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from config import Config, UserError, config_from_dict, with_defaults
-from datasets import DataInfo
-from model import ModelConfig, build_model
+from datasets import DEFAULT_SIZE, DataInfo
+from model import ModelConfig, build_model, imagenet_weights
 
 FORMAT_VERSION = 1
 
@@ -94,3 +99,92 @@ def resolve(path: str | None, output_dir: str | Path, filename: str) -> Path:
     if path is None:
         return latest_run(output_dir) / filename
     return Path(path) / filename if Path(path).is_dir() else Path(path)
+
+
+@dataclass
+class Pretrained:
+    """Weights to start from (model.pretrained), and the preprocessing they were trained with."""
+    state: dict  # state-dict key -> tensor
+    source: str  # the file, for messages
+    mean: list[float] = field(default_factory=list)  # per channel; empty: use the data's own statistics
+    std: list[float] = field(default_factory=list)
+    image_size: int | None = None  # the size they were trained at, for data.image_size=auto
+
+    def stats(self) -> tuple[list[float], list[float]] | None:
+        """(mean, std) to normalise the data with; None: the data's own."""
+        return (self.mean, self.std) if self.mean else None
+
+
+def read_pretrained(cfg: ModelConfig) -> Pretrained | None:
+    """The weights model.pretrained names, read with weights_only=True; None for none."""
+    if cfg.pretrained == "none":
+        return None
+    if cfg.pretrained == "imagenet":
+        return read_imagenet(cfg.name)
+    path = Path(cfg.pretrained).expanduser()
+    if not path.is_file():
+        raise UserError(f"model.pretrained: file {path} not found; use none | imagenet | PATH of a state dict "
+                        "(.pt/.pth) or of a checkpoint of this template (e.g. checkpoints/<run>/best.pt)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unpickling, truncation and format errors all mean the same here
+        raise UserError(f"model.pretrained: {path} is not a state dict or checkpoint readable with "
+                        "weights_only=True; save one with torch.save(model.state_dict(), path)") from None
+    if isinstance(loaded, dict) and loaded.get("format_version") == FORMAT_VERSION:  # a run of this template
+        info = data_of(loaded)
+        return Pretrained(loaded["model"], str(path), info.mean, info.std, info.image_size)
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):  # e.g. Lightning's
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise UserError(f"model.pretrained: {path} holds no state dict (a mapping of layer names to tensors)")
+    return Pretrained(loaded, str(path))
+
+
+def read_imagenet(name: str) -> Pretrained:
+    """torchvision's DEFAULT weights for the model `name`, from torch's cache or downloaded into it once."""
+    weights = imagenet_weights(name)
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(weights.url)
+    if not path.is_file():
+        try:
+            torch.hub.load_state_dict_from_url(weights.url, model_dir=str(folder), map_location="cpu",
+                                               check_hash=True, weights_only=True)
+        except Exception as err:  # urllib, socket, HTTP and hash errors all mean the same to the user
+            raise UserError(f"model.pretrained=imagenet: {path.name} is not in {folder} and could not be "
+                            f"downloaded ({type(err).__name__}); download {weights.url} on a machine with "
+                            f"internet and put it in that folder (TORCH_HOME sets its parent), or use a "
+                            "PATH") from None
+    transforms = weights.transforms()  # the preprocessing the weights were trained with
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return Pretrained(state, str(path), list(transforms.mean), list(transforms.std), transforms.crop_size[0])
+
+
+def with_image_size(cfg: Config, pretrained: Pretrained | None) -> Config:
+    """data.image_size=auto resolved for folder data: the pretrained weights' size, else 32."""
+    if cfg.data.image_size != "auto" or cfg.data.name != "folder":
+        return cfg
+    size = pretrained.image_size if pretrained and pretrained.image_size else DEFAULT_SIZE
+    return replace(cfg, data=replace(cfg.data, image_size=size))
+
+
+def load_pretrained(model: nn.Module, pretrained: Pretrained) -> list[str]:
+    """Copy every tensor whose name and shape fit the model; returns the model's keys that start fresh
+    (the new head), which a one-line note names."""
+    own = model.state_dict()
+    state = {}
+    for key, tensor in pretrained.state.items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")  # saved from DDP or torch.compile
+        key = key if key in own or "net." + key not in own else "net." + key  # torchvision's own names
+        state[key] = tensor
+    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    if not fits:
+        raise UserError(f"model.pretrained: no tensor in {pretrained.source} fits a layer of the model (file: "
+                        f"{', '.join(list(state)[:3])}, ...; model: {', '.join(list(own)[:3])}, ...); "
+                        "use weights saved from the same architecture")
+    model.load_state_dict(fits, strict=False)
+    fresh = [k for k in own if k not in fits and not k.endswith("num_batches_tracked")]
+    shapes = [f"{k} {tuple(own[k].shape)} vs file {tuple(state[k].shape)}" for k in fresh if k in state]
+    print(f"note: model.pretrained: {len(fits)} of {len(own)} tensors loaded from {pretrained.source}; new: "
+          f"{', '.join(sorted({k.rpartition('.')[0] for k in fresh})) or 'none'}"
+          + (f" (shapes differ: {'; '.join(shapes[:2])})" if shapes else ""))
+    return fresh

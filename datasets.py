@@ -31,6 +31,7 @@ CLASS_NAMES = {
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
+DEFAULT_SIZE = 32  # folder images' side for data.image_size=auto without pretrained weights
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -40,8 +41,14 @@ class DataInfo:
     in_channels: int
     image_size: int
     class_names: list[str]
-    mean: list[float] = field(default_factory=list)  # per channel, on the 0..1 scale; set from the train split
-    std: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)  # per channel, on the 0..1 scale: the train split's, or
+    std: list[float] = field(default_factory=list)  # those the pretrained weights were trained with
+    class_counts: list[int] = field(default_factory=list)  # training images per class (train.class_weights)
+
+
+def folder_size(cfg: DataConfig) -> int:
+    """data.image_size; auto is 32 unless train.py resolved it to the pretrained weights' size."""
+    return DEFAULT_SIZE if cfg.image_size == "auto" else cfg.image_size
 
 
 def describe(cfg: DataConfig) -> DataInfo:
@@ -51,7 +58,7 @@ def describe(cfg: DataConfig) -> DataInfo:
         if names != test_names:
             raise UserError(f"{Path(cfg.root) / 'test'} has classes {test_names} but train has {names}; "
                             "both need the same class folders")
-        return DataInfo(cfg.channels, cfg.image_size, names)
+        return DataInfo(cfg.channels, folder_size(cfg), names)
     channels, size = BUILTIN[cfg.name]
     return DataInfo(channels, size, CLASS_NAMES[cfg.name])
 
@@ -115,7 +122,7 @@ def cache_path(cfg: DataConfig, split: str) -> Path | None:
     source = source_folder(cfg, split).resolve()
     if not cfg.cache_dir or not source.is_dir():
         return None
-    digest = hashlib.sha1(f"{source}|{cfg.image_size}|{cfg.channels}".encode())
+    digest = hashlib.sha1(f"{source}|{folder_size(cfg)}|{cfg.channels}".encode())
     for folder, dirs, files in sorted(os.walk(source)):
         dirs.sort()
         for name in sorted(files):
@@ -197,7 +204,7 @@ def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]
 def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A folder split decoded into memory: resized to image_size, grey or colour as configured."""
     files, labels = folder_files(cfg, split)
-    return torch.stack([read_image(f, cfg.channels, cfg.image_size) for f in files]), labels
+    return torch.stack([read_image(f, cfg.channels, folder_size(cfg)) for f in files]), labels
 
 
 def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
@@ -288,6 +295,7 @@ class Batching:
     augment: bool = False  # flip_and_crop on shuffled batches
     num_workers: int = 0  # DataLoader worker processes, for images streamed from files
     drop_last: bool = False  # drop the short last batch: torch.compile then sees a single batch shape
+    balanced: bool = False  # with a seed: draw every class equally often (balanced_order) instead of shuffling
 
 
 class Loader:
@@ -296,8 +304,9 @@ class Loader:
     In-memory images live on the device as uint8; files are decoded by DataLoader workers.
     Either way normalisation and augmentation run on whole batches on the device. With a seed it
     shuffles: each epoch's order is a randperm seeded by (seed, epoch), so a resumed run sees the
-    same order as an uninterrupted one. Without a seed the order is fixed. Under torchrun each
-    process takes every world-th image of that order: disjoint shares that together cover the split.
+    same order as an uninterrupted one; balanced batching draws that order with balanced_order instead.
+    Without a seed the order is fixed. Under torchrun each process takes every world-th image of
+    that order: disjoint shares that together cover the split (or the epoch's draws).
     """
 
     def __init__(self, images: Images, labels: torch.Tensor, batching: Batching, info: DataInfo,
@@ -325,27 +334,36 @@ class Loader:
         return decoded(subset(self.images, idx.to(self.device) if self.stream is None else idx)).cpu()
 
     def __len__(self) -> int:
+        share, size = math.ceil(len(self.labels) / self.world), self.batching.size
         if self.batching.drop_last:  # the smallest share's full batches, so every process takes as many steps
-            return len(self.labels) // self.world // self.batching.size
-        return math.ceil(math.ceil(len(self.labels) / self.world) / self.batching.size)
+            return len(self.labels) // self.world // size
+        if self.world == 1 and self.batching.shuffle_seed is not None and share > size and share % size == 1:
+            return share // size  # a lone last training image joins the batch before it
+        return math.ceil(share / size)
 
     def batches(self, order: torch.Tensor) -> list[torch.Tensor]:
         """This process's share of the order, as index batches.
 
         With several processes every one must take the same number of steps, so each share is cut
-        into len(self) nearly equal batches rather than full ones and a short remainder.
+        into len(self) nearly equal batches rather than full ones and a short remainder. A training
+        batch of one image would stop batch norm (one value per channel at a 1x1 feature map), so
+        it joins the batch before it.
         """
         share = order[self.rank::self.world]
         if self.batching.drop_last:
             return [share[i * self.batching.size: (i + 1) * self.batching.size] for i in range(len(self))]
-        return list(share.split(self.batching.size) if self.world == 1 else share.tensor_split(len(self)))
+        if self.world > 1:
+            return list(share.tensor_split(len(self)))
+        batches = list(share.split(self.batching.size))
+        return batches[:len(self) - 1] + [torch.cat(batches[len(self) - 1:])]
 
     def __iter__(self):
         generator = None
         order = torch.arange(len(self.labels))
         if self.batching.shuffle_seed is not None:
             generator = torch.Generator().manual_seed(self.batching.shuffle_seed * 100_003 + self.epoch)
-            order = torch.randperm(len(self.labels), generator=generator)
+            order = (balanced_order(self.labels.cpu(), generator) if self.batching.balanced
+                     else torch.randperm(len(self.labels), generator=generator))
         index_batches = self.batches(order)
         batches = [batch.to(self.device) for batch in index_batches]
         if self.stream is None:
@@ -358,6 +376,20 @@ class Loader:
             if self.batching.augment and generator is not None:
                 images = flip_and_crop(images, generator)
             yield images, self.labels[batch]
+
+
+def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """len(labels) positions in random order, with every class drawn equally often (the remainder of
+    len(labels) / classes goes to randomly chosen classes); a class with few images repeats them."""
+    classes = labels.unique()
+    per_class = torch.full((len(classes),), len(labels) // len(classes))
+    per_class[torch.randperm(len(classes), generator=generator)[: len(labels) % len(classes)]] += 1
+    draws = []
+    for label, count in zip(classes.tolist(), per_class.tolist()):
+        members = (labels == label).nonzero().flatten()
+        draws.append(members[torch.randint(len(members), (count,), generator=generator)])
+    order = torch.cat(draws)
+    return order[torch.randperm(len(order), generator=generator)]
 
 
 def flip_and_crop(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -378,9 +410,9 @@ def load_images(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
     """A split in memory, or as files when a folder data set is bigger than data.max_memory_mb decoded."""
     if cfg.name == "folder":
         files, labels = folder_files(cfg, split)
-        if len(files) * cfg.channels * cfg.image_size ** 2 > cfg.max_memory_mb * 2 ** 20:
+        if len(files) * cfg.channels * folder_size(cfg) ** 2 > cfg.max_memory_mb * 2 ** 20:
             print(f"data: {split} is over data.max_memory_mb decoded; streaming {len(files)} files from disk")
-            return FileImages(files, cfg.channels, cfg.image_size), labels
+            return FileImages(files, cfg.channels, folder_size(cfg)), labels
     return load_split(cfg, split)
 
 
@@ -436,14 +468,25 @@ def normalisation(cfg: Config, images: Images, train_idx: torch.Tensor) -> dict:
         return {"mean": mean, "std": std}
 
 
-def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loader, DataInfo]:
-    """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints."""
+def make_train_loaders(cfg: Config, device: torch.device,
+                       stats: tuple[list[float], list[float]] | None = None) -> tuple[Loader, Loader, DataInfo]:
+    """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints.
+
+    stats: the (mean, std) to normalise with, e.g. the pretrained weights' (averaged over channels when
+    their channel count differs, e.g. ImageNet's for grey images); None = the train split's."""
     info = describe(cfg.data)
     images, labels = load_images(cfg.data, "train")
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
-    info = replace(info, **normalisation(cfg, images, train_idx))
+    if stats is None:
+        norm = normalisation(cfg, images, train_idx)
+        stats = norm["mean"], norm["std"]
+    if len(stats[0]) != info.in_channels:
+        stats = tuple([sum(values) / len(values)] * info.in_channels for values in stats)
+    counts = torch.bincount(labels[train_idx], minlength=len(info.class_names)).tolist()
+    info = replace(info, mean=stats[0], std=stats[1], class_counts=counts)
     workers = num_workers(cfg.data)
-    shuffled = Batching(cfg.train.batch_size, cfg.run.seed, cfg.data.augment, workers, drop_last=cfg.run.compile)
+    shuffled = Batching(cfg.train.batch_size, cfg.run.seed, cfg.data.augment, workers, drop_last=cfg.run.compile,
+                        balanced=cfg.data.sampler == "balanced")
     train_loader = Loader(subset(images, train_idx), labels[train_idx], shuffled, info, device)
     if len(train_loader) == 0:
         raise UserError(f"train.batch_size {cfg.train.batch_size} is more than the {len(train_idx)} training images "

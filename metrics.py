@@ -1,4 +1,5 @@
 """Losses, the one evaluation loop, and per-class metrics from a confusion matrix."""
+import functools
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
 from cli import autocast_dtype
+from config import TrainConfig, UserError
 from datasets import Loader, eval_batch_size, make_eval_loader
 from distributed import all_reduce_sum
 
@@ -15,24 +17,47 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes
 
 
-def half_mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def half_mse(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The notes' J = 1/(2m) sum_i ||f(x_i) - y_i||^2, with f = softmax(logits) and y one-hot.
 
     PyTorch's MSELoss averages over all m*K entries instead, so J = K/2 * MSELoss(f, y).
+    With class weights w it is the weighted mean sum_i w_yi J_i / sum_i w_yi, as cross_entropy's.
     """
     probs = logits.softmax(dim=1)  # (B, K)
     one_hot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
-    return 0.5 * (probs - one_hot).pow(2).sum(dim=1).mean()
+    per_image = 0.5 * (probs - one_hot).pow(2).sum(dim=1)  # (B,)
+    if weight is None:
+        return per_image.mean()
+    return (weight[labels] * per_image).sum() / weight[labels].sum()
 
 
-def make_loss(name: str) -> LossFn:
-    return {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
+def make_loss(name: str, weight: torch.Tensor | None = None) -> LossFn:
+    """The loss train.loss names, with per-class weights if given."""
+    return functools.partial({"cross_entropy": F.cross_entropy, "mse": half_mse}[name], weight=weight)
+
+
+def class_weights(cfg: TrainConfig, class_counts: list[int], device: torch.device) -> torch.Tensor | None:
+    """train.class_weights as a (K,) tensor: balanced = N / (K * count) per class (inverse frequency
+    of the training split, 1 for every class when balanced), or the listed weights; None for none."""
+    if cfg.class_weights == "none":
+        return None
+    if cfg.class_weights == "balanced":
+        counts = torch.tensor(class_counts, dtype=torch.float32)
+        if not len(counts) or (counts == 0).any():
+            raise UserError("train.class_weights=balanced: a class has no training images (or the checkpoint "
+                            "predates class counts); add images or list the weights")
+        return (counts.sum() / (len(counts) * counts)).to(device)
+    if len(cfg.class_weights) != len(class_counts):
+        raise UserError(f"train.class_weights lists {len(cfg.class_weights)} weights but the data set has "
+                        f"{len(class_counts)} classes; give one weight per class, in class order")
+    return torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
 
 
 def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict:
-    """Mean loss, accuracy, the confusion matrix (rows: true class, columns: predicted), and per image
-    the labels, the top-k predicted classes (k = TOP_K or fewer classes) and their probabilities.
+    """Mean loss, accuracy, balanced accuracy, macro F1, the confusion matrix (rows: true class, columns:
+    predicted), and per image the labels, the top-k predicted classes (k = TOP_K or fewer classes) and
+    their probabilities.
 
     amp_dtype is training's autocast dtype, so validation, test.py and training see the same numerics.
     Nothing in the loop waits for the device: the confusion matrix is accumulated where it lives."""
@@ -56,7 +81,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: i
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
     return {"loss": loss_sum.item() / count, "accuracy": confusion.diag().sum().item() / count,
-            "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
+            **class_averages(confusion), "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
             "top_probs": torch.cat(top_probs).cpu(), "top_classes": torch.cat(top_classes).cpu()}
 
 
@@ -72,6 +97,13 @@ def per_class(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
                                         support.tolist())]
 
 
+def class_averages(confusion: torch.Tensor) -> dict:
+    """balanced_accuracy (mean recall) and macro_f1 (mean F1) over the classes present in the split."""
+    rows = [row for row in per_class(confusion, [""] * len(confusion)) if row["support"]]
+    return {"balanced_accuracy": sum(row["recall"] for row in rows) / len(rows),
+            "macro_f1": sum(row["f1"] for row in rows) / len(rows)}
+
+
 def top_k_accuracy(results: dict, k: int) -> float:
     """Share of images whose true class is among the k most probable."""
     hits = (results["top_classes"][:, :k] == results["labels"].view(-1, 1)).any(dim=1)
@@ -85,6 +117,6 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
     cfg = config_of(ckpt)
     model, info = model_from_checkpoint(ckpt, device), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
-    results = evaluate(model, loader, make_loss(cfg.train.loss), len(info.class_names), device,
-                       autocast_dtype(cfg.run.amp, device))
+    loss_fn = make_loss(cfg.train.loss, class_weights(cfg.train, info.class_counts, device))
+    results = evaluate(model, loader, loss_fn, len(info.class_names), device, autocast_dtype(cfg.run.amp, device))
     return ckpt, loader, results

@@ -25,7 +25,8 @@ def test_run_folder_holds_everything(tiny_run):
         assert (run_dir / name).stat().st_size > 0, name
     rows = read_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
+                             "val_macro_f1", "lr"]
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
