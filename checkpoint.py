@@ -109,6 +109,7 @@ class Pretrained:
     mean: list[float] = field(default_factory=list)  # per channel; empty: use the data's own statistics
     std: list[float] = field(default_factory=list)
     image_size: int | None = None  # the size they were trained at, for data.image_size=auto
+    class_names: list[str] | None = None  # the classes of a run of this template; None: unknown
 
     def stats(self) -> tuple[list[float], list[float]] | None:
         """(mean, std) to normalise the data with; None: the data's own."""
@@ -132,7 +133,7 @@ def read_pretrained(cfg: ModelConfig) -> Pretrained | None:
                         "weights_only=True; save one with torch.save(model.state_dict(), path)") from None
     if isinstance(loaded, dict) and loaded.get("format_version") == FORMAT_VERSION:  # a run of this template
         info = data_of(loaded)
-        return Pretrained(loaded["model"], str(path), info.mean, info.std, info.image_size)
+        return Pretrained(loaded["model"], str(path), info.mean, info.std, info.image_size, info.class_names)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):  # e.g. Lightning's
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -146,9 +147,11 @@ def read_imagenet(name: str) -> Pretrained:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / os.path.basename(weights.url)
     if not path.is_file():
+        print(f"downloading {weights.url} to {folder} (once)")
         try:
-            torch.hub.load_state_dict_from_url(weights.url, model_dir=str(folder), map_location="cpu",
-                                               check_hash=True, weights_only=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            hash_prefix = torch.hub.HASH_REGEX.search(path.name)  # torchvision's names end in -<sha256 prefix>.pth
+            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix and hash_prefix.group(1))
         except Exception as err:  # urllib, socket, HTTP and hash errors all mean the same to the user
             raise UserError(f"model.pretrained=imagenet: {path.name} is not in {folder} and could not be "
                             f"downloaded ({type(err).__name__}); download {weights.url} on a machine with "
@@ -159,32 +162,44 @@ def read_imagenet(name: str) -> Pretrained:
     return Pretrained(state, str(path), list(transforms.mean), list(transforms.std), transforms.crop_size[0])
 
 
-def with_image_size(cfg: Config, pretrained: Pretrained | None) -> Config:
+def with_image_size(cfg: Config, pretrained_size: int | None) -> Config:
     """data.image_size=auto resolved for folder data: the pretrained weights' size, else 32."""
     if cfg.data.image_size != "auto" or cfg.data.name != "folder":
         return cfg
-    size = pretrained.image_size if pretrained and pretrained.image_size else DEFAULT_SIZE
-    return replace(cfg, data=replace(cfg.data, image_size=size))
+    return replace(cfg, data=replace(cfg.data, image_size=pretrained_size or DEFAULT_SIZE))
 
 
-def load_pretrained(model: nn.Module, pretrained: Pretrained) -> list[str]:
-    """Copy every tensor whose name and shape fit the model; returns the model's keys that start fresh
-    (the new head), which a one-line note names."""
+def pretrained_size(cfg: ModelConfig) -> int | None:
+    """The image size model.pretrained was trained at, without downloading ImageNet weights; None if unknown."""
+    if cfg.pretrained == "imagenet":
+        return imagenet_weights(cfg.name).transforms().crop_size[0]
+    return read_pretrained(cfg).image_size if cfg.pretrained != "none" else None
+
+
+def load_pretrained(model: nn.Module, pretrained: Pretrained, head: set[str], class_names: list[str]) -> list[str]:
+    """Copy every tensor whose name and shape fit the model, except the head's (keys in `head`) when the
+    file is a run of this template on classes other than class_names; returns the model's keys that
+    start fresh (the new head), which a one-line note names."""
     own = model.state_dict()
+    other_classes = pretrained.class_names is not None and pretrained.class_names != class_names
     state = {}
     for key, tensor in pretrained.state.items():
         key = key.removeprefix("module.").removeprefix("_orig_mod.")  # saved from DDP or torch.compile
         key = key if key in own or "net." + key not in own else "net." + key  # torchvision's own names
         state[key] = tensor
-    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    fits = {k: v for k, v in state.items()
+            if k in own and v.shape == own[k].shape and not (other_classes and k in head)}
     if not fits:
         raise UserError(f"model.pretrained: no tensor in {pretrained.source} fits a layer of the model (file: "
                         f"{', '.join(list(state)[:3])}, ...; model: {', '.join(list(own)[:3])}, ...); "
                         "use weights saved from the same architecture")
     model.load_state_dict(fits, strict=False)
     fresh = [k for k in own if k not in fits and not k.endswith("num_batches_tracked")]
-    shapes = [f"{k} {tuple(own[k].shape)} vs file {tuple(state[k].shape)}" for k in fresh if k in state]
+    shapes = [f"{k} {tuple(own[k].shape)} vs file {tuple(state[k].shape)}" for k in fresh
+              if k in state and state[k].shape != own[k].shape]
+    why = [f"shapes differ: {'; '.join(shapes[:2])}"] if shapes else []
+    why += ["the file's run had other classes"] if other_classes else []
     print(f"note: model.pretrained: {len(fits)} of {len(own)} tensors loaded from {pretrained.source}; new: "
           f"{', '.join(sorted({k.rpartition('.')[0] for k in fresh})) or 'none'}"
-          + (f" (shapes differ: {'; '.join(shapes[:2])})" if shapes else ""))
+          + (f" ({'; '.join(why)})" if why else ""))
     return fresh

@@ -217,6 +217,19 @@ def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, image_size
     return model_class(cfg.name)(cfg, in_channels, num_classes, image_size)
 
 
+def class_layers(cfg: ModelConfig, in_channels: int, image_size: int) -> set[str]:
+    """The state-dict keys whose shapes depend on the number of classes: the output layer (the head)."""
+    shapes = []
+    for num_classes in (2, 3):
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                model = build_model(cfg, in_channels, num_classes, image_size)
+        except NotImplementedError:  # a few models (RegNet) read values while initialising
+            model = build_model(cfg, in_channels, num_classes, image_size)
+        shapes.append({key: tensor.shape for key, tensor in model.state_dict().items()})
+    return {key for key, shape in shapes[0].items() if shape != shapes[1][key]}
+
+
 def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
     """A table of each layer's output shape and parameter count, and the notes' fully connected comparison."""
     rows: list[tuple[str, str, int]] = []

@@ -29,6 +29,7 @@ from config import (Config, RunConfig, TrainConfig, UserError, apply_override, c
 from datasets import DataInfo, Loader, make_train_loaders
 from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
 from metrics import LossFn, class_weights, evaluate, evaluate_checkpoint, make_loss
+from model import class_layers
 from plots import plot_curves
 from storage import atomic_save
 
@@ -202,8 +203,9 @@ def write_metrics(history: list[dict], run_dir: Path) -> None:
 
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
-            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}% bal {100 * row['val_balanced_acc']:6.2f}%"
-            f" f1 {100 * row['val_macro_f1']:6.2f}%  lr {row['lr']:.2e}  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
+            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
+            f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%  lr {row['lr']:.2e}"
+            f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
 
 
 # train.best_metric -> its column in metrics.csv
@@ -274,8 +276,11 @@ def setup_model(cfg: Config, info: DataInfo, device: torch.device, resume: dict 
     model = build_model(cfg, info, device)
     if resume is not None:
         new_layers = resume.get("new_layers")
+    elif pretrained is not None:
+        head = class_layers(cfg.model, info.in_channels, info.image_size)
+        new_layers = load_pretrained(model, pretrained, head, info.class_names)
     else:
-        new_layers = load_pretrained(model, pretrained) if pretrained else None
+        new_layers = None
     if new_layers is not None and cfg.train.freeze_epochs and len(new_layers) == 0:
         raise UserError("train.freeze_epochs: every layer came from model.pretrained, so no new layer is left to "
                         "train while the others are frozen; set train.freeze_epochs=0")
@@ -378,7 +383,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None) 
     seed_everything(cfg.run.seed + rank_and_world()[0], cfg.run.deterministic)  # DDP copies rank 0's weights
     writer_class = summary_writer_class() if cfg.log.tensorboard else None
     pretrained = read_pretrained(cfg.model) if resume is None else None  # before the data: a bad file fails fast
-    cfg = with_image_size(cfg, pretrained)
+    cfg = with_image_size(cfg, pretrained and pretrained.image_size)
     if resume is not None:  # normalise as the run did so far
         stats = data_of(resume).mean, data_of(resume).std
     else:

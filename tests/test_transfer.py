@@ -14,7 +14,7 @@ from config import UserError
 from conftest import TINY, call_script
 from datasets import Batching, DataInfo, Loader, load_digits
 from metrics import class_weights, evaluate_checkpoint, make_loss
-from model import build_model
+from model import build_model, class_layers
 from train import train
 
 BACKBONES = ["resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"]
@@ -73,7 +73,7 @@ def digit_folder(tmp_path):
         images, labels = load_digits(split)
         for digit in range(3):
             folder = tmp_path / "digits3" / split / str(digit)
-            folder.mkdir(parents=True, exist_ok=True)  # torch.hub made it when it tried to download
+            folder.mkdir(parents=True)
             for i, image in enumerate(images[labels == digit][:30]):
                 Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
     return tmp_path / "digits3"
@@ -89,7 +89,8 @@ def test_path_weights_freeze_then_unfreeze_and_resume_bitwise(tiny_run, tiny_cfg
     file_state = load_checkpoint(source)["model"]
     frozen = train(finetune_cfg(tiny_cfg, digit_folder, source, "train.epochs=1"))
     note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: model.pretrained")]
-    assert len(note) == 1 and "new: classifier.4 (shapes differ: classifier.4.weight (3, 16) vs file (10, 16)" in note[0]
+    assert len(note) == 1
+    assert "new: classifier.4 (shapes differ: classifier.4.weight (3, 16) vs file (10, 16)" in note[0]
     after_1 = load_checkpoint(frozen / "last.pt")
     assert after_1["new_layers"] == ["classifier.4.weight", "classifier.4.bias"]
     assert after_1["data"]["image_size"] == 8 and after_1["data"]["mean"] == load_checkpoint(source)["data"]["mean"]
@@ -120,6 +121,19 @@ def test_backbone_lr_scales_the_pretrained_layers(tiny_run, tiny_cfg, digit_fold
     assert len(groups[0]["params"]) == 2
 
 
+def test_a_run_on_other_classes_gives_a_new_head_even_when_its_shape_fits(tiny_cfg):
+    cfg = tiny_cfg()
+    model, source = build_model(cfg.model, 1, 10, 8), build_model(cfg.model, 1, 10, 8).state_dict()
+    head = class_layers(cfg.model, 1, 8)
+    assert head == {"classifier.4.weight", "classifier.4.bias"}
+    digits = [str(d) for d in range(10)]
+    other = Pretrained(source, "run.pt", class_names=list("abcdefghij"))
+    assert load_pretrained(model, other, head, digits) == ["classifier.4.weight", "classifier.4.bias"]
+    assert torch.equal(model.state_dict()["features.0.weight"], source["features.0.weight"])
+    assert not torch.equal(model.state_dict()["classifier.4.weight"], source["classifier.4.weight"])
+    assert load_pretrained(model, Pretrained(source, "run.pt", class_names=digits), head, digits) == []
+
+
 def test_a_file_that_fits_no_layer_is_refused(tiny_cfg, tmp_path):
     torch.save({"encoder.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match=r"model.pretrained: no tensor in .*other.pt fits a layer of the model"):
@@ -141,12 +155,11 @@ def test_imagenet_offline_names_the_file_and_folder_then_loads_it_from_there(tin
     assert f"resnet18-f37072fd.pth is not in {folder}" in str(err.value) and "\n" not in str(err.value)
 
     from torchvision.models import resnet18
-    folder.mkdir(parents=True, exist_ok=True)  # torch.hub made it when it tried to download
     torch.save(resnet18(weights=None).state_dict(), folder / "resnet18-f37072fd.pth")
     pretrained = read_pretrained(cfg.model)
     assert pretrained.image_size == 224 and pretrained.mean == [0.485, 0.456, 0.406]
     model = build_model(cfg.model, 1, 5, 32)
-    new = load_pretrained(model, pretrained)
+    new = load_pretrained(model, pretrained, {"net.fc.weight", "net.fc.bias"}, ["a", "b", "c", "d", "e"])
     assert new == ["net.fc.weight", "net.fc.bias"]
     own = model.state_dict()
     assert all(torch.equal(own["net." + k], v) for k, v in pretrained.state.items() if not k.startswith("fc."))
