@@ -49,9 +49,9 @@ def param_groups(model: torch.nn.Module, new_layers: list[str] | None, cfg: Trai
     return [group for group in groups if group["params"]]
 
 
-def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """On CUDA the fused kernels: one launch per step, and the fp16 scaler checks for inf without a host sync."""
-    fused = groups[0]["params"][0].device.type == "cuda"
+    fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
@@ -252,7 +252,7 @@ def build_model(cfg: Config, info: DataInfo, device: torch.device) -> torch.nn.M
 def make_stepper(groups: list[dict], cfg: TrainConfig, loss_fn: LossFn, amp_dtype: torch.dtype | None,
                  steps_per_epoch: int) -> Stepper:
     """Optimizer, schedule and gradient scaler for a fresh run."""
-    optimizer = make_optimizer(groups, cfg)
+    optimizer = make_optimizer(groups, cfg, groups[0]["params"][0].device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 runs on CUDA only
     return Stepper(loss_fn, optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler, amp_dtype,
                    cfg.grad_clip)

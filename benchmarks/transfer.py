@@ -3,6 +3,7 @@
 
     python benchmarks/transfer.py --root ../shared/datasets/cifar10-jpg                 # the template's CNN
     python benchmarks/transfer.py --root ../shared/datasets/cifar10-jpg --model resnet18 --pretrain-epochs 10
+    python benchmarks/transfer.py model.conv_blocks.2.out_channels=128    # key=value overrides for every run
 
 The class-per-folder views (symlinks) and every run go under --work. The pretraining run sees all
 25,000 training images of classes 0-4; the target runs see 100 images of each of classes 5-9
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace, data_root: Path, name: str, *overrides: str) -
     cfg = load_config(None, ["data.name=folder", f"data.root={data_root}", "data.image_size=32", "data.channels=3",
                              "data.augment=true", f"data.cache_dir={args.work / 'cache'}", f"model.name={args.model}",
                              f"run.output_dir={args.work / 'runs'}", f"run.name={name}-{time.strftime('%H%M%S')}",
-                             f"run.seed={args.seed}", *overrides])
+                             f"run.seed={args.seed}", *args.overrides, *overrides])
     start = time.perf_counter()
     run_dir = train(cfg)
     seconds = time.perf_counter() - start
@@ -65,12 +66,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("../shared/datasets/cifar10-jpg"))
     parser.add_argument("--work", type=Path, default=Path("checkpoints/transfer-bench"))
     parser.add_argument("--model", default="cnn", help="cnn (the template's, fast on a CPU) or a torchvision name")
-    parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each target run")
     parser.add_argument("--per-class", type=int, default=100, help="training images per target class")
     parser.add_argument("--freeze-epochs", type=int, default=3)
     parser.add_argument("--backbone-lr", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for all three runs")
     args = parser.parse_args()
     source, target = make_views(args.root, args.work, args.per_class, args.seed)
     target_cfg = [f"train.epochs={args.epochs}", "train.batch_size=64"]
@@ -80,7 +82,8 @@ def main() -> None:
     tuned_acc, tuned_s, _ = run(args, target, "finetune", *target_cfg, f"model.pretrained={pre_dir / 'best.pt'}",
                                 f"train.freeze_epochs={args.freeze_epochs}", f"train.backbone_lr={args.backbone_lr}")
 
-    print(f"\ntransfer on CIFAR-10 ({args.model}, 32 px, seed {args.seed}); test accuracy of best.pt")
+    print(f"\ntransfer on CIFAR-10 ({args.model} {' '.join(args.overrides)}, 32 px, seed {args.seed}); "
+          "test accuracy of best.pt")
     print(f"| run | training data | epochs | test accuracy | training time |")
     print(f"| --- | --- | --- | --- | --- |")
     print(f"| (a) pretrain | classes 0-4, 25,000 images | {args.pretrain_epochs} | {100 * pre_acc:.2f}% (classes 0-4) "

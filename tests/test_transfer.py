@@ -53,7 +53,7 @@ def write_images(root, counts: dict[str, tuple[int, int]], size: int, seed: int 
 def test_backbone_checkpoint_round_trips_through_test_py(tmp_path):
     write_images(tmp_path / "photos", {"a": (10, 4), "b": (10, 4)}, 32)
     args = ["data.name=folder", "data.root=photos", "data.channels=1", "model.name=mobilenet_v3_small",
-            "train.epochs=1", "train.batch_size=8", "run.name=m"]
+            "train.epochs=1", "train.batch_size=8", "run.name=m", "run.device=cpu"]
     code, out, err = call_script(train_module.main, *args, cwd=tmp_path)
     assert code == 0, err
     code, out, err = call_script(test_script.main, "checkpoints/m", "--split", "val", cwd=tmp_path)
