@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from model import MODELS, ModelConfig
+from model import MODELS, ModelConfig, model_class, settings_of
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
@@ -39,12 +39,13 @@ POSITIVE = {"gt": 0}
 class DataConfig:
     name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder"]
     root: str
-    image_size: int = field(metadata=at_least(1))
+    image_size: Literal["auto"] | int = field(metadata=at_least(1))
     channels: Literal[1, 3]
     val_fraction: float = field(metadata=between(0.01, 0.9))
     augment: Literal["none", "crop", "flip_crop", "trivialaugment", "randaugment"]
     crop_padding: int = field(metadata=at_least(0))
     random_erasing: float = field(metadata=between(0.0, 1.0))
+    sampler: Literal["shuffle", "balanced"]
     max_memory_mb: int = field(metadata=at_least(0))
     max_pixels: int = field(metadata=at_least(1))
     num_workers: Literal["auto"] | int = field(metadata=at_least(0))
@@ -67,6 +68,10 @@ class TrainConfig:
     label_smoothing: float = field(metadata=between(0.0, 0.99))
     mixup_alpha: float = field(metadata=at_least(0.0))
     cutmix_alpha: float = field(metadata=at_least(0.0))
+    class_weights: Literal["none", "balanced"] | list[float] = field(metadata=at_least(0.0))
+    freeze_epochs: int = field(metadata=at_least(0))
+    backbone_lr: float = field(metadata=at_least(0.0))
+    best_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"]
     patience: int = field(metadata=at_least(0))
     grad_clip: float = field(metadata=at_least(0.0))
     log_interval: int = field(metadata=at_least(1))
@@ -189,11 +194,13 @@ def config_from_dict(raw: Any) -> Config:
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict) and isinstance(data.get("augment"), bool):  # saved when augment was true/false
         raw = {**raw, "data": {**data, "augment": "flip_crop" if data["augment"] else "none"}}
-    cfg = build(Config, raw)
-    if cfg.model.name not in MODELS:
-        choices = " | ".join(MODELS)
-        raise UserError(f"model.name: {cfg.model.name!r} is not a registered model; use one of {choices} "
-                        "or add yours to MODELS in model.py")
+    cfg = build(Config, with_unread_model_keys(raw))
+    if cfg.model.pretrained == "imagenet" and cfg.model.name in MODELS:
+        raise UserError(f"model.pretrained: {cfg.model.name} has no ImageNet weights; use a torchvision model "
+                        "such as resnet18, a PATH of your own weights, or none")
+    if cfg.train.freeze_epochs and cfg.model.pretrained == "none":
+        raise UserError("train.freeze_epochs trains only the layers that model.pretrained did not provide; "
+                        "set model.pretrained (imagenet or a PATH) or train.freeze_epochs=0")
     check_device_name(cfg.run.device, "run.device")
     check_plain_name(cfg.run.name, "run.name")
     return cfg
@@ -210,6 +217,21 @@ def check_plain_name(name: str, key: str) -> None:
                    else "is not a folder name")
         raise UserError(f"{key}: {name[:40]!r}{'...' if len(name) > 40 else ''} {problem}; use a plain folder name "
                         f"of at most {NAME_MAX} characters without / or \\ (it becomes a folder under run.output_dir)")
+
+
+def with_unread_model_keys(raw: Any) -> Any:
+    """raw with the model.* keys that the chosen model does not read filled in from config.yaml, so that
+    a config names only the settings of its own architecture (see settings_of in model.py)."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        return raw
+    if model_class(model["name"]) is None:
+        raise UserError(f"model.name: {model['name']!r} is not a registered model; use one of "
+                        f"{' | '.join(MODELS)}, a torchvision model name (resnet18, efficientnet_b0, ...; "
+                        "torchvision.models.list_models()) or add yours to MODELS in model.py")
+    unread = {key: value for key, value in read_yaml(DEFAULT_CONFIG)["model"].items()
+              if key not in settings_of(model["name"])}
+    return {**raw, "model": {**unread, **model}}
 
 
 def check_device_name(name: str, key: str) -> None:
@@ -323,7 +345,10 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data, with only the model.* keys its model reads."""
+    raw = dataclasses.asdict(cfg)
+    raw["model"] = {key: value for key, value in raw["model"].items() if key in settings_of(cfg.model.name)}
+    return raw
 
 
 def flatten(node: Any, prefix: str = "") -> dict:

@@ -33,6 +33,7 @@ CLASS_NAMES = {
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
+DEFAULT_SIZE = 32  # folder images' side for data.image_size=auto without pretrained weights
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -42,8 +43,14 @@ class DataInfo:
     in_channels: int
     image_size: int
     class_names: list[str]
-    mean: list[float] = field(default_factory=list)  # per channel, on the 0..1 scale; set from the train split
-    std: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)  # per channel, on the 0..1 scale: the train split's, or
+    std: list[float] = field(default_factory=list)  # those the pretrained weights were trained with
+    class_counts: list[int] = field(default_factory=list)  # training images per class (train.class_weights)
+
+
+def folder_size(cfg: DataConfig) -> int:
+    """data.image_size; auto is 32 unless train.py resolved it to the pretrained weights' size."""
+    return DEFAULT_SIZE if cfg.image_size == "auto" else cfg.image_size
 
 
 def describe(cfg: DataConfig) -> DataInfo:
@@ -56,7 +63,7 @@ def describe(cfg: DataConfig) -> DataInfo:
         if len(names) < 2:
             raise UserError(f"{Path(cfg.root) / 'train'} has one class folder ({names[0]}); a classifier needs "
                             "at least two classes, one folder each")
-        return DataInfo(cfg.channels, cfg.image_size, names)
+        return DataInfo(cfg.channels, folder_size(cfg), names)
     channels, size = BUILTIN[cfg.name]
     return DataInfo(channels, size, CLASS_NAMES[cfg.name])
 
@@ -122,7 +129,7 @@ def cache_path(cfg: DataConfig, split: str) -> Path | None:
     if not cfg.cache_dir or not folder.is_dir():
         return None
     files = folder_files(cfg, split)[0] if cfg.name == "folder" else [f for f in scan(folder) if f.is_file()]
-    digest = hashlib.sha1(f"{folder.resolve()}|{cfg.image_size}|{cfg.channels}".encode())
+    digest = hashlib.sha1(f"{folder.resolve()}|{folder_size(cfg)}|{cfg.channels}".encode())
     for path in files:
         stat = path.stat()  # of the target, for a symlink
         digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -240,7 +247,7 @@ def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]
 def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A folder split decoded into memory: resized to image_size, grey or colour as configured."""
     files, labels = folder_files(cfg, split)
-    return torch.stack([read_image(f, cfg.channels, cfg.image_size, cfg.max_pixels) for f in files]), labels
+    return torch.stack([read_image(f, cfg.channels, folder_size(cfg), cfg.max_pixels) for f in files]), labels
 
 
 
@@ -290,7 +297,7 @@ class FileImages(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return read_image(self.files[i], self.cfg.channels, self.cfg.image_size, self.cfg.max_pixels)  # (C, H, W)
+        return read_image(self.files[i], self.cfg.channels, folder_size(self.cfg), self.cfg.max_pixels)  # (C, H, W)
 
     def select(self, idx: torch.Tensor) -> "FileImages":
         return FileImages([self.files[i] for i in idx.tolist()], self.cfg)
@@ -345,6 +352,7 @@ class Batching:
     augmentation: Augmentation | None = None  # applied to shuffled batches only
     num_workers: int = 0  # DataLoader worker processes, for images streamed from files
     drop_last: bool = False  # drop the short last batch: torch.compile then sees a single batch shape
+    balanced: bool = False  # with a seed: draw every class equally often (balanced_order) instead of shuffling
 
 
 class Loader:
@@ -352,12 +360,12 @@ class Loader:
 
     In-memory images live on the device as uint8; files are decoded by DataLoader workers.
     Either way normalisation and augmentation run on whole batches on the device. With a seed it
-    shuffles: each epoch's order is a randperm seeded by (seed, epoch), and augmentation draws come
-    from a generator on the device seeded by (seed, epoch, rank), so a resumed run sees the same
-    batches as an uninterrupted one. Without a seed the order is fixed and nothing is augmented.
-    Under torchrun each process takes every world-th image of that order: disjoint shares that
-    together cover the split. Targets are the labels (B,), or class probabilities (B, num_classes)
-    under MixUp/CutMix.
+    shuffles: each epoch's order is a randperm seeded by (seed, epoch) (balanced batching draws it with
+    balanced_order instead), and augmentation draws come from a generator on the device seeded by
+    (seed, epoch, rank), so a resumed run sees the same batches as an uninterrupted one. Without a
+    seed the order is fixed and nothing is augmented. Under torchrun each process takes every world-th
+    image of that order: disjoint shares that together cover the split (or the epoch's draws). Targets
+    are the labels (B,), or class probabilities (B, num_classes) under MixUp/CutMix.
     """
 
     def __init__(self, images: Images, labels: torch.Tensor, batching: Batching, info: DataInfo,
@@ -382,37 +390,37 @@ class Loader:
         """The stored uint8 images (len(idx), C, H, W) at positions idx, on the CPU."""
         return decoded(subset(self.images, idx.to(self.device) if self.stream is None else idx)).cpu()
 
-    def drops_single(self) -> bool:
-        """A shuffled (training) split whose last batch would hold one image drops it: batch norm cannot
-        normalise a batch of one, and the image is in another batch next epoch."""
-        count = len(self.labels)
-        return (self.batching.shuffle_seed is not None and self.world == 1 and count > 1
-                and count % self.batching.size == 1)
-
     def __len__(self) -> int:
+        share, size = math.ceil(len(self.labels) / self.world), self.batching.size
         if self.batching.drop_last:  # the smallest share's full batches, so every process takes as many steps
-            return len(self.labels) // self.world // self.batching.size
-        return math.ceil(math.ceil(len(self.labels) / self.world) / self.batching.size) - self.drops_single()
+            return len(self.labels) // self.world // size
+        if self.world == 1 and self.batching.shuffle_seed is not None and share > size and share % size == 1:
+            return share // size  # a lone last training image joins the batch before it
+        return math.ceil(share / size)
 
     def batches(self, order: torch.Tensor) -> list[torch.Tensor]:
         """This process's share of the order, as index batches.
 
         With several processes every one must take the same number of steps, so each share is cut
-        into len(self) nearly equal batches rather than full ones and a short remainder.
+        into len(self) nearly equal batches rather than full ones and a short remainder. A training
+        batch of one image would stop batch norm (one value per channel at a 1x1 feature map), so
+        it joins the batch before it.
         """
         share = order[self.rank::self.world]
         if self.batching.drop_last:
             return [share[i * self.batching.size: (i + 1) * self.batching.size] for i in range(len(self))]
         if self.world > 1:
             return list(share.tensor_split(len(self)))
-        return list(share.split(self.batching.size))[: len(self)]  # without a last batch of one, if dropped
+        batches = list(share.split(self.batching.size))
+        return batches[:len(self) - 1] + [torch.cat(batches[len(self) - 1:])]
 
     def __iter__(self):
         order = torch.arange(len(self.labels))
         if self.batching.shuffle_seed is not None:
             seed = (self.batching.shuffle_seed * 100_003 + self.epoch) % 2 ** 64  # torch seeds are 64-bit
             shuffle = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(self.labels), generator=shuffle)  # the same on every process
+            order = (balanced_order(self.labels.cpu(), shuffle) if self.batching.balanced
+                     else torch.randperm(len(self.labels), generator=shuffle))  # the same on every process
         index_batches = self.batches(order)
         batches = [batch.to(self.device) for batch in index_batches]
         if self.stream is None:
@@ -433,11 +441,25 @@ class Loader:
             yield images, labels
 
 
+def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """len(labels) positions in random order, with every class drawn equally often (the remainder of
+    len(labels) / classes goes to randomly chosen classes); a class with few images repeats them."""
+    classes = labels.unique()
+    per_class = torch.full((len(classes),), len(labels) // len(classes))
+    per_class[torch.randperm(len(classes), generator=generator)[: len(labels) % len(classes)]] += 1
+    draws = []
+    for label, count in zip(classes.tolist(), per_class.tolist()):
+        members = (labels == label).nonzero().flatten()
+        draws.append(members[torch.randint(len(members), (count,), generator=generator)])
+    order = torch.cat(draws)
+    return order[torch.randperm(len(order), generator=generator)]
+
+
 def load_images(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
     """A split in memory, or as files when a folder data set is bigger than data.max_memory_mb decoded."""
     if cfg.name == "folder":
         files, labels = folder_files(cfg, split)
-        if len(files) * cfg.channels * cfg.image_size ** 2 > cfg.max_memory_mb * 2 ** 20:
+        if len(files) * cfg.channels * folder_size(cfg) ** 2 > cfg.max_memory_mb * 2 ** 20:
             print(f"data: {split} is over data.max_memory_mb decoded; streaming {len(files)} files from disk")
             return FileImages(files, cfg), labels
     return load_split(cfg, split)
@@ -500,15 +522,25 @@ def augmentation(cfg: Config, num_classes: int) -> Augmentation:
                         cfg.train.cutmix_alpha, num_classes)
 
 
-def make_train_loaders(cfg: Config, device: torch.device) -> tuple[Loader, Loader, DataInfo]:
-    """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints."""
+def make_train_loaders(cfg: Config, device: torch.device,
+                       stats: tuple[list[float], list[float]] | None = None) -> tuple[Loader, Loader, DataInfo]:
+    """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints.
+
+    stats: the (mean, std) to normalise with, e.g. the pretrained weights' (averaged over channels when
+    their channel count differs, e.g. ImageNet's for grey images); None = the train split's."""
     info = describe(cfg.data)
     images, labels = load_images(cfg.data, "train")
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
-    info = replace(info, **normalisation(cfg, images, train_idx))
+    if stats is None:
+        norm = normalisation(cfg, images, train_idx)
+        stats = norm["mean"], norm["std"]
+    if len(stats[0]) != info.in_channels:
+        stats = tuple([sum(values) / len(values)] * info.in_channels for values in stats)
+    counts = torch.bincount(labels[train_idx], minlength=len(info.class_names)).tolist()
+    info = replace(info, mean=stats[0], std=stats[1], class_counts=counts)
     workers = num_workers(cfg.data)
     shuffled = Batching(cfg.train.batch_size, cfg.run.seed, augmentation(cfg, len(info.class_names)), workers,
-                        drop_last=cfg.run.compile)
+                        drop_last=cfg.run.compile, balanced=cfg.data.sampler == "balanced")
     train_loader = Loader(subset(images, train_idx), labels[train_idx], shuffled, info, device)
     if len(train_loader) == 0:
         raise UserError(f"train.batch_size {cfg.train.batch_size} is more than the {len(train_idx)} training images "

@@ -1,5 +1,5 @@
 """Losses, the one evaluation loop, and per-class metrics from a confusion matrix."""
-from functools import partial
+import functools
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -9,42 +9,67 @@ from torch import nn
 
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
 from cli import autocast_dtype
-from datasets import Loader, eval_batch_size, make_eval_loader
+from config import TrainConfig, UserError
+from datasets import DataInfo, Loader, eval_batch_size, make_eval_loader
 from distributed import all_reduce_sum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes
 
 
-def half_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def half_mse(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
     """The notes' J = 1/(2m) sum_i ||f(x_i) - y_i||^2, with f = softmax(logits) and y one-hot
-    (or the class probabilities (B, K) that MixUp/CutMix give).
+    (or the class probabilities (B, K) that MixUp/CutMix give), smoothed as cross_entropy smooths.
 
     PyTorch's MSELoss averages over all m*K entries instead, so J = K/2 * MSELoss(f, y).
+    With class weights w it is the weighted mean sum_i w_yi J_i / sum_i w_yi, as cross_entropy's.
     """
     probs = logits.float().softmax(dim=1)  # (B, K)
-    y = targets if targets.ndim == 2 else F.one_hot(targets, probs.shape[1]).to(probs.dtype)
-    return 0.5 * (probs - y).pow(2).sum(dim=1).mean()
+    y = targets.float() if targets.ndim == 2 else F.one_hot(targets, probs.shape[1]).float()  # (B, K)
+    smoothed = y * (1 - label_smoothing) + label_smoothing / probs.shape[1]
+    per_image = 0.5 * (probs - smoothed).pow(2).sum(dim=1)  # (B,)
+    if weight is None:
+        return per_image.mean()
+    image_weight = y @ weight  # (B,): each image's class weight (mixed, for MixUp/CutMix targets)
+    return (image_weight * per_image).sum() / image_weight.sum()
 
 
-def make_loss(name: str, label_smoothing: float = 0.0) -> LossFn:
-    """The loss on logits and targets (labels (B,) or probabilities (B, K)); smoothing is for training only."""
-    if label_smoothing == 0:
-        return {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
-    if name == "cross_entropy":
-        return partial(F.cross_entropy, label_smoothing=label_smoothing)
+def make_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> LossFn:
+    """The loss train.loss names, on logits and targets (labels (B,) or class probabilities (B, K)), with
+    per-class weights and label smoothing if given (smoothing is for training only: see eval_loss)."""
+    loss = {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
+    return functools.partial(loss, weight=weight, label_smoothing=label_smoothing)
 
-    def smoothed_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        num_classes = logits.shape[1]
-        y = targets if targets.ndim == 2 else F.one_hot(targets, num_classes).float()
-        return half_mse(logits, y * (1 - label_smoothing) + label_smoothing / num_classes)
-    return smoothed_mse
+
+def class_weights(cfg: TrainConfig, class_counts: list[int], device: torch.device) -> torch.Tensor | None:
+    """train.class_weights as a (K,) tensor: balanced = N / (K * count) per class (inverse frequency
+    of the training split, 1 for every class when balanced), or the listed weights; None for none."""
+    if cfg.class_weights == "none":
+        return None
+    if cfg.class_weights == "balanced":
+        counts = torch.tensor(class_counts, dtype=torch.float32)
+        if not len(counts) or (counts == 0).any():
+            raise UserError("train.class_weights=balanced: a class has no training images (or the checkpoint "
+                            "predates class counts); add images or list the weights")
+        return (counts.sum() / (len(counts) * counts)).to(device)
+    if len(cfg.class_weights) != len(class_counts):
+        raise UserError(f"train.class_weights lists {len(cfg.class_weights)} weights but the data set has "
+                        f"{len(class_counts)} classes; give one weight per class, in class order")
+    return torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+
+
+def eval_loss(cfg: TrainConfig, info: DataInfo, device: torch.device) -> LossFn:
+    """The loss validation and test.py report: train.loss with the run's class weights, without the
+    training-only label smoothing (MixUp/CutMix never reach evaluation)."""
+    return make_loss(cfg.loss, class_weights(cfg, info.class_counts, device))
 
 
 def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict:
-    """Mean loss, accuracy, the confusion matrix (rows: true class, columns: predicted), and per image
-    the labels, the top-k predicted classes (k = TOP_K or fewer classes) and their probabilities.
+    """Mean loss, accuracy, balanced accuracy, macro F1, the confusion matrix (rows: true class, columns:
+    predicted), and per image the labels, the top-k predicted classes (k = TOP_K or fewer classes) and
+    their probabilities.
 
     amp_dtype is training's autocast dtype, so validation, test.py and training see the same numerics.
     Nothing in the loop waits for the device: the confusion matrix is accumulated where it lives."""
@@ -68,7 +93,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: i
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
     return {"loss": loss_sum.item() / count, "accuracy": confusion.diag().sum().item() / count,
-            "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
+            **class_averages(confusion), "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
             "top_probs": torch.cat(top_probs).cpu(), "top_classes": torch.cat(top_classes).cpu()}
 
 
@@ -84,6 +109,13 @@ def per_class(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
                                         support.tolist())]
 
 
+def class_averages(confusion: torch.Tensor) -> dict:
+    """balanced_accuracy (mean recall) and macro_f1 (mean F1) over the classes present in the split."""
+    rows = [row for row in per_class(confusion, [""] * len(confusion)) if row["support"]]
+    return {"balanced_accuracy": sum(row["recall"] for row in rows) / len(rows),
+            "macro_f1": sum(row["f1"] for row in rows) / len(rows)}
+
+
 def top_k_accuracy(results: dict, k: int) -> float:
     """Share of images whose true class is among the k most probable."""
     hits = (results["top_classes"][:, :k] == results["labels"].view(-1, 1)).any(dim=1)
@@ -97,6 +129,5 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
     cfg = config_of(ckpt)
     model, info = model_from_checkpoint(ckpt, device), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
-    results = evaluate(model, loader, make_loss(cfg.train.loss), len(info.class_names), device,
-                       autocast_dtype(cfg.run.amp, device))
+    results = evaluate(model, loader, eval_loss(cfg.train, info, device), len(info.class_names), device, autocast_dtype(cfg.run.amp, device))
     return ckpt, loader, results

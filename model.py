@@ -1,11 +1,15 @@
-"""The models: a configurable CNN, LeNet-5 and a small ResNet, picked by `model.name` in config.yaml.
+"""The models: a configurable CNN, LeNet-5, a small ResNet and torchvision's classifiers, picked by `model.name`
+in config.yaml.
 
 To try another architecture, write an nn.Module whose constructor takes
 (cfg: ModelConfig, in_channels, num_classes, image_size) and whose forward returns logits,
 then add one line to MODELS. train.py and test.py need no change; `python summary.py` prints
-the layer table. This file imports torch and nothing else of the project.
+the layer table. Any other name that torchvision.models lists (resnet18, efficientnet_b0, ...)
+is built by the one adapter TorchvisionModel. This file imports torch and torchvision, nothing
+else of the project.
 """
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -30,8 +34,13 @@ class ConvBlock:
 
 @dataclass
 class ModelConfig:
-    """The `model:` section of config.yaml; add fields here for a new architecture."""
+    """The `model:` section of config.yaml; add fields here for a new architecture.
+
+    name, pretrained and sync_batchnorm apply to every model; the others only to the models that list
+    them in their SETTINGS (a model without SETTINGS reads them all).
+    """
     name: str
+    pretrained: str  # none | imagenet | PATH of a state dict or checkpoint (loaded by checkpoint.py)
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"]
     leaky_slope: float = field(metadata={"min": 0.0, "max": 1.0})
     batch_norm: bool
@@ -75,6 +84,7 @@ def make_classifier(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.
 
 class CNN(nn.Module):
     """conv blocks -> flatten -> fully connected hidden layers -> logits."""
+    SETTINGS = ("activation", "leaky_slope", "batch_norm", "conv_blocks", "hidden", "dropout")
 
     def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
         super().__init__()
@@ -106,8 +116,8 @@ class LeNet5(nn.Module):
     """LeNet-5 (LeCun et al., 1998): conv 6@5x5 -> avg pool -> conv 16@5x5 -> avg pool -> fc 120 -> fc 84.
 
     It was designed for 32x32 inputs, so other sizes are resized to 32x32 first.
-    Only model.activation and model.leaky_slope are read from the config.
     """
+    SETTINGS = ("activation", "leaky_slope")
 
     def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
         super().__init__()
@@ -148,6 +158,7 @@ class ResNet(nn.Module):
     stem conv_bn -> per width in model.widths: conv_bn, 2x2 max pool, Residual -> global max pool -> linear.
     Reads model.widths and model.activation; batch norm is always on.
     """
+    SETTINGS = ("activation", "leaky_slope", "widths")
 
     def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
         super().__init__()
@@ -165,7 +176,48 @@ class ResNet(nn.Module):
         return self.classifier(features)  # (B, num_classes)
 
 
-# model.name -> class. A new architecture is one more line here.
+# Sizes below which a torchvision architecture fails (its feature map would vanish), by name prefix;
+# ViT and MaxViT take exactly 224. Smaller images are resized up to these inside the model.
+MIN_INPUT = {"alexnet": 64, "convnext": 32, "densenet": 32, "vgg": 32, "inception_v3": 75}
+EXACT_INPUT = {"vit_": 224, "maxvit_": 224}
+# Constructor arguments some torchvision models need to return plain logits in training mode.
+EXTRA_ARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
+              "inception_v3": {"aux_logits": False, "init_weights": False}}
+
+
+def input_size(name: str, image_size: int) -> int:
+    """The side the torchvision model `name` is fed: image_size, or the size it needs."""
+    for prefix, size in EXACT_INPUT.items():
+        if name.startswith(prefix):
+            return size
+    return max([image_size] + [size for prefix, size in MIN_INPUT.items() if name.startswith(prefix)])
+
+
+class TorchvisionModel(nn.Module):
+    """A classification model of torchvision.models by its name, with its head sized for num_classes.
+
+    The architecture is torchvision's unchanged, so ImageNet weights fit every layer but the head:
+    grey images are repeated to 3 channels, and images smaller than it accepts are resized up.
+    """
+    SETTINGS = ()  # reads only model.name (and model.pretrained, in checkpoint.py)
+
+    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        from torchvision import models  # imported here: it costs ~160 MB and 1-2 s, which cnn runs skip
+
+        self.net = models.get_model(cfg.name, weights=None, num_classes=num_classes, **EXTRA_ARGS.get(cfg.name, {}))
+        self.input_size = input_size(cfg.name, image_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.expand(-1, 3, -1, -1)  # (B, 1, H, W) grey -> (B, 3, H, W); colour unchanged
+        if images.shape[-1] != self.input_size:
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False)
+        return self.net(images)  # (B, num_classes)
+
+
+# model.name -> class. A new architecture is one more line here; names not in MODELS that
+# torchvision.models lists go to TorchvisionModel (see model_class).
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": CNN,
     "lenet5": LeNet5,
@@ -173,9 +225,53 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
+@functools.cache
+def torchvision_names() -> tuple[str, ...]:
+    """torchvision's classification models (resnet18, efficientnet_b0, vit_b_16, ...)."""
+    from torchvision import models
+
+    return tuple(models.list_models(module=models))
+
+
+def model_class(name: str) -> type[nn.Module] | None:
+    """The class that builds model.name: MODELS[name], TorchvisionModel for a torchvision name, else None."""
+    if name in MODELS:
+        return MODELS[name]
+    return TorchvisionModel if name in torchvision_names() else None
+
+
+def settings_of(name: str) -> tuple[str, ...]:
+    """The model.* keys the model `name` reads: the shared ones and its SETTINGS (all keys if it has none)."""
+    every = tuple(f.name for f in fields(ModelConfig))
+    own = getattr(model_class(name), "SETTINGS", every)
+    return tuple(key for key in every if key in ("name", "pretrained", "sync_batchnorm") or key in own)
+
+
+def imagenet_weights(name: str):
+    """torchvision's DEFAULT ImageNet weights entry for the model `name` (url, transforms), or None."""
+    if model_class(name) is not TorchvisionModel:
+        return None
+    from torchvision import models
+
+    return models.get_model_weights(name).DEFAULT
+
+
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Instantiate the registered model named by cfg.name."""
-    return MODELS[cfg.name](cfg, in_channels, num_classes, image_size)
+    return model_class(cfg.name)(cfg, in_channels, num_classes, image_size)
+
+
+def class_layers(cfg: ModelConfig, in_channels: int, image_size: int) -> set[str]:
+    """The state-dict keys whose shapes depend on the number of classes: the output layer (the head)."""
+    shapes = []
+    for num_classes in (2, 3):
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                model = build_model(cfg, in_channels, num_classes, image_size)
+        except NotImplementedError:  # a few models (RegNet) read values while initialising
+            model = build_model(cfg, in_channels, num_classes, image_size)
+        shapes.append({key: tensor.shape for key, tensor in model.state_dict().items()})
+    return {key for key, shape in shapes[0].items() if shape != shapes[1][key]}
 
 
 def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
@@ -203,11 +299,12 @@ def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
         hook.remove()
 
     total = sum(p.numel() for p in model.parameters())
+    width = max([14] + [len(name) + 2 for name, _, _ in rows])
+    ratio = f"{fc_params / total:,.0f}x" if fc_params >= 10 * total else f"{fc_params / total:.1f}x"
     lines = [f"input: {in_channels}x{image_size}x{image_size} (C x H x W)",
-             f"{'layer':<14}{'output (C x H x W)':>20}{'parameters':>12}"]
-    lines += [f"{name:<14}{shape:>20}{params:>12,}" for name, shape, params in rows]
-    lines += [f"{'total':<14}{'':>20}{total:>12,}",
+             f"{'layer':<{width}}{'output (C x H x W)':>20}{'parameters':>12}"]
+    lines += [f"{name:<{width}}{shape:>20}{params:>12,}" for name, shape, params in rows]
+    lines += [f"{'total':<{width}}{'':>20}{total:>12,}",
               f"Fully connected layers with the same number of units in place of the convolutions "
-              f"would need {fc_params:,} parameters ({fc_params / total:,.0f}x): a conv kernel is shared "
-              "across all positions."]
+              f"would need {fc_params:,} parameters ({ratio}): a conv kernel is shared across all positions."]
     return "\n".join(lines)

@@ -45,6 +45,8 @@ def print_report(report: dict) -> None:
     print(f"checkpoint: {report['checkpoint']} (epoch {report['epoch']}), {report['split']} split")
     print(f"images: {report['num_images']}   loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%"
           f"   top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%")
+    print(f"balanced accuracy (mean recall) {100 * report['balanced_accuracy']:.2f}%   "
+          f"macro F1 {100 * report['macro_f1']:.2f}%")
     print(f"{'class':<16}{'accuracy/recall':>16}{'precision':>11}{'f1':>8}{'support':>9}")
     for row in report["per_class"]:
         print(f"{row['class'][:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
@@ -64,7 +66,8 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
     names, confusion = data_of(ckpt).class_names, results["confusion"]
     summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
                "split": split, "num_images": int(confusion.sum()), "loss": results["loss"],
-               "accuracy": results["accuracy"], "top_k": top_k, "top_k_accuracy": top_k_accuracy(results, top_k),
+               "accuracy": results["accuracy"], "balanced_accuracy": results["balanced_accuracy"],
+               "macro_f1": results["macro_f1"], "top_k": top_k, "top_k_accuracy": top_k_accuracy(results, top_k),
                "per_class": per_class(confusion, names), "confusion": confusion.tolist()}
     print_report(summary)
 

@@ -20,14 +20,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
-from checkpoint import FORMAT_VERSION, load_checkpoint, new_model, resolve
+from checkpoint import (FORMAT_VERSION, Pretrained, data_of, load_checkpoint, load_pretrained, new_model,
+                        read_pretrained, resolve, with_image_size)
 from cli import (AMP_DTYPES, check_interrupted, make_parser, require_deterministic_cublas, resolve_amp, run_cli,
                  seed_everything, select_device)
 from config import (Config, RunConfig, TrainConfig, UserError, apply_override, changed_keys, config_from_dict,
                     load_config, read_yaml, to_dict, to_yaml, with_defaults)
 from datasets import DataInfo, Loader, make_train_loaders
 from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
-from metrics import LossFn, evaluate, evaluate_checkpoint, make_loss
+from metrics import LossFn, class_weights, eval_loss, evaluate, evaluate_checkpoint, make_loss
+from model import class_layers
 from plots import plot_curves
 from storage import RunFolderInUse, RunLock, atomic_save, make_folder, remove_stale_temporaries, \
     replacing, write_text
@@ -37,14 +39,24 @@ RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval
              "log.tensorboard")
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def param_groups(model: torch.nn.Module, new_layers: list[str] | None, cfg: TrainConfig) -> list[dict]:
+    """One group of all parameters; with pretrained weights (new_layers not None) the new layers at
+    train.lr and the pretrained ones at train.lr * train.backbone_lr (discriminative rates)."""
+    if new_layers is None:
+        return [{"params": list(model.parameters()), "lr": cfg.lr}]
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if n in new_layers], "lr": cfg.lr},
+              {"params": [p for n, p in named if n not in new_layers], "lr": cfg.lr * cfg.backbone_lr}]
+    return [group for group in groups if group["params"]]
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """On CUDA the fused kernels: one launch per step, and the fp16 scaler checks for inf without a host sync."""
     fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               fused=fused)
+        return torch.optim.SGD(groups, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return optimizer(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return optimizer(groups, cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -55,8 +67,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
         return schedulers.StepLR(optimizer, cfg.step_epochs * steps_per_epoch, cfg.step_gamma)
     if cfg.scheduler == "cosine":
         return schedulers.CosineAnnealingLR(optimizer, total)
-    if cfg.scheduler == "onecycle":
-        return schedulers.OneCycleLR(optimizer, cfg.lr, total_steps=total)
+    if cfg.scheduler == "onecycle":  # each group's peak is its own rate
+        return schedulers.OneCycleLR(optimizer, [group["lr"] for group in optimizer.param_groups], total_steps=total)
     return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
@@ -69,6 +81,7 @@ class Stepper:
     scaler: torch.amp.GradScaler  # fp16 only; a pass-through when disabled
     amp_dtype: torch.dtype | None
     grad_clip: float
+    frozen_norms: list[torch.nn.Module] = field(default_factory=list)  # batch norms kept in eval mode (frozen)
 
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -88,6 +101,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Loader, step: Stepper, cfg: 
                     epoch: int) -> tuple[float, float]:
     """One pass over the training batches; returns mean loss and accuracy."""
     model.train()
+    for norm in step.frozen_norms:  # frozen layers keep their running statistics
+        norm.eval()
     device = loader.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -126,11 +141,15 @@ def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device)
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and is_cuda
     amp, reason = resolve_amp(cfg.amp, device)
     print(f"amp: {cfg.amp} -> {amp} ({reason})")
-    amp_dtype = AMP_DTYPES[amp]
+    return wrap(model, cfg, device), AMP_DTYPES[amp]
+
+
+def wrap(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
+    """What the training step calls: DDP under torchrun (over the parameters that train now), compiled if asked."""
     if rank_and_world()[1] > 1:  # under torchrun: average gradients across processes
-        model = DistributedDataParallel(model, device_ids=[device.index] if is_cuda else None)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     # dynamic=False: one graph for the one batch shape (the loader drops the short last batch when compiling)
-    return (torch.compile(model, dynamic=False) if cfg.compile else model), amp_dtype
+    return torch.compile(model, dynamic=False) if cfg.compile else model
 
 
 def check_finite(loss_sum: float, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
@@ -217,15 +236,20 @@ def write_metrics(history: list[dict], run_dir: Path) -> None:
 
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
-            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%  lr {row['lr']:.2e}"
+            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
+            f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%  lr {row['lr']:.2e}"
             f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
+
+
+# train.best_metric -> its column in metrics.csv
+METRIC_COLUMNS = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1"}
 
 
 @dataclass
 class RunState:
     """The run's progress; stored at the top level of every checkpoint."""
     epoch: int = 0  # completed epochs
-    best_val_acc: float = -1.0
+    best_score: float = -1.0  # the best validation value of train.best_metric so far
     bad_epochs: int = 0  # epochs since the last improvement, for early stopping
     history: list[dict] = field(default_factory=list)  # one metrics row per epoch
 
@@ -240,6 +264,7 @@ class Run:
     step: Stepper
     info: DataInfo
     state: RunState
+    new_layers: list[str] | None  # with model.pretrained: the keys that did not come from it; else None
     writer: object = None  # a TensorBoard SummaryWriter when log.tensorboard is on
 
 
@@ -257,13 +282,43 @@ def build_model(cfg: Config, info: DataInfo, device: torch.device) -> torch.nn.M
     return model
 
 
-def make_stepper(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
+def make_stepper(groups: list[dict], cfg: TrainConfig, loss_fn: LossFn, amp_dtype: torch.dtype | None,
                  steps_per_epoch: int) -> Stepper:
     """Optimizer, schedule and gradient scaler for a fresh run."""
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(groups, cfg, groups[0]["params"][0].device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 runs on CUDA only
-    schedule = make_scheduler(optimizer, cfg, steps_per_epoch)
-    return Stepper(make_loss(cfg.loss, cfg.label_smoothing), optimizer, schedule, scaler, amp_dtype, cfg.grad_clip)
+    return Stepper(loss_fn, optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler, amp_dtype,
+                   cfg.grad_clip)
+
+
+def freeze(model: torch.nn.Module, new_layers: list[str], is_frozen: bool) -> list[torch.nn.Module]:
+    """Freeze (or unfreeze) the pretrained layers: no gradients, so the optimizer skips them; returns
+    their batch norms, which train_one_epoch keeps in eval mode so their running statistics stay as loaded."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in new_layers or not is_frozen)
+    return [module for name, module in model.named_modules() if is_frozen
+            and isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and f"{name}.running_mean" not in new_layers]
+
+
+def setup_model(cfg: Config, info: DataInfo, device: torch.device, resume: dict | None,
+                pretrained: Pretrained | None) -> tuple[torch.nn.Module, list[str] | None, list[torch.nn.Module]]:
+    """The model with its starting weights: (model, new_layers, batch norms to keep frozen).
+
+    With model.pretrained, new_layers are the keys that did not come from it (the head); they train
+    alone for train.freeze_epochs. A resumed run reads them from its checkpoint."""
+    model = build_model(cfg, info, device)
+    if resume is not None:
+        new_layers = resume.get("new_layers")
+    elif pretrained is not None:
+        head = class_layers(cfg.model, info.in_channels, info.image_size)
+        new_layers = load_pretrained(model, pretrained, head, info.class_names)
+    else:
+        new_layers = None
+    if new_layers is not None and cfg.train.freeze_epochs and len(new_layers) == 0:
+        raise UserError("train.freeze_epochs: every layer came from model.pretrained, so no new layer is left to "
+                        "train while the others are frozen; set train.freeze_epochs=0")
+    is_frozen = (resume["epoch"] if resume else 0) < cfg.train.freeze_epochs
+    return model, new_layers, freeze(model, new_layers, True) if is_frozen else []
 
 
 def restore(ckpt: dict, model: torch.nn.Module, step: Stepper, device: torch.device) -> RunState:
@@ -298,7 +353,7 @@ def save_epoch(run: Run, improved: bool) -> None:
     ckpt = {"format_version": FORMAT_VERSION, "model": run.model.state_dict(),
             "optimizer": run.step.optimizer.state_dict(), "scheduler": run.step.scheduler.state_dict(),
             "scaler": run.step.scaler.state_dict(), "amp": AMP_NAMES[run.step.amp_dtype], **asdict(run.state),
-            "config": to_dict(run.cfg), "data": asdict(run.info), "rng": rng}
+            "config": to_dict(run.cfg), "data": asdict(run.info), "new_layers": run.new_layers, "rng": rng}
     write_metrics(run.state.history, run.run_dir)
     if improved:
         atomic_save(ckpt, run.run_dir / "best.pt")
@@ -308,16 +363,23 @@ def save_epoch(run: Run, improved: bool) -> None:
 def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) -> None:
     """Train one epoch, validate, update the state, save, print one line."""
     start = time.perf_counter()
+    if run.cfg.train.freeze_epochs and epoch == run.cfg.train.freeze_epochs + 1:
+        run.step.frozen_norms = freeze(run.model, run.new_layers, False)
+        run.trained_model = wrap(run.model, run.cfg.run, val_loader.device)  # DDP over the unfrozen parameters too
+        print(f"epoch {epoch}: training all layers from now on (pretrained ones at train.lr x "
+              f"{run.cfg.train.backbone_lr})")
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run.trained_model, train_loader, run.step, run.cfg.train, epoch)
     broadcast_buffers(run.model)  # every process evaluates the weights rank 0 saves
-    val = evaluate(run.model, val_loader, make_loss(run.cfg.train.loss), len(run.info.class_names),
-                   val_loader.device, run.step.amp_dtype)  # the loss test.py reports: no smoothing
+    device = val_loader.device
+    val = evaluate(run.model, val_loader, eval_loss(run.cfg.train, run.info, device), len(run.info.class_names),
+                   device, run.step.amp_dtype)  # the loss test.py reports
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-           "val_acc": val["accuracy"], "lr": run.step.optimizer.param_groups[0]["lr"],
-           "seconds": round(time.perf_counter() - start, 2)}
-    improved = val["accuracy"] > run.state.best_val_acc
-    run.state = RunState(epoch, max(val["accuracy"], run.state.best_val_acc),
+           "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+           "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}
+    score = row[METRIC_COLUMNS[run.cfg.train.best_metric]]
+    improved = score > run.state.best_score
+    run.state = RunState(epoch, max(score, run.state.best_score),
                          0 if improved else run.state.bad_epochs + 1, run.state.history + [row])
     save_epoch(run, improved)
     check_interrupted()
@@ -367,20 +429,35 @@ def take_run_dir(cfg: Config, run_dir: Path | None, explicit_name: bool) -> tupl
     return replace(cfg, run=replace(cfg.run, name=run_dir.name)), run_dir, lock
 
 
+def prepare_data(cfg: Config, resume: dict | None,
+                 device: torch.device) -> tuple[Config, Pretrained | None, Loader, Loader, DataInfo]:
+    """model.pretrained read first (a bad file fails before the data loads), data.image_size resolved from it,
+    and the loaders, normalised as the resumed run was, as the pretrained weights were, or by the train split."""
+    pretrained = read_pretrained(cfg.model) if resume is None else None
+    cfg = with_image_size(cfg, pretrained and pretrained.image_size)
+    if resume is not None:
+        stats = data_of(resume).mean, data_of(resume).std
+    else:
+        stats = pretrained.stats() if pretrained else None
+    return cfg, pretrained, *make_train_loaders(cfg, device, stats)
+
+
 def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None,
           explicit_name: bool = False) -> Path:
     """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
     device = distributed.setup(select_device(cfg.run.device))
     seed_everything(cfg.run.seed + rank_and_world()[0], cfg.run.deterministic)  # DDP copies rank 0's weights
     writer_class = summary_writer_class() if cfg.log.tensorboard else None
-    train_loader, val_loader, info = make_train_loaders(cfg, device)
-    model = build_model(cfg, info, device)
+    cfg, pretrained, train_loader, val_loader, info = prepare_data(cfg, resume, device)
+    model, new_layers, frozen_norms = setup_model(cfg, info, device, resume, pretrained)
     check_batch_size(model, cfg.train)
     trained_model, amp_dtype = apply_switches(model, cfg.run, device)
-    step = make_stepper(model, cfg.train, device, amp_dtype, len(train_loader))
+    loss_fn = make_loss(cfg.train.loss, class_weights(cfg.train, info.class_counts, device), cfg.train.label_smoothing)
+    step = make_stepper(param_groups(model, new_layers, cfg.train), cfg.train, loss_fn, amp_dtype, len(train_loader))
+    step.frozen_norms = frozen_norms
     state = RunState() if resume is None else restore(resume, model, step, device)
     cfg, run_dir, lock = take_run_dir(cfg, run_dir, explicit_name)
-    run = Run(cfg, run_dir, model, trained_model, step, info, state)
+    run = Run(cfg, run_dir, model, trained_model, step, info, state, new_layers)
     try:
         if writer_class and is_main():
             run.writer = writer_class(str(run_dir / "tensorboard"))
@@ -390,7 +467,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None,
         for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
             run_epoch(run, train_loader, val_loader, epoch)
             if cfg.train.patience and run.state.bad_epochs >= cfg.train.patience:
-                print(f"early stop: no better val accuracy for {cfg.train.patience} epochs")
+                print(f"early stop: no better val {cfg.train.best_metric} for {cfg.train.patience} epochs")
                 break
     except KeyboardInterrupt:
         if is_main():
@@ -411,7 +488,7 @@ def finished(ckpt: dict, cfg: Config) -> str:
     if ckpt["epoch"] >= cfg.train.epochs:
         return f"all {cfg.train.epochs} epochs are done; {longer}"
     if cfg.train.patience and ckpt["bad_epochs"] >= cfg.train.patience:
-        return (f"it stopped early after {ckpt['bad_epochs']} epochs without a better val accuracy; "
+        return (f"it stopped early after {ckpt['bad_epochs']} epochs without a better val {cfg.train.best_metric}; "
                 "raise train.patience (0 = off) to train on")
     return ""
 

@@ -89,8 +89,9 @@ def test_optimizers_are_fused_on_cuda_only(tiny_cfg):
     model = torch.nn.Linear(2, 2)
     for name in ("sgd", "adam", "adamw"):
         cfg = tiny_cfg(f"train.optimizer={name}").train
-        assert train_module.make_optimizer(model, cfg, torch.device("cuda")).defaults["fused"] is True
-        assert not train_module.make_optimizer(model, cfg, torch.device("cpu")).defaults["fused"]
+        groups = train_module.param_groups(model, None, cfg)
+        assert train_module.make_optimizer(groups, cfg, torch.device("cuda")).defaults["fused"] is True
+        assert not train_module.make_optimizer(groups, cfg, torch.device("cpu")).defaults["fused"]
 
 
 def test_checkpoints_hold_no_cuda_state_for_a_cpu_run(tiny_run):
