@@ -10,11 +10,12 @@ import torch
 
 from checkpoint import load_checkpoint
 from config import load_config
-from conftest import ROOT, run_script
+from conftest import ROOT, TINY, run_script
 from train import train
 
-# Slow enough per epoch (small batches) that a signal lands mid-epoch.
-ARGS = ["train.epochs=4", "train.batch_size=8", "train.scheduler=cosine", "train.patience=3", "run.device=cpu"]
+# The tiny model with small batches: an epoch takes long enough (~160 steps) that a signal sent when
+# one epoch's files appear lands in the next.
+ARGS = [*TINY, "train.epochs=4", "train.batch_size=8", "train.scheduler=cosine", "train.patience=3"]
 
 
 def start(tmp_path, name):
