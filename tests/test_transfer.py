@@ -10,8 +10,8 @@ from PIL import Image
 import test as test_script
 import train as train_module
 from checkpoint import Pretrained, load_checkpoint, load_pretrained, read_pretrained
-from config import UserError
-from conftest import call_script
+from config import UserError, load_config
+from conftest import ROOT, call_script
 from datasets import Batching, DataInfo, Loader, load_digits
 from metrics import class_weights, evaluate_checkpoint, make_loss
 from model import build_model, class_layers
@@ -232,3 +232,12 @@ def test_class_weights_reach_the_loss_and_best_metric_picks_best_pt(tiny_cfg, di
 def test_class_weights_must_match_the_classes(tiny_cfg):
     with pytest.raises(UserError, match="train.class_weights lists 2 weights but the data set has 10 classes"):
         train(tiny_cfg("train.class_weights=[1, 2]"))
+
+
+def test_finetune_recipe_loads_and_builds_a_pretrainable_backbone():
+    cfg = load_config(ROOT / "configs" / "finetune.yaml", ["data.root=my_photos"])
+    assert (cfg.model.name, cfg.model.pretrained, cfg.data.image_size) == ("resnet18", "imagenet", "auto")
+    assert (cfg.train.freeze_epochs, cfg.train.class_weights, cfg.train.best_metric) == (2, "balanced",
+                                                                                           "balanced_accuracy")
+    model = build_model(cfg.model, 3, 4, 224)
+    assert model(torch.randn(2, 3, 224, 224)).shape == (2, 4)
