@@ -17,6 +17,9 @@ IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without 
 
 def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
     """A run folder's flattened config and its metrics.csv rows as numbers."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a folder; pass run folders written by train.py "
+                        "(checkpoints/<run>), not files")
     for name in ("config.yaml", "metrics.csv"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} has no {name}; pass run folders written by train.py")
@@ -51,7 +54,8 @@ def labels_for(configs: list[dict[str, str]], names: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_FOLDER", help="run folders under checkpoints/")
-    parser.add_argument("--output", default="checkpoints/comparison.png", help="PNG to write")
+    parser.add_argument("--output", default="comparison.png",
+                        help="PNG to write (default: comparison.png in the current folder)")
     args = parser.parse_args(argv)
     run_dirs = [Path(run) for run in args.runs]
     configs, histories = zip(*(read_run(run_dir) for run_dir in run_dirs))
