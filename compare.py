@@ -17,6 +17,8 @@ IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without 
 
 def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
     """A run folder's flattened config and its metrics.csv rows as numbers."""
+    if not run_dir.exists():
+        raise UserError(f"{run_dir} does not exist; pass run folders written by train.py (checkpoints/<run>)")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder; pass run folders written by train.py "
                         "(checkpoints/<run>), not files")

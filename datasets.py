@@ -394,9 +394,12 @@ class Loader:
         share, size = math.ceil(len(self.labels) / self.world), self.batching.size
         if self.batching.drop_last:  # the smallest share's full batches, so every process takes as many steps
             return len(self.labels) // self.world // size
-        if self.world == 1 and self.batching.shuffle_seed is not None and share > size and share % size == 1:
-            return share // size  # a lone last training image joins the batch before it
-        return math.ceil(share / size)
+        steps = math.ceil(share / size)
+        if self.batching.shuffle_seed is None:
+            return steps
+        if self.world > 1:  # nearly equal batches of the smaller share: at least two images each
+            return min(steps, max(1, len(self.labels) // self.world // 2))
+        return share // size if share > size and share % size == 1 else steps  # a lone last image joins
 
     def batches(self, order: torch.Tensor) -> list[torch.Tensor]:
         """This process's share of the order, as index batches.

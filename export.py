@@ -28,7 +28,7 @@ from checkpoint import FORMAT_VERSION, config_of, data_of, load_checkpoint, mode
 from cli import Parser, run_cli
 from config import UserError, load_config
 from datasets import DataInfo, Loader, Normalise, eval_batch_size, make_eval_loader
-from metrics import evaluate, make_loss
+from metrics import evaluate
 
 CPU = torch.device("cpu")
 TORCH_DIR = os.path.dirname(torch.__file__)
@@ -125,8 +125,7 @@ def reference(ckpt: dict) -> tuple[Loader, dict]:
     (test.py evaluates under the run's autocast, e.g. bf16 for run.amp=bf16)."""
     cfg, info = config_of(ckpt), data_of(ckpt)
     loader = make_eval_loader(cfg, info, "test", eval_batch_size(cfg.train, CPU), CPU)
-    return loader, evaluate(model_from_checkpoint(ckpt, CPU), loader, make_loss(cfg.train.loss),
-                            len(info.class_names), CPU)
+    return loader, evaluate(model_from_checkpoint(ckpt, CPU), loader, len(info.class_names), CPU)
 
 
 def export(path: Path, check: bool = True) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ from torch import nn
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
 from cli import autocast_dtype
 from config import TrainConfig, UserError
-from datasets import DataInfo, Loader, eval_batch_size, make_eval_loader
+from datasets import Loader, eval_batch_size, make_eval_loader
 from distributed import all_reduce_sum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,10 +35,22 @@ def half_mse(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor |
     return (image_weight * per_image).sum() / image_weight.sum()
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """F.cross_entropy, except that with class weights and class probabilities (B, K) as targets
+    (MixUp/CutMix) the mean is over the images' weights targets @ weight, as it is for labels, instead
+    of over the image count."""
+    if weight is None or targets.ndim == 1:
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
+    per_image = F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction="none")
+    return per_image.sum() / (targets @ weight).sum()
+
+
 def make_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> LossFn:
     """The loss train.loss names, on logits and targets (labels (B,) or class probabilities (B, K)), with
-    per-class weights and label smoothing if given (smoothing is for training only: see eval_loss)."""
-    loss = {"cross_entropy": F.cross_entropy, "mse": half_mse}[name]
+    per-class weights and label smoothing if given (smoothing is for training only: evaluate's loss,
+    which validation and test.py report, is train.loss with the class weights and without smoothing)."""
+    loss = {"cross_entropy": cross_entropy, "mse": half_mse}[name]
     return functools.partial(loss, weight=weight, label_smoothing=label_smoothing)
 
 
@@ -59,40 +71,41 @@ def class_weights(cfg: TrainConfig, class_counts: list[int], device: torch.devic
     return torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
 
 
-def eval_loss(cfg: TrainConfig, info: DataInfo, device: torch.device) -> LossFn:
-    """The loss validation and test.py report: train.loss with the run's class weights, without the
-    training-only label smoothing (MixUp/CutMix never reach evaluation)."""
-    return make_loss(cfg.loss, class_weights(cfg, info.class_counts, device))
-
-
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, num_classes: int, device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> dict:
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
+             amp_dtype: torch.dtype | None = None, loss: str = "cross_entropy",
+             weight: torch.Tensor | None = None) -> dict:
     """Mean loss, accuracy, balanced accuracy, macro F1, the confusion matrix (rows: true class, columns:
     predicted), and per image the labels, the top-k predicted classes (k = TOP_K or fewer classes) and
     their probabilities.
 
-    amp_dtype is training's autocast dtype, so validation, test.py and training see the same numerics.
-    Nothing in the loop waits for the device: the confusion matrix is accumulated where it lives."""
+    The loss is make_loss(loss, weight) without smoothing: with class weights the weighted mean over the
+    whole split, the same however it is batched. amp_dtype is training's autocast dtype, so validation,
+    test.py and training see the same numerics. Nothing in the loop waits for the device: the confusion
+    matrix is accumulated where it lives."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_fn = make_loss(loss, weight)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of each image's (weighted) loss
+    weight_sum = torch.zeros((), dtype=torch.float64, device=device)  # the image count without weights
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     labels_seen, top_probs, top_classes = [], [], []
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     with torch.inference_mode(), autocast:
         for images, labels in loader:
             logits = model(images)  # (B, num_classes)
-            loss_sum += loss_fn(logits.float(), labels).double() * len(labels)
+            batch_weight = weight[labels].sum().double() if weight is not None else len(labels)
+            loss_sum += loss_fn(logits.float(), labels).double() * batch_weight  # a weighted mean times its weights
+            weight_sum += batch_weight
             cells = labels * num_classes + logits.argmax(1)  # (B,) index into the flattened matrix
             confusion.index_add_(0, cells, torch.ones_like(cells))  # unlike bincount, no host sync on CUDA
             probs, classes = logits.float().softmax(1).topk(min(TOP_K, num_classes), dim=1)  # (B, k) each
             labels_seen.append(labels)
             top_probs.append(probs)
             top_classes.append(classes)
-    all_reduce_sum(loss_sum)  # under torchrun each process saw a disjoint share; per-image lists stay local
-    all_reduce_sum(confusion)
+    for total in (loss_sum, weight_sum, confusion):  # under torchrun each process saw a disjoint share
+        all_reduce_sum(total)  # (per-image lists stay local)
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
-    return {"loss": loss_sum.item() / count, "accuracy": confusion.diag().sum().item() / count,
+    return {"loss": (loss_sum / weight_sum).item(), "accuracy": confusion.diag().sum().item() / count,
             **class_averages(confusion), "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
             "top_probs": torch.cat(top_probs).cpu(), "top_classes": torch.cat(top_classes).cpu()}
 
@@ -129,5 +142,6 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
     cfg = config_of(ckpt)
     model, info = model_from_checkpoint(ckpt, device), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
-    results = evaluate(model, loader, eval_loss(cfg.train, info, device), len(info.class_names), device, autocast_dtype(cfg.run.amp, device))
+    results = evaluate(model, loader, len(info.class_names), device, autocast_dtype(cfg.run.amp, device),
+                       cfg.train.loss, class_weights(cfg.train, info.class_counts, device))
     return ckpt, loader, results

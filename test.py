@@ -26,7 +26,7 @@ from config import UserError, load_config
 from datasets import Batching, Loader, read_image
 from explain import conv_outputs, grad_cam, last_conv, overlay
 from imagefiles import read_inputs, report_predictions
-from metrics import TOP_K, evaluate, evaluate_checkpoint, make_loss, per_class, top_k_accuracy
+from metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
 from plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
 from storage import replacing, write_text
 
@@ -103,8 +103,7 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
                         device)
         model = model_from_checkpoint(ckpt, device)
         cfg = config_of(ckpt)
-        results = evaluate(model, loader, make_loss(cfg.train.loss), len(names), device,
-                           autocast_dtype(cfg.run.amp, device))
+        results = evaluate(model, loader, len(names), device, autocast_dtype(cfg.run.amp, device))
         predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
                        for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
     table = report_predictions(files, predictions, top_k)

@@ -28,7 +28,7 @@ from config import (Config, RunConfig, TrainConfig, UserError, apply_override, c
                     load_config, read_yaml, to_dict, to_yaml, with_defaults)
 from datasets import DataInfo, Loader, make_train_loaders
 from distributed import all_reduce_sum, broadcast_buffers, from_main, gather, is_main, rank_and_world
-from metrics import LossFn, class_weights, eval_loss, evaluate, evaluate_checkpoint, make_loss
+from metrics import LossFn, class_weights, evaluate, evaluate_checkpoint, make_loss
 from model import class_layers
 from plots import plot_curves
 from storage import RunFolderInUse, RunLock, atomic_save, make_folder, remove_stale_temporaries, \
@@ -226,9 +226,11 @@ def overridden(saved: dict, overrides: list[str]) -> Config:
 
 
 def write_metrics(history: list[dict], run_dir: Path) -> None:
-    """metrics.csv and curves.png, rewritten from the full history every epoch."""
+    """metrics.csv and curves.png, rewritten from the full history every epoch.
+
+    The columns are the latest row's: epochs resumed from an older checkpoint leave the newer columns empty."""
     with replacing(run_dir / "metrics.csv", binary=False) as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer = csv.DictWriter(f, fieldnames=list(history[-1]), restval="")
         writer.writeheader()
         writer.writerows(history)
     plot_curves(history, run_dir / "curves.png")
@@ -372,8 +374,8 @@ def run_epoch(run: Run, train_loader: Loader, val_loader: Loader, epoch: int) ->
     train_loss, train_acc = train_one_epoch(run.trained_model, train_loader, run.step, run.cfg.train, epoch)
     broadcast_buffers(run.model)  # every process evaluates the weights rank 0 saves
     device = val_loader.device
-    val = evaluate(run.model, val_loader, eval_loss(run.cfg.train, run.info, device), len(run.info.class_names),
-                   device, run.step.amp_dtype)  # the loss test.py reports
+    val = evaluate(run.model, val_loader, len(run.info.class_names), device, run.step.amp_dtype, run.cfg.train.loss,
+                   class_weights(run.cfg.train, run.info.class_counts, device))  # the loss test.py reports
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
            "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
            "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}

@@ -1,3 +1,4 @@
+import csv
 import random
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import checkpoint
 from checkpoint import load_checkpoint, model_from_checkpoint, resolve
 from storage import atomic_save
 from config import UserError
-from train import train
+from conftest import call_script
+from train import main as train_main, train
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +141,17 @@ def test_checkpoint_from_before_a_new_config_key_still_loads(run_dir, tmp_path):
     cfg = checkpoint.config_of(load_checkpoint(tmp_path / "old.pt"))
     assert cfg.model.sync_batchnorm is False and cfg.log.tensorboard is False
     assert cfg.model.hidden == [16]  # the stored values win over config.yaml's
+
+
+def test_resuming_a_run_from_before_the_balanced_metrics_keeps_its_rows(tiny_cfg, tmp_path):
+    run_dir = train(tiny_cfg("train.scheduler=step"))  # 2 epochs; a step schedule may be extended on --resume
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    for row in ckpt["history"]:
+        del row["val_balanced_acc"], row["val_macro_f1"]  # as a version without these columns saved it
+    torch.save(ckpt, run_dir / "last.pt")
+    code, _, err = call_script(train_main, "--resume", str(run_dir), "train.epochs=3", cwd=tmp_path)
+    assert code == 0, err
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert rows[0]["val_macro_f1"] == "" and 0 <= float(rows[2]["val_macro_f1"]) <= 1

@@ -21,7 +21,7 @@ def torchrun(*args, cwd, script="train.py", timeout=300):
 
 
 def test_shares_are_disjoint_cover_the_split_and_take_equal_steps():
-    for n, batch_size in [(1293, 128), (257, 128), (10, 4)]:
+    for n, batch_size in [(1293, 128), (257, 128), (10, 4), (1295, 2)]:
         info = DataInfo(1, 2, ["a"], mean=[0.0], std=[1.0])
         loader = Loader(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n), Batching(batch_size, 0), info,
                         torch.device("cpu"))
@@ -32,7 +32,8 @@ def test_shares_are_disjoint_cover_the_split_and_take_equal_steps():
             labels = [batch_labels for _, batch_labels in loader]
             steps.append(len(labels))
             seen.append(torch.cat(labels).tolist())
-            assert max(len(b) for b in labels) <= batch_size and len(labels) == len(loader)
+            assert len(labels) == len(loader)
+            assert max(len(b) for b in labels) <= batch_size + 1 and min(len(b) for b in labels) >= 2
         assert steps[0] == steps[1]
         assert not set(seen[0]) & set(seen[1])
         assert sorted(seen[0] + seen[1]) == list(range(n))

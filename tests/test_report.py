@@ -142,7 +142,12 @@ def test_compare_labels_runs_by_their_differences(tiny_cfg, tmp_path):
     assert "model.activation=tanh: best val accuracy" in stdout
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     code, _, stderr = call_script(compare.main, "checkpoints/nothing", cwd=tmp_path)
-    assert code == 2 and "checkpoints/nothing has no config.yaml" in stderr
+    assert code == 2 and "checkpoints/nothing does not exist" in stderr
+    (tmp_path / "checkpoints" / "empty").mkdir()
+    code, _, stderr = call_script(compare.main, "checkpoints/empty", cwd=tmp_path)
+    assert code == 2 and "checkpoints/empty has no config.yaml" in stderr
+    code, _, stderr = call_script(compare.main, "checkpoints/relu/config.yaml", cwd=tmp_path)
+    assert code == 2 and "is not a folder" in stderr
 
 
 def test_tensorboard_missing_is_a_clear_error(tiny_cfg, monkeypatch):

@@ -227,6 +227,12 @@ def test_class_weights_reach_the_loss_and_best_metric_picks_best_pt(tiny_cfg, di
     weighted = (weights[labels] * F.cross_entropy(logits, labels, reduction="none")).sum() / weights[labels].sum()
     assert torch.allclose(make_loss("cross_entropy", weights)(logits, labels), weighted)
     assert not torch.allclose(make_loss("cross_entropy")(logits, labels), weighted)
+    for loss in ("cross_entropy", "mse"):  # MixUp's class probabilities, when one-hot, weigh as labels do
+        hard, soft = (make_loss(loss, weights)(logits, targets) for targets in (labels, F.one_hot(labels, 3).float()))
+        assert torch.allclose(hard, soft)
+    for batch_size in (1, 7):  # the split's weighted mean, however it is batched
+        assert evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"), "val", batch_size)[2]["loss"] == \
+            pytest.approx(results["loss"], rel=1e-6)
 
 
 def test_class_weights_must_match_the_classes(tiny_cfg):
