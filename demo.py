@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
@@ -23,7 +23,7 @@ from cli import Parser, run_cli
 from config import UserError, load_config
 from datasets import Batching, Loader
 from explain import conv_outputs, grad_cam, overlay
-from imagefiles import to_array
+from imagefiles import DAMAGED, to_array
 from metrics import TOP_K, evaluate_checkpoint
 from plots import plot_maps
 
@@ -62,14 +62,16 @@ def open_upload(upload: dict | None) -> Image.Image:
     path = upload["path"]
     try:
         img = Image.open(path)
-        if img.width * img.height > MAX_PIXELS:
-            raise gr.Error(f"the image is {img.width}x{img.height} pixels, over the limit of {MAX_PIXELS:,}; "
-                           "scale it down and upload it again")
-        img.load()
-        return img
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        size = img.width, img.height
+        if size[0] * size[1] <= MAX_PIXELS:
+            img.load()
+    except (*DAMAGED, Image.DecompressionBombError):
         raise gr.Error(f"{upload.get('orig_name') or Path(path).name} is not a readable image; upload a PNG or JPEG"
                        ) from None
+    if size[0] * size[1] > MAX_PIXELS:
+        raise gr.Error(f"the image is {size[0]}x{size[1]} pixels, over the limit of {MAX_PIXELS:,}; "
+                       "scale it down and upload it again")
+    return img
 
 
 def drawn(drawing: dict | None) -> Image.Image:

@@ -38,6 +38,10 @@ def eight_bit(img: Image.Image) -> Image.Image:
     return img.convert("RGBA" if has_alpha else "RGB")
 
 
+# what Pillow's plugins raise on damaged files
+DAMAGED = (UnidentifiedImageError, OSError, SyntaxError, EOFError, IndexError, ValueError, struct.error)
+
+
 def to_array(img: Image.Image, channels: int, size: int) -> np.ndarray:
     """A PIL image as uint8 (channels, size, size): grey or RGB, resized bilinearly; transparency over white."""
     img = eight_bit(img)
@@ -63,8 +67,7 @@ def decode_image(path: Path, channels: int, size: int, max_pixels: int = MAX_PIX
     except Image.DecompressionBombError:
         raise ImageError(f"{path} has more pixels than Pillow opens (a decompression bomb?); it is over "
                          f"data.max_pixels ({max_pixels:,}) too; shrink it or remove it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, IndexError, ValueError, struct.error):
-        # what Pillow's plugins raise on damaged files
+    except DAMAGED:
         raise ImageError(f"{path} is not a readable image; remove it or replace it with a PNG or JPEG") from None
 
 

@@ -12,10 +12,12 @@ import torch  # noqa: E402
 from storage import replacing  # noqa: E402
 
 
-def save(fig: plt.Figure, path: Path | io.BytesIO) -> None:
-    """Write the figure as a PNG through a temporary file (a crash never leaves half a PNG), then free it."""
+def save(fig: plt.Figure, path: Path | io.BytesIO, tight: bool = True) -> None:
+    """Write the figure as a PNG through a temporary file (a crash never leaves half a PNG), then free it.
+    tight=False keeps the figure's own margins: tight_layout draws the figure once more to measure it."""
     try:
-        fig.tight_layout()
+        if tight:
+            fig.tight_layout()
         if isinstance(path, io.BytesIO):  # the demo's in-memory picture
             fig.savefig(path, format="png", dpi=100)
         else:
@@ -38,7 +40,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    save(fig, path)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)  # drawn every epoch: no tight_layout
+    save(fig, path, tight=False)
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str,

@@ -416,10 +416,10 @@ def header(run: Run, train_loader: Loader, val_loader: Loader) -> str:
 
 
 def check_batch_size(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    """Batch norm needs two images per batch to compute statistics (the loader drops a last batch of one)."""
+    """Batch norm needs two images per batch to compute statistics (a lone last image joins the batch before)."""
     if cfg.batch_size < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise UserError("train.batch_size=1 with a batch-norm model: batch norm needs at least 2 images per batch; "
-                        "raise train.batch_size or set model.batch_norm=false")
+                        "raise train.batch_size (or, for model.name=cnn, set model.batch_norm=false)")
 
 
 def take_run_dir(cfg: Config, run_dir: Path | None, explicit_name: bool) -> tuple[Config, Path, RunLock | None]:

@@ -3,14 +3,17 @@ by the tests that only read it, and script runners (in-process and as real proce
 import contextlib
 import hashlib
 import io
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 from cli import run_cli
@@ -83,8 +86,45 @@ def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProces
                           text=True, timeout=300)
 
 
+def start_script(script: str, *args: str, cwd: Path, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """Start one of the repo's scripts as a user would, from cwd, without waiting for it."""
+    return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def needs_shared(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.exists():
         pytest.skip(f"{path} is absent (a user's clone has no ../shared); CI provides it")
     return path
+
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+
+
+def forked(work) -> int:
+    """Run work() in a forked child process; returns its pid. The child never returns to pytest."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            torch.set_num_threads(1)  # the parent's OpenMP thread pool does not survive fork: without this, a hang
+            work()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def one_thread():
+    """run.threads=1 for the tests that fork (a forked child must not inherit OpenMP's pool, and one thread
+    each is fastest on a shared machine); the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    yield "run.threads=1"
+    torch.set_num_threads(threads)

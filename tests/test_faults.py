@@ -24,10 +24,7 @@ import summary
 import test as test_script
 import train
 from checkpoint import load_checkpoint
-from conftest import TINY, call_script, copy_run, snapshot
-
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
-
+from conftest import TINY, call_script, copy_run, forked, needs_fork, snapshot, wait_until
 
 def one_error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
@@ -229,25 +226,6 @@ def test_resume_of_a_finished_run_says_so_and_touches_nothing(tiny_run, tmp_path
 
 # --- rule 3: one writer per run folder -----------------------------------------------------------
 
-def forked(work) -> int:
-    """Run work() in a forked child process; returns its pid. The child never returns to pytest."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            torch.set_num_threads(1)  # the parent's OpenMP thread pool does not survive fork: without this, a hang
-            work()
-        finally:
-            os._exit(0)
-    return pid
-
-
-def wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 @needs_fork
 def test_a_second_training_of_the_same_run_is_refused_naming_the_first(tmp_path, one_thread):
     args = [*TINY, "train.epochs=50", "train.batch_size=8", "run.name=shared", "train.scheduler=none",
@@ -273,15 +251,6 @@ def test_a_second_training_of_the_same_run_is_refused_naming_the_first(tmp_path,
 FILES = ["config.yaml", "metrics.csv", "curves.png", "best.pt", "last.pt"]
 CRASH_POINTS = [f"{name}:{point}:1" for name in FILES for point in ("written", "replaced")] + [
     "last.pt:replaced:2", "random:0"]
-
-
-@pytest.fixture
-def one_thread():
-    """run.threads=1 for the tests that fork (a forked child must not inherit OpenMP's pool, and one thread
-    each is fastest on a shared machine); the thread count is restored afterwards."""
-    threads = torch.get_num_threads()
-    yield "run.threads=1"
-    torch.set_num_threads(threads)
 
 
 @needs_fork

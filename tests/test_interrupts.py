@@ -1,26 +1,27 @@
-"""Interrupting the real train.py: kill -9, SIGTERM and Ctrl-C, then resuming."""
+"""Interrupting train.py: kill -9 (in a forked child), SIGTERM and Ctrl-C (in a real process), then resuming."""
 import csv
+import os
 import signal
 import subprocess
-import sys
 import time
 
-import pytest
 import torch
 
 from checkpoint import load_checkpoint
 from config import load_config
-from conftest import ROOT, TINY, run_script
-from train import train
+from conftest import TINY, call_script, forked, needs_fork, start_script, wait_until
+from train import main as train_main, train
 
 # The tiny model with small batches: an epoch takes long enough (~160 steps) that a signal sent when
 # one epoch's files appear lands in the next.
-ARGS = [*TINY, "train.epochs=4", "train.batch_size=8", "train.scheduler=cosine", "train.patience=3"]
+ARGS = [*TINY, "train.epochs=3", "train.batch_size=8", "train.scheduler=cosine", "train.patience=3"]
 
 
 def start(tmp_path, name):
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, f"run.name={name}"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """train.py with more epochs than the test lasts, so that it is still running when its signal comes;
+    one thread each, as two of them run at once."""
+    return start_script("train.py", *ARGS, "train.epochs=50", "run.threads=1", f"run.name={name}",
+                        cwd=tmp_path, stdout=subprocess.DEVNULL)
 
 
 def wait_for_first_epoch(proc, run_dir, timeout=120):
@@ -36,35 +37,38 @@ def rows(run_dir):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
-def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    train(load_config(None, [*ARGS, "run.name=straight", f"run.output_dir={tmp_path / 'checkpoints'}"]))
+@needs_fork
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, one_thread):
+    args = [*ARGS, one_thread, f"run.output_dir={tmp_path / 'checkpoints'}"]
+    train(load_config(None, [*args, "run.name=straight"]))
     run_dir = tmp_path / "checkpoints" / "killed"
-    proc = start(tmp_path, "killed")
-    wait_for_first_epoch(proc, run_dir)
-    proc.kill()  # SIGKILL: no handler runs
-    proc.wait()
+    pid = forked(lambda: call_script(train_main, *args, "run.name=killed", cwd=tmp_path))
+    wait_until(lambda: (run_dir / "last.pt").exists())  # written last of an epoch's files
+    os.kill(pid, signal.SIGKILL)  # no handler runs
+    os.waitpid(pid, 0)
     done = load_checkpoint(run_dir / "last.pt")["epoch"]
-    assert 1 <= done < 4
+    assert 1 <= done < 3
     load_checkpoint(run_dir / "best.pt")
 
-    resumed = run_script("train.py", "--resume", str(run_dir), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = call_script(train_main, "--resume", str(run_dir), cwd=tmp_path)
+    assert code == 0, err
     assert rows(run_dir) == rows(tmp_path / "checkpoints" / "straight")
     a = load_checkpoint(tmp_path / "checkpoints" / "straight" / "last.pt")["model"]
     b = load_checkpoint(run_dir / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signals_stop_promptly_and_print_the_resume_command(tmp_path, sig, code):
-    run_dir = tmp_path / "checkpoints" / "stopped"
-    proc = start(tmp_path, "stopped")
-    wait_for_first_epoch(proc, run_dir)
-    sent = time.monotonic()
-    proc.send_signal(sig)
-    assert proc.wait(timeout=30) == code
-    assert time.monotonic() - sent < 10
-    message = proc.stderr.read()
-    assert f"Continue with: python train.py --resume {run_dir.relative_to(tmp_path)}" in message
-    assert "Traceback" not in message
-    assert load_checkpoint(run_dir / "last.pt")["epoch"] >= 1
+def test_signals_stop_promptly_and_print_the_resume_command(tmp_path):
+    signals = {"term": (signal.SIGTERM, 143), "int": (signal.SIGINT, 130)}  # a scheduler's stop; Ctrl-C
+    processes = {name: start(tmp_path, name) for name in signals}  # started together: the start-ups overlap
+    for name, (sig, code) in signals.items():
+        proc, run_dir = processes[name], tmp_path / "checkpoints" / name
+        wait_for_first_epoch(proc, run_dir)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == code, name
+        assert time.monotonic() - sent < 10
+        message = proc.stderr.read()
+        assert f"Continue with: python train.py --resume {run_dir.relative_to(tmp_path)}" in message
+        assert "Traceback" not in message
+        assert load_checkpoint(run_dir / "last.pt")["epoch"] >= 1
