@@ -66,42 +66,46 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
     save(fig, path)
 
 
-def show(ax: plt.Axes, image: torch.Tensor) -> None:
-    """One (C, H, W) image, grey or colour, without axes."""
+def show(ax: plt.Axes, image: torch.Tensor, **placement) -> None:
+    """One (C, H, W) image, grey or colour, without axes; placement (e.g. extent) is passed to imshow."""
     if image.shape[0] == 1:
-        ax.imshow(image[0].numpy(), cmap="gray")
+        ax.imshow(image[0].numpy(), cmap="gray", **placement)
     else:
-        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.imshow(image.permute(1, 2, 0).numpy(), **placement)
     ax.axis("off")
 
 
-def grid(count: int, columns: int, cell: float) -> tuple[plt.Figure, list[plt.Axes]]:
-    rows = max(1, -(-count // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell, rows * cell + 0.6), squeeze=False)
-    for ax in axes.flat[count:]:
-        ax.axis("off")
-    return fig, list(axes.flat[:count])
+def plot_tiles(images: list[torch.Tensor], titles: list[str], path: Path, title: str, columns: int,
+               cell: float, fontsize: float) -> None:
+    """(C, H, W) images in rows of `columns`, each cell inches wide with its title above it.
+
+    All tiles share one axes (each image placed by its extent): a figure of N axes takes N times as
+    long to lay out and draw, and test.py draws one after every evaluation."""
+    rows = max(1, -(-len(images) // columns))
+    fig, ax = plt.subplots(figsize=(columns * cell, rows * cell + 0.6))
+    for i, (image, label) in enumerate(zip(images, titles)):
+        row, column = divmod(i, columns)
+        show(ax, image, extent=(column + 0.1, column + 0.9, row + 0.98, row + 0.18))  # left, right, bottom, top
+        ax.text(column + 0.5, row + 0.14, label, ha="center", va="bottom", fontsize=fontsize)
+    ax.set(xlim=(0, columns), ylim=(rows, 0))
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.6 / (rows * cell + 0.6))
+    save(fig, path, tight=False)
 
 
 def plot_misclassified(images: torch.Tensor, captions: list[str], path: Path, title: str) -> None:
     """uint8 images (N, C, H, W) with a caption each (true, predicted, confidence)."""
-    fig, axes = grid(len(images), columns=min(6, len(images)), cell=1.9)
-    for ax, image, caption in zip(axes, images, captions):
-        show(ax, image)
-        ax.set_title(caption, fontsize=8)
-    fig.suptitle(title)
-    save(fig, path)
+    plot_tiles(list(images), captions, path, title, columns=min(6, len(images)), cell=1.9, fontsize=8)
 
 
 def plot_maps(maps: torch.Tensor, path: Path, title: str, cell: float = 1.2) -> None:
     """Each (H, W) map of maps (N, H, W), or each RGB kernel of (N, 3, H, W), scaled to its own range."""
-    fig, axes = grid(len(maps), columns=min(8, len(maps)), cell=cell)
-    for i, (ax, item) in enumerate(zip(axes, maps)):
+    tiles = []
+    for item in maps:
         item = (item - item.min()) / (item.max() - item.min()).clamp_min(1e-12)
-        show(ax, item if item.ndim == 3 else item.unsqueeze(0))
-        ax.set_title(str(i), fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    save(fig, path)
+        tiles.append(item if item.ndim == 3 else item.unsqueeze(0))
+    plot_tiles(tiles, [str(i) for i in range(len(maps))], path, title, columns=min(8, len(maps)), cell=cell,
+               fontsize=7)
 
 
 def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> None:

@@ -13,12 +13,10 @@ from conftest import call_script
 from train import main as train_main, train
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from config import load_config
-    from conftest import TINY
-    out = tmp_path_factory.mktemp("runs")
-    return train(load_config(None, [*TINY, f"run.output_dir={out}"]))
+@pytest.fixture
+def run_dir(tiny_run):
+    """The session's tiny run, read only."""
+    return tiny_run.run_dir
 
 
 def test_checkpoint_is_plain_data_loadable_with_weights_only(run_dir):
