@@ -29,7 +29,7 @@ import train as train_module  # noqa: E402
 from cli import Parser, run_cli  # noqa: E402
 from config import UserError, load_config  # noqa: E402
 from datasets import Batching, Loader, describe, load_images, make_eval_loader, num_workers  # noqa: E402
-from metrics import evaluate, evaluate_checkpoint, make_loss  # noqa: E402
+from metrics import evaluate, evaluate_checkpoint  # noqa: E402
 
 SWITCHES = {
     "float32, NCHW": ["run.channels_last=false"],
@@ -94,11 +94,11 @@ def eval_row(base: list[str], batch_size: int, device: torch.device) -> str:
     info = train_module.make_train_loaders(cfg, device)[2]
     model = train_module.build_model(cfg, info, device)
     loader = make_eval_loader(cfg, info, "test", batch_size, device)
-    loss_fn, rates = make_loss("cross_entropy"), []
+    rates = []
     for _ in range(4):  # the first is the warm-up
         sync(device)
         start = time.perf_counter()
-        evaluate(model, loader, loss_fn, 10, device)
+        evaluate(model, loader, 10, device)
         sync(device)
         rates.append(len(loader.labels) / (time.perf_counter() - start))
     return f"{f'evaluation, batch {batch_size}':<44}{statistics.median(rates[1:]):>10.0f}"

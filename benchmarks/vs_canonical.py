@@ -27,7 +27,7 @@ import train as train_module  # noqa: E402
 from bench_mnist import MEAN, STD, CanonicalNet  # noqa: E402
 from config import load_config  # noqa: E402
 from datasets import make_eval_loader  # noqa: E402
-from metrics import evaluate, make_loss  # noqa: E402
+from metrics import evaluate  # noqa: E402
 
 TARGET = 0.99
 
@@ -76,7 +76,7 @@ def our_run(root: str, output_dir: str) -> list[tuple[float, float]]:
         nonlocal test_loader
         real_save(run, improved)
         test_loader = test_loader or make_eval_loader(cfg, run.info, "test", 128, torch.device("cpu"))
-        accuracy = evaluate(run.model, test_loader, make_loss("cross_entropy"), 10, torch.device("cpu"))["accuracy"]
+        accuracy = evaluate(run.model, test_loader, 10, torch.device("cpu"))["accuracy"]
         seconds = sum(row["seconds"] for row in run.state.history)
         curve.append((seconds, accuracy))
     train_module.save_epoch = save_and_test
