@@ -396,8 +396,8 @@ class Loader:
         steps = math.ceil(share / size)
         if self.batching.shuffle_seed is None:
             return steps
-        if self.world > 1:  # nearly equal batches of the smaller share: at least two images each
-            return min(steps, max(1, len(self.labels) // self.world // 2))
+        if self.world > 1:  # nearly equal batches of the smaller share: at least two images each (unless size 1)
+            return steps if size == 1 else min(steps, max(1, len(self.labels) // self.world // 2))
         return share // size if share > size and share % size == 1 else steps  # a lone last image joins
 
     def batches(self, order: torch.Tensor) -> list[torch.Tensor]:
@@ -406,7 +406,8 @@ class Loader:
         With several processes every one must take the same number of steps, so each share is cut
         into len(self) nearly equal batches rather than full ones and a short remainder. A training
         batch of one image would stop batch norm (one value per channel at a 1x1 feature map), so
-        it joins the batch before it.
+        in one process a lone last image joins the batch before it, and under torchrun len(self) is
+        capped so that every batch of the smaller share has two images.
         """
         share = order[self.rank::self.world]
         if self.batching.drop_last:

@@ -18,40 +18,42 @@ TOP_K = 5  # evaluate() keeps each image's k most probable classes
 
 
 def half_mse(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+             label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
     """The notes' J = 1/(2m) sum_i ||f(x_i) - y_i||^2, with f = softmax(logits) and y one-hot
     (or the class probabilities (B, K) that MixUp/CutMix give), smoothed as cross_entropy smooths.
 
     PyTorch's MSELoss averages over all m*K entries instead, so J = K/2 * MSELoss(f, y).
-    With class weights w it is the weighted mean sum_i w_yi J_i / sum_i w_yi, as cross_entropy's.
+    With class weights w it is the weighted mean sum_i w_yi J_i / sum_i w_yi, as cross_entropy's;
+    reduction="sum" gives the numerator sum_i w_yi J_i.
     """
     probs = logits.float().softmax(dim=1)  # (B, K)
     y = targets.float() if targets.ndim == 2 else F.one_hot(targets, probs.shape[1]).float()  # (B, K)
     smoothed = y * (1 - label_smoothing) + label_smoothing / probs.shape[1]
     per_image = 0.5 * (probs - smoothed).pow(2).sum(dim=1)  # (B,)
-    if weight is None:
-        return per_image.mean()
-    image_weight = y @ weight  # (B,): each image's class weight (mixed, for MixUp/CutMix targets)
-    return (image_weight * per_image).sum() / image_weight.sum()
+    image_weight = torch.ones_like(per_image) if weight is None else y @ weight  # (B,): mixed for MixUp/CutMix
+    weighted = image_weight * per_image
+    return weighted.sum() if reduction == "sum" else weighted.sum() / image_weight.sum()
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+                  label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
     """F.cross_entropy, except that with class weights and class probabilities (B, K) as targets
     (MixUp/CutMix) the mean is over the images' weights targets @ weight, as it is for labels, instead
-    of over the image count."""
-    if weight is None or targets.ndim == 1:
+    of over the image count. reduction="sum" gives the numerator: each image's loss times its weight."""
+    if reduction == "mean" and (weight is None or targets.ndim == 1):
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
     per_image = F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction="none")
-    return per_image.sum() / (targets @ weight).sum()
+    return per_image.sum() if reduction == "sum" else per_image.sum() / (targets @ weight).sum()
 
 
-def make_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> LossFn:
+def make_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
+              reduction: str = "mean") -> LossFn:
     """The loss train.loss names, on logits and targets (labels (B,) or class probabilities (B, K)), with
     per-class weights and label smoothing if given (smoothing is for training only: evaluate's loss,
-    which validation and test.py report, is train.loss with the class weights and without smoothing)."""
+    which validation and test.py report, is train.loss with the class weights and without smoothing).
+    reduction: "mean" (the weighted mean), or "sum" (its numerator, which evaluate adds up)."""
     loss = {"cross_entropy": cross_entropy, "mse": half_mse}[name]
-    return functools.partial(loss, weight=weight, label_smoothing=label_smoothing)
+    return functools.partial(loss, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
 
 
 def class_weights(cfg: TrainConfig, class_counts: list[int], device: torch.device) -> torch.Tensor | None:
@@ -83,8 +85,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     test.py and training see the same numerics. Nothing in the loop waits for the device: the confusion
     matrix is accumulated where it lives."""
     model.eval()
-    loss_fn = make_loss(loss, weight)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of each image's (weighted) loss
+    loss_fn = make_loss(loss, weight, reduction="sum")
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of each image's loss times its weight
     weight_sum = torch.zeros((), dtype=torch.float64, device=device)  # the image count without weights
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     labels_seen, top_probs, top_classes = [], [], []
@@ -92,9 +94,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     with torch.inference_mode(), autocast:
         for images, labels in loader:
             logits = model(images)  # (B, num_classes)
-            batch_weight = weight[labels].sum().double() if weight is not None else len(labels)
-            loss_sum += loss_fn(logits.float(), labels).double() * batch_weight  # a weighted mean times its weights
-            weight_sum += batch_weight
+            loss_sum += loss_fn(logits.float(), labels).double()
+            weight_sum += weight[labels].sum().double() if weight is not None else len(labels)
             cells = labels * num_classes + logits.argmax(1)  # (B,) index into the flattened matrix
             confusion.index_add_(0, cells, torch.ones_like(cells))  # unlike bincount, no host sync on CUDA
             probs, classes = logits.float().softmax(1).topk(min(TOP_K, num_classes), dim=1)  # (B, k) each

@@ -34,13 +34,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for split in ("train", "val"):
         ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
         ax_acc.plot(epochs, [100 * row[f"{split}_acc"] for row in history], marker="o", label=split)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel="epoch", title="loss")  # titles name the y axes: fixed margins fit any tick labels
+    ax_acc.set(xlabel="epoch", title="accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)  # drawn every epoch: no tight_layout
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.18)  # drawn every epoch: no tight_layout
     save(fig, path, tight=False)
 
 

@@ -106,11 +106,13 @@ def forked(work) -> int:
     """Run work() in a forked child process; returns its pid. The child never returns to pytest."""
     pid = os.fork()
     if pid == 0:
+        code = 1  # an exception in work() ends the child with status 1
         try:
             torch.set_num_threads(1)  # the parent's OpenMP thread pool does not survive fork: without this, a hang
             work()
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
     return pid
 
 

@@ -43,9 +43,11 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, one_
     train(load_config(None, [*args, "run.name=straight"]))
     run_dir = tmp_path / "checkpoints" / "killed"
     pid = forked(lambda: call_script(train_main, *args, "run.name=killed", cwd=tmp_path))
-    wait_until(lambda: (run_dir / "last.pt").exists())  # written last of an epoch's files
-    os.kill(pid, signal.SIGKILL)  # no handler runs
-    os.waitpid(pid, 0)
+    try:
+        wait_until(lambda: (run_dir / "last.pt").exists())  # written last of an epoch's files
+    finally:
+        os.kill(pid, signal.SIGKILL)  # no handler runs
+        os.waitpid(pid, 0)
     done = load_checkpoint(run_dir / "last.pt")["epoch"]
     assert 1 <= done < 3
     load_checkpoint(run_dir / "best.pt")
@@ -61,14 +63,19 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, one_
 def test_signals_stop_promptly_and_print_the_resume_command(tmp_path):
     signals = {"term": (signal.SIGTERM, 143), "int": (signal.SIGINT, 130)}  # a scheduler's stop; Ctrl-C
     processes = {name: start(tmp_path, name) for name in signals}  # started together: the start-ups overlap
-    for name, (sig, code) in signals.items():
-        proc, run_dir = processes[name], tmp_path / "checkpoints" / name
-        wait_for_first_epoch(proc, run_dir)
-        sent = time.monotonic()
-        proc.send_signal(sig)
-        assert proc.wait(timeout=30) == code, name
-        assert time.monotonic() - sent < 10
-        message = proc.stderr.read()
-        assert f"Continue with: python train.py --resume {run_dir.relative_to(tmp_path)}" in message
-        assert "Traceback" not in message
-        assert load_checkpoint(run_dir / "last.pt")["epoch"] >= 1
+    try:
+        for name, (sig, code) in signals.items():
+            proc, run_dir = processes[name], tmp_path / "checkpoints" / name
+            wait_for_first_epoch(proc, run_dir)
+            sent = time.monotonic()
+            proc.send_signal(sig)
+            assert proc.wait(timeout=30) == code, name
+            assert time.monotonic() - sent < 10, name
+            message = proc.stderr.read()
+            assert f"Continue with: python train.py --resume {run_dir.relative_to(tmp_path)}" in message, name
+            assert "Traceback" not in message, name
+            assert load_checkpoint(run_dir / "last.pt")["epoch"] >= 1
+    finally:
+        for proc in processes.values():  # a failed check must not leave a 50-epoch run behind
+            proc.kill()
+            proc.wait()

@@ -13,7 +13,7 @@ from checkpoint import Pretrained, load_checkpoint, load_pretrained, read_pretra
 from config import UserError, load_config
 from conftest import ROOT, call_script
 from datasets import Batching, DataInfo, Loader, load_digits
-from metrics import class_weights, evaluate_checkpoint, make_loss
+from metrics import class_weights, evaluate, evaluate_checkpoint, make_loss
 from model import build_model, class_layers
 from train import train
 
@@ -233,6 +233,17 @@ def test_class_weights_reach_the_loss_and_best_metric_picks_best_pt(tiny_cfg, di
     for batch_size in (1, 7):  # the split's weighted mean, however it is batched
         assert evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"), "val", batch_size)[2]["loss"] == \
             pytest.approx(results["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_evaluate_loss_is_the_weighted_mean_even_with_a_zero_weight(loss):
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    weight = torch.tensor([0.0, 1.0, 2.0])  # class 0 does not count; a batch of class 0 alone weighs nothing
+    expected = make_loss(loss, weight)(logits, labels)
+    for size in (1, 4, 6):
+        batches = [(logits[i:i + size], labels[i:i + size]) for i in range(0, 6, size)]
+        got = evaluate(torch.nn.Identity(), batches, 3, torch.device("cpu"), loss=loss, weight=weight)["loss"]
+        assert got == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_class_weights_must_match_the_classes(tiny_cfg):
