@@ -87,7 +87,6 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     model.eval()
     loss_fn = make_loss(loss, weight, reduction="sum")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of each image's loss times its weight
-    weight_sum = torch.zeros((), dtype=torch.float64, device=device)  # the image count without weights
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     labels_seen, top_probs, top_classes = [], [], []
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -95,18 +94,19 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
         for images, labels in loader:
             logits = model(images)  # (B, num_classes)
             loss_sum += loss_fn(logits.float(), labels).double()
-            weight_sum += weight[labels].sum().double() if weight is not None else len(labels)
             cells = labels * num_classes + logits.argmax(1)  # (B,) index into the flattened matrix
             confusion.index_add_(0, cells, torch.ones_like(cells))  # unlike bincount, no host sync on CUDA
             probs, classes = logits.float().softmax(1).topk(min(TOP_K, num_classes), dim=1)  # (B, k) each
             labels_seen.append(labels)
             top_probs.append(probs)
             top_classes.append(classes)
-    for total in (loss_sum, weight_sum, confusion):  # under torchrun each process saw a disjoint share
-        all_reduce_sum(total)  # (per-image lists stay local)
+    all_reduce_sum(loss_sum)  # under torchrun each process saw a disjoint share; per-image lists stay local
+    all_reduce_sum(confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
-    return {"loss": (loss_sum / weight_sum).item(), "accuracy": confusion.diag().sum().item() / count,
+    per_class_count = confusion.sum(1).double()  # (K,) images of each true class
+    weight_sum = per_class_count.sum() if weight is None else per_class_count @ weight.double().cpu()
+    return {"loss": (loss_sum.cpu() / weight_sum).item(), "accuracy": confusion.diag().sum().item() / count,
             **class_averages(confusion), "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
             "top_probs": torch.cat(top_probs).cpu(), "top_classes": torch.cat(top_classes).cpu()}
 

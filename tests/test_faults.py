@@ -26,6 +26,7 @@ import train
 from checkpoint import load_checkpoint
 from conftest import TINY, call_script, copy_run, forked, needs_fork, snapshot, wait_until
 
+
 def one_error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
