@@ -3,7 +3,7 @@ in config.yaml.
 
 To try another architecture, write an nn.Module whose constructor takes
 (cfg: ModelConfig, in_channels, num_classes, image_size) and whose forward returns logits,
-then add one line to MODELS. train.py and test.py need no change; `python summary.py` prints
+then add one line to MODELS. train.py and test.py need no change; `python tools/summary.py` prints
 the layer table. Any other name that torchvision.models lists (resnet18, efficientnet_b0, ...)
 is built by the one adapter TorchvisionModel. This file imports torch and torchvision, nothing
 else of the project.
@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
-from torch import nn
 import torch.nn.functional as F
-
+from torch import nn
 
 AT_LEAST_1 = {"min": 1}  # range checks that config.py applies when loading
 
@@ -49,37 +48,6 @@ class ModelConfig:
     dropout: float = field(metadata={"min": 0.0, "max": 1.0})
     widths: list[int] = field(metadata=AT_LEAST_1)  # resnet only: channels of each stage
     sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (train.py converts)
-
-
-class ShapeError(ValueError):
-    """A configuration whose feature maps would shrink below 1x1."""
-
-
-def out_size(size: int, kernel: int, stride: int, padding: int, where: str) -> int:
-    """The notes' formula OH = (H + 2P - FH)/S + 1 (floored, as PyTorch does)."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    if out < 1:
-        raise ShapeError(
-            f"{where}: output size (H + 2P - FH)/S + 1 = ({size} + 2*{padding} - {kernel})/{stride} + 1 "
-            f"= {out} < 1; use a smaller kernel or stride, more padding, or fewer pooling layers")
-    return out
-
-
-def make_activation(cfg: ModelConfig) -> nn.Module:
-    """The activations from the notes."""
-    if cfg.activation == "leaky_relu":
-        return nn.LeakyReLU(cfg.leaky_slope)
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[cfg.activation]()
-
-
-def make_classifier(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Sequential:
-    """Fully connected hidden layers with dropout, then the output layer (logits)."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    for width in cfg.hidden:
-        layers += [nn.Linear(in_features, width), make_activation(cfg), nn.Dropout(cfg.dropout)]
-        in_features = width
-    layers.append(nn.Linear(in_features, num_classes))
-    return nn.Sequential(*layers)
 
 
 class CNN(nn.Module):
@@ -135,23 +103,6 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(images))  # (B, num_classes)
 
 
-def conv_bn(in_channels: int, out_channels: int, cfg: ModelConfig) -> nn.Sequential:
-    """3x3 conv (size-preserving) -> batch norm -> activation."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), make_activation(cfg))
-
-
-class Residual(nn.Module):
-    """x + f(x) with f two conv_bn layers: gradients reach early layers through the identity path."""
-
-    def __init__(self, channels: int, cfg: ModelConfig):
-        super().__init__()
-        self.body = nn.Sequential(conv_bn(channels, channels, cfg), conv_bn(channels, channels, cfg))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
 class ResNet(nn.Module):
     """A small residual net after the fast CIFAR-10 ResNets (Page's ResNet-9, 2018).
 
@@ -176,10 +127,78 @@ class ResNet(nn.Module):
         return self.classifier(features)  # (B, num_classes)
 
 
+# model.name -> class. A new architecture is one more line here; names not in MODELS that
+# torchvision.models lists go to TorchvisionModel (see model_class).
+MODELS: dict[str, type[nn.Module]] = {
+    "cnn": CNN,
+    "lenet5": LeNet5,
+    "resnet": ResNet,
+}
+
+
+def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """The one place a model is built from a config: MODELS[cfg.name], or torchvision's model of that name."""
+    return model_class(cfg.name)(cfg, in_channels, num_classes, image_size)
+
+
+# The layers the models above are made of.
+class ShapeError(ValueError):
+    """A configuration whose feature maps would shrink below 1x1."""
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int, where: str) -> int:
+    """The notes' formula OH = (H + 2P - FH)/S + 1 (floored, as PyTorch does)."""
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ShapeError(
+            f"{where}: output size (H + 2P - FH)/S + 1 = ({size} + 2*{padding} - {kernel})/{stride} + 1 "
+            f"= {out} < 1; use a smaller kernel or stride, more padding, or fewer pooling layers")
+    return out
+
+
+def make_activation(cfg: ModelConfig) -> nn.Module:
+    """The activations from the notes."""
+    if cfg.activation == "leaky_relu":
+        return nn.LeakyReLU(cfg.leaky_slope)
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[cfg.activation]()
+
+
+def make_classifier(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Sequential:
+    """Fully connected hidden layers with dropout, then the output layer (logits)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in cfg.hidden:
+        layers += [nn.Linear(in_features, width), make_activation(cfg), nn.Dropout(cfg.dropout)]
+        in_features = width
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def conv_bn(in_channels: int, out_channels: int, cfg: ModelConfig) -> nn.Sequential:
+    """3x3 conv (size-preserving) -> batch norm -> activation."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), make_activation(cfg))
+
+
+class Residual(nn.Module):
+    """x + f(x) with f two conv_bn layers: gradients reach early layers through the identity path."""
+
+    def __init__(self, channels: int, cfg: ModelConfig):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(channels, channels, cfg), conv_bn(channels, channels, cfg))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+# torchvision's classifiers by name (resnet18, efficientnet_b0, ...), through one adapter.
 # Sizes below which a torchvision architecture fails (its feature map would vanish), by name prefix;
 # ViT and MaxViT take exactly 224. Smaller images are resized up to these inside the model.
 MIN_INPUT = {"alexnet": 64, "convnext": 32, "densenet": 32, "vgg": 32, "inception_v3": 75}
+
+
 EXACT_INPUT = {"vit_": 224, "maxvit_": 224}
+
+
 # Constructor arguments some torchvision models need to return plain logits in training mode.
 EXTRA_ARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
               "inception_v3": {"aux_logits": False, "init_weights": False}}
@@ -216,15 +235,6 @@ class TorchvisionModel(nn.Module):
         return self.net(images)  # (B, num_classes)
 
 
-# model.name -> class. A new architecture is one more line here; names not in MODELS that
-# torchvision.models lists go to TorchvisionModel (see model_class).
-MODELS: dict[str, type[nn.Module]] = {
-    "cnn": CNN,
-    "lenet5": LeNet5,
-    "resnet": ResNet,
-}
-
-
 @functools.cache
 def torchvision_names() -> tuple[str, ...]:
     """torchvision's classification models (resnet18, efficientnet_b0, vit_b_16, ...)."""
@@ -245,66 +255,3 @@ def settings_of(name: str) -> tuple[str, ...]:
     every = tuple(f.name for f in fields(ModelConfig))
     own = getattr(model_class(name), "SETTINGS", every)
     return tuple(key for key in every if key in ("name", "pretrained", "sync_batchnorm") or key in own)
-
-
-def imagenet_weights(name: str):
-    """torchvision's DEFAULT ImageNet weights entry for the model `name` (url, transforms), or None."""
-    if model_class(name) is not TorchvisionModel:
-        return None
-    from torchvision import models
-
-    return models.get_model_weights(name).DEFAULT
-
-
-def build_model(cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Instantiate the registered model named by cfg.name."""
-    return model_class(cfg.name)(cfg, in_channels, num_classes, image_size)
-
-
-def class_layers(cfg: ModelConfig, in_channels: int, image_size: int) -> set[str]:
-    """The state-dict keys whose shapes depend on the number of classes: the output layer (the head)."""
-    shapes = []
-    for num_classes in (2, 3):
-        try:
-            with torch.device("meta"):  # shapes only: no memory, no initialisation
-                model = build_model(cfg, in_channels, num_classes, image_size)
-        except NotImplementedError:  # a few models (RegNet) read values while initialising
-            model = build_model(cfg, in_channels, num_classes, image_size)
-        shapes.append({key: tensor.shape for key, tensor in model.state_dict().items()})
-    return {key for key, shape in shapes[0].items() if shape != shapes[1][key]}
-
-
-def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
-    """A table of each layer's output shape and parameter count, and the notes' fully connected comparison."""
-    rows: list[tuple[str, str, int]] = []
-    fc_params = 0  # a Linear layer in place of every conv, with the same number of units in and out
-
-    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal fc_params
-        params = sum(p.numel() for p in module.parameters())
-        rows.append((type(module).__name__, "x".join(str(d) for d in output.shape[1:]), params))
-        if isinstance(module, nn.Conv2d):
-            fc_params += (inputs[0][0].numel() + 1) * output[0].numel()
-        elif isinstance(module, nn.Linear):
-            fc_params += params
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(record) for m in leaves]
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        model(torch.zeros(1, in_channels, image_size, image_size, device=next(model.parameters()).device))
-    model.train(was_training)
-    for hook in hooks:
-        hook.remove()
-
-    total = sum(p.numel() for p in model.parameters())
-    width = max([14] + [len(name) + 2 for name, _, _ in rows])
-    ratio = f"{fc_params / total:,.0f}x" if fc_params >= 10 * total else f"{fc_params / total:.1f}x"
-    lines = [f"input: {in_channels}x{image_size}x{image_size} (C x H x W)",
-             f"{'layer':<{width}}{'output (C x H x W)':>20}{'parameters':>12}"]
-    lines += [f"{name:<{width}}{shape:>20}{params:>12,}" for name, shape, params in rows]
-    lines += [f"{'total':<{width}}{'':>20}{total:>12,}",
-              f"Fully connected layers with the same number of units in place of the convolutions "
-              f"would need {fc_params:,} parameters ({ratio}): a conv kernel is shared across all positions."]
-    return "\n".join(lines)

@@ -13,51 +13,50 @@ Outputs go to the checkpoint's run folder.
 import argparse
 import csv
 import json
-import re
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
-from cli import Parser, autocast_dtype, positive_int, run_cli, select_device
-from config import UserError, load_config
-from datasets import Batching, Loader, read_image
-from explain import conv_outputs, grad_cam, last_conv, overlay
-from imagefiles import read_inputs, report_predictions
-from metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
-from plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
-from storage import replacing, write_text
+from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
+from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, positive_int, run_cli
+from engine.datasets import read_image
+from engine.loaders import Batching, Loader
+from engine.devices import autocast_dtype, select_device
+from engine.explain import conv_outputs, grad_cam, last_conv, overlay
+from engine.imagefiles import read_inputs, report_predictions
+from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
+from engine.plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
+from engine.storage import replacing, write_text
 
 NUM_MISCLASSIFIED = 36  # images in the misclassified grid
 
 
-def write_confusion_csv(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
-    with replacing(path, binary=False) as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *class_names])
-        for name, row in zip(class_names, confusion.tolist()):
-            writer.writerow([name, *row])
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--split", choices=["test", "val"], default="test", help="which split to evaluate")
+    parser.add_argument("--top-k", type=int, default=TOP_K, choices=range(1, TOP_K + 1), metavar=f"1..{TOP_K}",
+                        help="k for top-k accuracy and predictions")
+    parser.add_argument("--predict", nargs="+", metavar="IMG_OR_DIR", help="predict the class of image files")
+    parser.add_argument("--output", metavar="CSV", help="with --predict: write the predictions to this CSV file")
+    parser.add_argument("--feature-maps", metavar="IMG", help="draw kernels and feature maps for this image")
+    parser.add_argument("--cam", metavar="IMG", help="draw the Grad-CAM heatmap of the predicted class for this image")
+    parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
+    args = parser.parse_args(argv)
 
-
-def print_report(report: dict) -> None:
-    print(f"checkpoint: {report['checkpoint']} (epoch {report['epoch']}), {report['split']} split")
-    print(f"images: {report['num_images']}   loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%"
-          f"   top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%")
-    print(f"balanced accuracy (mean recall) {100 * report['balanced_accuracy']:.2f}%   "
-          f"macro F1 {100 * report['macro_f1']:.2f}%")
-    print(f"{'class':<16}{'accuracy/recall':>16}{'precision':>11}{'f1':>8}{'support':>9}")
-    for row in report["per_class"]:
-        print(f"{row['class'][:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
-              f"{100 * row['f1']:>7.2f}%{row['support']:>9}")
-
-
-def most_confident_mistakes(results: dict, count: int) -> torch.Tensor:
-    """Positions of the wrongly classified images, most confident first."""
-    wrong = (results["top_classes"][:, 0] != results["labels"]).nonzero().flatten()
-    order = results["top_probs"][wrong, 0].argsort(descending=True)
-    return wrong[order[:count]]
+    path, cfg = checkpoint_and_config(args)
+    device = select_device(cfg.run.device)
+    if args.predict:
+        sys.exit(1 if predict(path, args, device, cfg.data.max_pixels) else 0)
+    if args.feature_maps:
+        feature_maps(path, args.feature_maps, device, cfg.data.max_pixels)
+        return
+    if args.cam:
+        cam(path, args.cam, device, cfg.data.max_pixels)
+        return
+    report(path, args.split, args.top_k, device, args.batch_size)
 
 
 def report(path: Path, split: str, top_k: int, device: torch.device, batch_size: int | None) -> None:
@@ -91,6 +90,33 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
     print(f"wrote to {run_dir}/: {', '.join(written)}")
 
 
+def print_report(report: dict) -> None:
+    print(f"checkpoint: {report['checkpoint']} (epoch {report['epoch']}), {report['split']} split")
+    print(f"images: {report['num_images']}   loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%"
+          f"   top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%")
+    print(f"balanced accuracy (mean recall) {100 * report['balanced_accuracy']:.2f}%   "
+          f"macro F1 {100 * report['macro_f1']:.2f}%")
+    print(f"{'class':<16}{'accuracy/recall':>16}{'precision':>11}{'f1':>8}{'support':>9}")
+    for row in report["per_class"]:
+        print(f"{row['class'][:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
+              f"{100 * row['f1']:>7.2f}%{row['support']:>9}")
+
+
+def write_confusion_csv(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
+    with replacing(path, binary=False) as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *class_names])
+        for name, row in zip(class_names, confusion.tolist()):
+            writer.writerow([name, *row])
+
+
+def most_confident_mistakes(results: dict, count: int) -> torch.Tensor:
+    """Positions of the wrongly classified images, most confident first."""
+    wrong = (results["top_classes"][:, 0] != results["labels"]).nonzero().flatten()
+    order = results["top_probs"][wrong, 0].argsort(descending=True)
+    return wrong[order[:count]]
+
+
 def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixels: int) -> int:
     """Print the top-k classes of every image in args.predict; returns the number of files that could not be read."""
     ckpt = load_checkpoint(path)
@@ -113,6 +139,22 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
     return failures
 
 
+def feature_maps(path: Path, image_path: str, device: torch.device, max_pixels: int) -> None:
+    """One PNG of the first conv layer's kernels, and one PNG of each conv layer's feature maps."""
+    _, model, _, images = one_image(path, image_path, device, max_pixels)
+    seen = conv_outputs(model, images)
+    run_dir, written = path.parent, ["kernels.png"]
+    kernels = seen[0][0].weight.detach().float().cpu()  # (out, in, FH, FW)
+    plot_maps(kernels if kernels.shape[1] == 3 else kernels.mean(1), run_dir / "kernels.png",
+              f"conv 1: {kernels.shape[0]} kernels of {kernels.shape[1]}x{kernels.shape[2]}x{kernels.shape[3]}")
+    for i, (conv, size, maps) in enumerate(seen, 1):
+        name = f"feature_maps_conv{i}.png"
+        plot_maps(maps, run_dir / name, f"conv {i}: {maps.shape[0]} feature maps of {maps.shape[1]}x{maps.shape[2]}"
+                  f"  ({formula(conv, size)})", cell=1.0 if maps.shape[1] <= 8 else 1.4)
+        written.append(name)
+    print(f"{image_path} through {path}: wrote to {run_dir}/: {', '.join(written)}")
+
+
 def formula(conv: nn.Conv2d, size: int) -> str:
     """The notes' OH = (H + 2P - FH)/S + 1 with this layer's numbers."""
     (kernel, _), (stride, _), (padding, _) = conv.kernel_size, conv.stride, conv.padding
@@ -130,22 +172,6 @@ def one_image(path: Path, image_path: str, device: torch.device,
     return ckpt, model, image, images
 
 
-def feature_maps(path: Path, image_path: str, device: torch.device, max_pixels: int) -> None:
-    """One PNG of the first conv layer's kernels, and one PNG of each conv layer's feature maps."""
-    _, model, _, images = one_image(path, image_path, device, max_pixels)
-    seen = conv_outputs(model, images)
-    run_dir, written = path.parent, ["kernels.png"]
-    kernels = seen[0][0].weight.detach().float().cpu()  # (out, in, FH, FW)
-    plot_maps(kernels if kernels.shape[1] == 3 else kernels.mean(1), run_dir / "kernels.png",
-              f"conv 1: {kernels.shape[0]} kernels of {kernels.shape[1]}x{kernels.shape[2]}x{kernels.shape[3]}")
-    for i, (conv, size, maps) in enumerate(seen, 1):
-        name = f"feature_maps_conv{i}.png"
-        plot_maps(maps, run_dir / name, f"conv {i}: {maps.shape[0]} feature maps of {maps.shape[1]}x{maps.shape[2]}"
-                  f"  ({formula(conv, size)})", cell=1.0 if maps.shape[1] <= 8 else 1.4)
-        written.append(name)
-    print(f"{image_path} through {path}: wrote to {run_dir}/: {', '.join(written)}")
-
-
 def cam(path: Path, image_path: str, device: torch.device, max_pixels: int) -> None:
     """gradcam.png: the image, and where the last conv layer's evidence for the predicted class lies."""
     ckpt, model, image, images = one_image(path, image_path, device, max_pixels)
@@ -156,55 +182,6 @@ def cam(path: Path, image_path: str, device: torch.device, max_pixels: int) -> N
     plot_cam(image.cpu(), overlay(image, heat[0], scale=max(1, 224 // image.shape[-1])), path.parent / "gradcam.png",
              f"Grad-CAM of the last conv layer ({name}) for the predicted class {label}")
     print(f"{image_path} through {path}: predicted {label}; wrote {path.parent / 'gradcam.png'}")
-
-
-# The only settings test.py takes from the config; everything else comes from the checkpoint.
-CONFIG_KEYS = ("run.output_dir", "run.device", "data.max_pixels")
-
-
-def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
-    """[CHECKPOINT] [key=value ...] -> (checkpoint or None, overrides of CONFIG_KEYS)."""
-    overrides = [text for text in inputs if re.match(r"^\w+(\.\w+)+=", text)]
-    paths = [text for text in inputs if text not in overrides]
-    for text in overrides:
-        if text.partition("=")[0] not in CONFIG_KEYS:
-            raise UserError(f"override {text!r}: test.py reads only {', '.join(CONFIG_KEYS)} from the config; "
-                            "the model and data come from the checkpoint")
-    if len(paths) > 1:
-        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {' '.join(paths)}")
-    return (paths[0] if paths else None), overrides
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="*", metavar="[CHECKPOINT_OR_RUN_FOLDER] [key=value]",
-                        help="a .pt file or a run folder (default: the most recent run under run.output_dir); "
-                             f"overrides of {', '.join(CONFIG_KEYS)}")
-    parser.add_argument("--config", metavar="FILE", help=f"config file for {', '.join(CONFIG_KEYS)} "
-                        "(default: config.yaml)")
-    parser.add_argument("--split", choices=["test", "val"], default="test", help="which split to evaluate")
-    parser.add_argument("--top-k", type=int, default=TOP_K, choices=range(1, TOP_K + 1), metavar=f"1..{TOP_K}",
-                        help="k for top-k accuracy and predictions")
-    parser.add_argument("--predict", nargs="+", metavar="IMG_OR_DIR", help="predict the class of image files")
-    parser.add_argument("--output", metavar="CSV", help="with --predict: write the predictions to this CSV file")
-    parser.add_argument("--feature-maps", metavar="IMG", help="draw kernels and feature maps for this image")
-    parser.add_argument("--cam", metavar="IMG", help="draw the Grad-CAM heatmap of the predicted class for this image")
-    parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
-    args = parser.parse_args(argv)
-
-    checkpoint, overrides = split_inputs(args.inputs)
-    cfg = load_config(args.config, overrides)
-    path = resolve(checkpoint, cfg.run.output_dir, "best.pt")
-    device = select_device(cfg.run.device)
-    if args.predict:
-        sys.exit(1 if predict(path, args, device, cfg.data.max_pixels) else 0)
-    if args.feature_maps:
-        feature_maps(path, args.feature_maps, device, cfg.data.max_pixels)
-        return
-    if args.cam:
-        cam(path, args.cam, device, cfg.data.max_pixels)
-        return
-    report(path, args.split, args.top_k, device, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from augment import Augmentation, augment_images, augment_normalised, generator_for  # noqa: E402
-from config import load_config  # noqa: E402
-from datasets import load_split  # noqa: E402
+from engine.augment import Augmentation, augment_images, augment_normalised, generator_for  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.datasets import load_split  # noqa: E402
 from model import build_model  # noqa: E402
 
 OPTIONS = {

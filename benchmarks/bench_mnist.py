@@ -25,10 +25,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import Parser, run_cli  # noqa: E402
-from config import UserError, load_config  # noqa: E402
-from datasets import Batching, DataInfo, Loader, load_split  # noqa: E402
-from metrics import evaluate_checkpoint  # noqa: E402
+from engine.cli import Parser, run_cli  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.errors import UserError
+from engine.datasets import DataInfo, load_split  # noqa: E402
+from engine.loaders import Batching, Loader  # noqa: E402
+from engine.metrics import evaluate_checkpoint  # noqa: E402
 from train import train  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081  # the canonical example's normalisation constants

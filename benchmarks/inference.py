@@ -1,4 +1,4 @@
-"""Inference speed on this CPU: PyTorch eager vs onnxruntime, for the exported graph export.py writes.
+"""Inference speed on this CPU: PyTorch eager vs onnxruntime, for the exported graph tools/export.py writes.
 
 Both run the same thing: uint8 images in, normalisation, the model, softmax out. Weights are
 random (speed does not depend on them). Prints batch-1 latency (median) and batch-64 throughput.
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from config import load_config  # noqa: E402
-from datasets import DataInfo  # noqa: E402
-from export import deployable, export_program, require_extras, write_onnx  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.datasets import DataInfo  # noqa: E402
+from tools.export import deployable, export_program, require_extras, write_onnx  # noqa: E402
 from model import build_model  # noqa: E402
 
 # name -> (config overrides, channels, image size)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as train_module  # noqa: E402
 from bench_mnist import MEAN, STD, CanonicalNet  # noqa: E402
-from config import load_config  # noqa: E402
-from datasets import make_eval_loader  # noqa: E402
-from metrics import evaluate  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.loaders import make_eval_loader  # noqa: E402
+from engine.metrics import evaluate  # noqa: E402
 
 TARGET = 0.99
 

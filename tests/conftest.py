@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
-import train
-from cli import run_cli
-from config import Config, load_config
+# One PyTorch thread in this process and in every process a test starts (they inherit the environment):
+# on a 2-core machine that runs several at once this is faster, and no test depends on the core count.
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+import train  # noqa: E402
+from engine.cli import run_cli  # noqa: E402
+from engine.config import Config, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -116,7 +121,8 @@ def forked(work) -> int:
     return pid
 
 
-def wait_until(condition, timeout: float = 60) -> None:
+def wait_until(condition, timeout: float = 600) -> None:
+    """Poll until condition() holds; the timeout only guards against a hang."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

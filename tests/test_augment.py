@@ -3,14 +3,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
-import datasets as data_module
+from engine import devices
+from engine import loaders as data_module
 import train as train_module
-from augment import Augmentation, augment_images, cutmix_boxes, equalize, generator_for, mix, random_erasing
-from checkpoint import load_checkpoint
-from config import DEFAULT_CONFIG, load_config, to_yaml
+from engine.augment import Augmentation, augment_images, cutmix_boxes, equalize, generator_for, mix, random_erasing
+from engine.checkpoint import load_checkpoint
+from engine.config import DEFAULT_CONFIG, load_config, to_yaml
 from conftest import ROOT
-from datasets import Batching, DataInfo, Loader
+from engine.datasets import DataInfo
+from engine.loaders import Batching, Loader
 from model import build_model
 
 CPU = torch.device("cpu")
@@ -153,14 +154,14 @@ def test_amp_auto_resolves_as_documented_on_cpu(monkeypatch, tiny_cfg, capsys):
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         native = False
-    assert cli.has_native_bf16(CPU) == native
+    assert devices.has_native_bf16(CPU) == native
     assert load_config(DEFAULT_CONFIG, []).run.amp == "auto"
-    monkeypatch.setattr(cli, "has_native_bf16", lambda device: True)
-    assert cli.resolve_amp("auto", CPU)[0] == "bf16" and cli.autocast_dtype("auto", CPU) == torch.bfloat16
-    monkeypatch.setattr(cli, "has_native_bf16", lambda device: False)
-    assert cli.resolve_amp("auto", CPU)[0] == "none" and cli.autocast_dtype("auto", CPU) is None
-    assert cli.resolve_amp("fp16", CPU)[0] == "none"
-    assert cli.resolve_amp("bf16", CPU)[0] == "bf16"
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: True)
+    assert devices.resolve_amp("auto", CPU)[0] == "bf16" and devices.autocast_dtype("auto", CPU) == torch.bfloat16
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: False)
+    assert devices.resolve_amp("auto", CPU)[0] == "none" and devices.autocast_dtype("auto", CPU) is None
+    assert devices.resolve_amp("fp16", CPU)[0] == "none"
+    assert devices.resolve_amp("bf16", CPU)[0] == "bf16"
     run_dir = train_module.train(tiny_cfg("train.epochs=1"))
     assert "amp: auto -> none (float32: no native bf16 on this CPU)" in capsys.readouterr().out
     assert load_checkpoint(Path(run_dir) / "last.pt")["amp"] == "none"

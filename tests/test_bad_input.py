@@ -10,13 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-import compare
-import summary
+from tools import compare
+from tools import summary
 import test as test_script
 import train
 from conftest import call_script, copy_run, snapshot, start_script
 
-SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "summary.py": summary.main, "compare.py": compare.main}
+SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "tools/summary.py": summary.main,
+           "tools/compare.py": compare.main}
 
 
 class Payload:
@@ -109,12 +110,12 @@ CASES = [
     ("test.py", ["foreign.pt"], "foreign.pt was not written by this template"),
     ("test.py", ["other_arch.pt"], "classifier.1.weight: model (32, 8) vs checkpoint (16, 8)"),
     ("train.py", ["--resume", "random.pt"], "random.pt is not a readable PyTorch checkpoint"),
-    ("summary.py", ["--checkpoint", "truncated.pt"], "truncated.pt is not a readable PyTorch checkpoint"),
+    ("tools/summary.py", ["--checkpoint", "truncated.pt"], "truncated.pt is not a readable PyTorch checkpoint"),
     # devices and storage
     ("train.py", ["run.device=cuda"], "device 'cuda' requested but no CUDA device is available; use auto or cpu"),
     ("train.py", ["run.device=gpu"], "run.device: 'gpu' is not allowed; use auto | cpu | cuda | cuda:N"),
     ("test.py", ["run.device=tpu"], "run.device: 'tpu' is not allowed"),
-    ("test.py", ["train.lr=0.1"], "test.py reads only run.output_dir, run.device, data.max_pixels from the config"),
+    ("test.py", ["train.lr=0.1"], "only run.output_dir, run.device, data.max_pixels are read from the config"),
     ("train.py", ["run.output_dir=a_file/runs"], "cannot create folder a_file/runs (Not a directory); set run.output_dir"),
     # rules of issue 14, each also tested with generated cases in test_faults.py, test_inputs.py, test_fuzz.py
     ("train.py", ["run.name=.."], "run.name: '..' is not a folder name"),
@@ -125,8 +126,8 @@ CASES = [
     ("train.py", ["data.name=folder", "data.root=one_class", "data.channels=1"], "has one class folder (a)"),
     ("test.py", ["--batch-size", "-3"], "argument --batch-size: must be at least 1, got -3"),
     ("test.py", ["nan.pt"], "nan.pt has NaN or infinite weights in 'classifier.1.weight'"),
-    ("compare.py", ["checkpoints/good", "empty_metrics"], "empty_metrics/metrics.csv has no epochs yet"),
-    ("compare.py", ["checkpoints/good", "half_metrics"], "half_metrics/metrics.csv line 4 lacks numbers"),
+    ("tools/compare.py", ["checkpoints/good", "empty_metrics"], "empty_metrics/metrics.csv has no epochs yet"),
+    ("tools/compare.py", ["checkpoints/good", "half_metrics"], "half_metrics/metrics.csv line 4 lacks numbers"),
     # numbers
     ("train.py", ["train.lr=1e30", "train.scheduler=none", "run.name=diverges"], "the loss became NaN or infinite in epoch 1"),
 ]

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-from checkpoint import load_checkpoint, model_from_checkpoint, resolve
-from storage import atomic_save
-from config import UserError
+from engine import checkpoint
+from engine.checkpoint import load_checkpoint, model_from_checkpoint, resolve
+from engine.storage import atomic_save
+from engine.errors import UserError
 from conftest import call_script
+import test as test_script
 from train import main as train_main, train
 
 
@@ -153,3 +154,19 @@ def test_resuming_a_run_from_before_the_balanced_metrics_keeps_its_rows(tiny_cfg
         rows = list(csv.DictReader(f))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     assert rows[0]["val_macro_f1"] == "" and 0 <= float(rows[2]["val_macro_f1"]) <= 1
+
+
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "checkpoint-before-engine.pt"  # written before engine/ existed
+
+
+def test_a_checkpoint_written_before_the_move_to_engine_still_loads_and_tests_the_same(tmp_path):
+    run_dir = tmp_path / "checkpoints" / "old"
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.pt").write_bytes(OLD_CHECKPOINT.read_bytes())
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    model = model_from_checkpoint(ckpt, torch.device("cpu"))
+    assert all(torch.equal(a, ckpt["model"][k]) for k, a in model.state_dict().items())
+    code, out, err = call_script(test_script.main, str(run_dir), "--split", "val", cwd=tmp_path)
+    assert code == 0, err
+    recorded = ckpt["history"][ckpt["epoch"] - 1]["val_acc"]
+    assert f"accuracy {100 * recorded:.2f}%" in out  # what training logged for this checkpoint

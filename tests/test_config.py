@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from config import DEFAULT_CONFIG, UserError, config_from_dict, key_help, load_config, to_yaml
+from engine.config import DEFAULT_CONFIG, config_from_dict, key_help, load_config, to_yaml
+from engine.errors import UserError
 
 
 def load(*overrides: str):

@@ -2,10 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-from config import UserError
-import datasets
-from datasets import (Batching, DataInfo, Loader, channel_stats, eval_batch_size, load_split,
-                      make_train_loaders, train_val_split)
+from engine.errors import UserError
+from engine import datasets, loaders
+from engine.datasets import DataInfo, load_split
+from engine.loaders import Batching, Loader, channel_stats, eval_batch_size, make_train_loaders, train_val_split
 
 
 def batches(loader):
@@ -163,7 +163,7 @@ def test_streamed_folder_statistics_are_cached_with_the_data(tiny_cfg, tmp_path,
 
     def no_decoding(*args):
         raise AssertionError("statistics computed again despite the cache")
-    monkeypatch.setattr(datasets, "channel_stats", no_decoding)
+    monkeypatch.setattr(loaders, "channel_stats", no_decoding)
     second = make_train_loaders(tiny_cfg(*streamed), torch.device("cpu"))[2]
     assert (second.mean, second.std) == (first.mean, first.std)
     with pytest.raises(AssertionError, match="computed again"):  # another seed samples other images

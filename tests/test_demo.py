@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="gradio is absent; pip install -r requirements-extras.txt")
-import demo  # noqa: E402
-from checkpoint import data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
-from datasets import Batching, Loader, load_digits  # noqa: E402
+from tools import demo  # noqa: E402
+from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
+from engine.datasets import load_digits  # noqa: E402
+from engine.loaders import Batching, Loader  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

@@ -5,23 +5,25 @@ import os
 import pytest
 import torch
 
-import cli
-import distributed
 import train as train_module
-from checkpoint import load_checkpoint
-from cli import autocast_dtype, select_device
-from config import UserError
-from datasets import Batching, DataInfo, Loader
-from metrics import evaluate_checkpoint
+from engine import devices, distributed, runs
+from engine.checkpoint import load_checkpoint
+from engine.datasets import DataInfo
+from engine.loaders import Batching, Loader
+from engine.devices import autocast_dtype, select_device
+from engine.errors import UserError
+from engine.finetune import param_groups
+from engine.metrics import evaluate_checkpoint
+from engine.optim import make_optimizer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(cli, "mps_available", lambda: True)
+    monkeypatch.setattr(devices, "mps_available", lambda: True)
     assert select_device("auto") == torch.device("mps") and select_device("mps") == torch.device("mps")
-    monkeypatch.setattr(cli, "mps_available", lambda: False)
+    monkeypatch.setattr(devices, "mps_available", lambda: False)
     assert select_device("auto") == torch.device("cpu")
     with pytest.raises(UserError, match="device 'mps' requested but this machine has no Apple GPU"):
         select_device("mps")
@@ -79,19 +81,19 @@ def test_deterministic_cublas_is_configured_before_training(monkeypatch, tmp_pat
 
 
 def test_compile_with_sync_batchnorm_under_torchrun_is_refused(tiny_cfg, monkeypatch):
-    monkeypatch.setattr(train_module, "rank_and_world", lambda: (0, 2))
+    monkeypatch.setattr(devices, "rank_and_world", lambda: (0, 2))
     cfg = tiny_cfg("run.compile=true", "model.sync_batchnorm=true")
     with pytest.raises(UserError, match="run.compile with model.sync_batchnorm under torchrun is not supported"):
-        train_module.build_model(cfg, DataInfo(1, 8, list("0123456789")), torch.device("cpu"))
+        devices.sync_batchnorm(torch.nn.BatchNorm2d(2), cfg, torch.device("cpu"))
 
 
 def test_optimizers_are_fused_on_cuda_only(tiny_cfg):
     model = torch.nn.Linear(2, 2)
     for name in ("sgd", "adam", "adamw"):
         cfg = tiny_cfg(f"train.optimizer={name}").train
-        groups = train_module.param_groups(model, None, cfg)
-        assert train_module.make_optimizer(groups, cfg, torch.device("cuda")).defaults["fused"] is True
-        assert not train_module.make_optimizer(groups, cfg, torch.device("cpu")).defaults["fused"]
+        groups = param_groups(model, None, cfg)
+        assert make_optimizer(groups, cfg, torch.device("cuda")).defaults["fused"] is True
+        assert not make_optimizer(groups, cfg, torch.device("cpu")).defaults["fused"]
 
 
 def test_checkpoints_hold_no_cuda_state_for_a_cpu_run(tiny_run):
@@ -107,6 +109,6 @@ def test_cuda_run_with_bf16_resumes_and_test_matches_training(tiny_cfg):
     assert isinstance(ckpt["rng"]["cuda"][0], torch.Tensor)  # the one device's state, not every device's
     _, _, val = evaluate_checkpoint(run_dir / "best.pt", torch.device("cuda"), "val")
     assert val["accuracy"] == ckpt["history"][0]["val_acc"]
-    resumed = train_module.resumed_config(ckpt, ["train.epochs=2"])
+    resumed = runs.resumed_config(ckpt, ["train.epochs=2"])
     train_module.train(resumed, load_checkpoint(run_dir / "last.pt"), run_dir)
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2

@@ -18,12 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-import compare
-import storage
-import summary
+from tools import compare
+from engine import runs, storage
+from tools import summary
 import test as test_script
 import train
-from checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint
+from engine.errors import UserError
 from conftest import TINY, call_script, copy_run, forked, needs_fork, snapshot, wait_until
 
 
@@ -191,8 +192,8 @@ def test_a_run_folder_that_links_outside_is_refused(tiny_cfg, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "checkpoints" / "linked").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(train.UserError, match="outside run.output_dir"):
-        train.make_run_dir(cfg)
+    with pytest.raises(UserError, match="outside run.output_dir"):
+        runs.make_run_dir(cfg)
 
 
 def test_a_saved_config_repeats_its_run_in_a_new_folder(tiny_run, tmp_path):
@@ -293,7 +294,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training(tiny_cfg, tmp_pa
     """Python drops an exception raised inside a finalizer or weakref callback (matplotlib runs many while
     collecting garbage), so a Ctrl-C landing there was lost and training ran on; reproduced by sending
     SIGINT from inside a weakref callback while curves.png is drawn."""
-    plot_curves = train.plot_curves
+    plot_curves = runs.plot_curves
 
     class Garbage:
         pass
@@ -303,7 +304,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training(tiny_cfg, tmp_pa
         weakref.finalize(garbage, lambda: (os.kill(os.getpid(), signal.SIGINT), [0] * 1000))
         del garbage  # the callback runs here; its KeyboardInterrupt is printed and dropped
         plot_curves(history, path)
-    monkeypatch.setattr(train, "plot_curves", swallowing_plot)
+    monkeypatch.setattr(runs, "plot_curves", swallowing_plot)
     args = [*TINY, "train.epochs=3", "run.name=c", f"run.output_dir={tmp_path / 'checkpoints'}"]
     code, _, err = call_script(train.main, *args, cwd=tmp_path)
     assert code == 130, err

@@ -3,9 +3,10 @@ import torch
 from PIL import Image
 
 import test as test_script
-from checkpoint import data_of, load_checkpoint, model_from_checkpoint
-from datasets import Batching, Loader, read_image
-from explain import grad_cam
+from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint
+from engine.datasets import read_image
+from engine.loaders import Batching, Loader
+from engine.explain import grad_cam
 from train import train
 
 SIZE = 16

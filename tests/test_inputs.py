@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-import datasets
+from engine import datasets, loaders
 import test as test_script
-from checkpoint import load_checkpoint
-from config import SEED_MAX, UserError, load_config
+from engine.checkpoint import load_checkpoint
+from engine.config import SEED_MAX, load_config
+from engine.errors import UserError
 from conftest import call_script
-from datasets import Batching, DataInfo, Loader, read_image
+from engine.datasets import DataInfo, read_image
+from engine.loaders import Batching, Loader
 
 MAX_PIXELS = 50_000_000
 DARK, LIGHT = 30, 220  # grey levels of the left and right halves of every test image
@@ -256,6 +258,6 @@ def test_the_largest_seed_shuffles_and_splits(tmp_path):
     loader.set_epoch(3)
     assert [len(labels) for _, labels in loader] == [4, 5]  # the lone last image joins the batch before it
     assert len(loader) == 2
-    datasets.train_val_split(torch.arange(10) % 2, 0.2, SEED_MAX)
+    loaders.train_val_split(torch.arange(10) % 2, 0.2, SEED_MAX)
     with pytest.raises(UserError, match="run.seed: must be between 0 and 9223372036854775807"):
         load_config(None, [f"run.seed={SEED_MAX + 1}"])

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 import model as model_module
-from model import MODELS, ShapeError, build_model, summary
+from model import MODELS, ShapeError, build_model
+from tools.summary import summary
 from train import train
 
 

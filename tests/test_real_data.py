@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from config import load_config
+from engine.config import load_config
 from conftest import SHARED_DATASETS, needs_shared
-from metrics import evaluate_checkpoint
+from engine.metrics import evaluate_checkpoint
 from train import train
 
 

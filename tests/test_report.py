@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-import compare
+from tools import compare
 import test as test_script
 import train as train_module
-from checkpoint import load_checkpoint, model_from_checkpoint
-from config import UserError
+from engine.checkpoint import load_checkpoint, model_from_checkpoint
+from engine.errors import UserError
 from conftest import call_script, copy_run
-from metrics import evaluate_checkpoint
-from model import summary
+from engine.metrics import evaluate_checkpoint
+from tools.summary import summary
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import train as train_module
-from checkpoint import config_of, load_checkpoint, model_from_checkpoint
-from config import UserError
+from engine import runs
+from engine.checkpoint import config_of, load_checkpoint, model_from_checkpoint
+from engine.errors import UserError
 from conftest import TINY, run_script
-from datasets import make_train_loaders
-from metrics import evaluate, make_loss
+from engine.loaders import make_train_loaders
+from engine.metrics import evaluate, make_loss
 from train import train
 
 
@@ -65,7 +66,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     interrupted = max((straight.parent).iterdir(), key=lambda p: p.stat().st_mtime)
     ckpt = load_checkpoint(interrupted / "last.pt")
     assert ckpt["epoch"] == 1
-    resumed = train(train_module.resumed_config(ckpt, []), ckpt, interrupted)
+    resumed = train(runs.resumed_config(ckpt, []), ckpt, interrupted)
 
     assert resumed == interrupted
     assert read_rows(resumed) == read_rows(straight)
@@ -76,15 +77,15 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
 def test_resume_refuses_changes_to_the_experiment(tiny_run):
     ckpt = load_checkpoint(tiny_run.run_dir / "last.pt")
     with pytest.raises(UserError, match="'model.activation' cannot change on --resume"):
-        train_module.resumed_config(ckpt, ["model.activation=tanh"])
+        runs.resumed_config(ckpt, ["model.activation=tanh"])
     with pytest.raises(UserError, match="train.epochs cannot change on --resume with train.scheduler=onecycle"):
-        train_module.resumed_config(ckpt, ["train.epochs=4"])
+        runs.resumed_config(ckpt, ["train.epochs=4"])
 
 
 def test_resume_with_more_epochs_continues(tiny_cfg):
     run_dir = train(tiny_cfg("train.epochs=2", "train.scheduler=step"))
     ckpt = load_checkpoint(run_dir / "last.pt")
-    cfg = train_module.resumed_config(ckpt, ["train.epochs=3"])
+    cfg = runs.resumed_config(ckpt, ["train.epochs=3"])
     train(cfg, ckpt, run_dir)
     assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1, 2, 3]
     assert "epochs: 3" in (run_dir / "config.yaml").read_text()

@@ -9,12 +9,17 @@ from PIL import Image
 
 import test as test_script
 import train as train_module
-from checkpoint import Pretrained, load_checkpoint, load_pretrained, read_pretrained
-from config import UserError, load_config
+from engine.checkpoint import load_checkpoint
+from engine.finetune import Pretrained, load_pretrained, read_pretrained
+from engine import runs
+from engine.config import config_from_dict, load_config
+from engine.errors import UserError
 from conftest import ROOT, call_script
-from datasets import Batching, DataInfo, Loader, load_digits
-from metrics import class_weights, evaluate, evaluate_checkpoint, make_loss
-from model import build_model, class_layers
+from engine.datasets import DataInfo, load_digits
+from engine.loaders import Batching, Loader
+from engine.metrics import class_weights, evaluate, evaluate_checkpoint, make_loss
+from engine.finetune import class_layers
+from model import build_model
 from train import train
 
 BACKBONES = ["resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"]
@@ -97,10 +102,10 @@ def test_path_weights_freeze_then_unfreeze_and_resume_bitwise(tiny_run, tiny_cfg
     backbone = [k for k in file_state if k not in after_1["new_layers"]]
     assert all(torch.equal(after_1["model"][k], file_state[k]) for k in backbone)  # incl. batch-norm statistics
     torch.manual_seed(0)  # train.py's seed: the head as it was initialised
-    fresh = build_model(train_module.config_from_dict(after_1["config"]).model, 1, 3, 8).state_dict()
+    fresh = build_model(config_from_dict(after_1["config"]).model, 1, 3, 8).state_dict()
     assert not torch.equal(after_1["model"]["classifier.4.weight"], fresh["classifier.4.weight"])
 
-    cfg = train_module.resumed_config(after_1, ["train.epochs=2"])
+    cfg = runs.resumed_config(after_1, ["train.epochs=2"])
     resumed = train(cfg, after_1, frozen)
     assert "epoch 2: training all layers" in capsys.readouterr().out
     after_2 = load_checkpoint(resumed / "last.pt")

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from storage import replacing  # noqa: E402
+from engine.storage import replacing  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path | io.BytesIO, tight: bool = True) -> None:

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
-from cli import autocast_dtype
-from config import TrainConfig, UserError
-from datasets import Loader, eval_batch_size, make_eval_loader
-from distributed import all_reduce_sum
+from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
+from engine.devices import autocast, autocast_dtype
+from engine.config import TrainConfig
+from engine.errors import UserError
+from engine.loaders import Loader, eval_batch_size, make_eval_loader
+from engine.distributed import all_reduce_sum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes
@@ -89,8 +90,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of each image's loss times its weight
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     labels_seen, top_probs, top_classes = [], [], []
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, amp_dtype):
         for images, labels in loader:
             logits = model(images)  # (B, num_classes)
             loss_sum += loss_fn(logits.float(), labels).double()

@@ -1,7 +1,7 @@
-"""What every script shares: --config and overrides, one-line errors and exit codes, device and seed."""
+"""What every script shares: --config and overrides, the checkpoint argument, one-line errors and exit codes."""
 import argparse
 import os
-import random
+import re
 import signal
 import sys
 import tempfile
@@ -13,7 +13,9 @@ from typing import Callable, NoReturn
 
 import torch
 
-from config import UserError, check_device_name, key_help
+from engine.checkpoint import resolve
+from engine.config import Config, key_help, load_config
+from engine.errors import UserError
 from model import ShapeError
 
 
@@ -123,73 +125,36 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
             signal.signal(sig, handler)
 
 
-def mps_available() -> bool:
-    return torch.backends.mps.is_available()
+# The only settings test.py and the tools that read a checkpoint take from the config; the model and data
+# come from the checkpoint.
+CHECKPOINT_CONFIG_KEYS = ("run.output_dir", "run.device", "data.max_pixels")
 
 
-def select_device(name: str) -> torch.device:
-    """auto -> CUDA, else Apple's MPS, else CPU; explicit requests are checked. cuda:N becomes the
-    current CUDA device, so libraries that use 'the current device' use it too."""
-    check_device_name(name, "device")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
-    if name == "mps" and not mps_available():
-        raise UserError("device 'mps' requested but this machine has no Apple GPU (MPS); use auto or cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device '{name}' requested but no CUDA device is available; use auto or cpu")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UserError(f"device '{name}' requested but only {torch.cuda.device_count()} "
-                            "CUDA device(s) exist; use cuda:0 or auto")
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device(name)
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """[CHECKPOINT_OR_RUN_FOLDER] [key=value ...] and --config, the same in test.py, export.py and demo.py."""
+    keys = ", ".join(CHECKPOINT_CONFIG_KEYS)
+    parser.add_argument("inputs", nargs="*", metavar="[CHECKPOINT_OR_RUN_FOLDER] [key=value]",
+                        help=f"a .pt file or a run folder (default: the most recent run under run.output_dir); "
+                             f"overrides of {keys}")
+    parser.add_argument("--config", metavar="FILE", help=f"config file for {keys} (default: config.yaml)")
 
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+def checkpoint_and_config(args: argparse.Namespace, filename: str = "best.pt") -> tuple[Path, Config]:
+    """The checkpoint the arguments name (a run folder gives its filename; none, the latest run's) and the
+    config that its output folder, device and pixel limit come from."""
+    checkpoint, overrides = split_inputs(args.inputs)
+    cfg = load_config(args.config, overrides)
+    return resolve(checkpoint, cfg.run.output_dir, filename), cfg
 
 
-def has_native_bf16(device: torch.device) -> bool:
-    """CUDA with bf16 support, or a CPU whose oneDNN reports bf16 support (AVX-512 CPUs and newer)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type != "cpu":  # MPS: float32 unless asked
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private call: absent from some builds
-        return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
-    """run.amp -> none | bf16 | fp16 on this device, and why."""
-    if amp == "auto":
-        if has_native_bf16(device):
-            return "bf16", f"{device.type} has native bf16"
-        return "none", f"float32: no native bf16 on this {'GPU' if device.type == 'cuda' else device.type.upper()}"
-    if amp == "fp16" and device.type != "cuda":  # fp16 needs CUDA's GradScaler
-        return "none", f"fp16 applies on CUDA only; training in float32 (run.amp=bf16 works on {device.type.upper()})"
-    return amp, "as configured"
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype that training, validation and test.py all use for run.amp on this device."""
-    return AMP_DTYPES[resolve_amp(amp, device)[0]]
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python and torch; optionally make PyTorch use deterministic algorithms only."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        require_deterministic_cublas()
-    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~150 MB of memory
-        torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.deterministic = deterministic
-
-
-def require_deterministic_cublas() -> None:
-    """Deterministic cuBLAS needs this variable before the process's first cuBLAS call (PyTorch reads
-    it once), so train.py sets it as soon as the config asks for determinism."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
+    """[CHECKPOINT] [key=value ...] -> (checkpoint or None, overrides of CHECKPOINT_CONFIG_KEYS)."""
+    overrides = [text for text in inputs if re.match(r"^\w+(\.\w+)+=", text)]
+    paths = [text for text in inputs if text not in overrides]
+    for text in overrides:
+        if text.partition("=")[0] not in CHECKPOINT_CONFIG_KEYS:
+            raise UserError(f"override {text!r}: only {', '.join(CHECKPOINT_CONFIG_KEYS)} are read from the "
+                            "config; the model and data come from the checkpoint")
+    if len(paths) > 1:
+        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {' '.join(paths)}")
+    return (paths[0] if paths else None), overrides

@@ -15,13 +15,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from engine.errors import UserError
 from model import MODELS, ModelConfig, model_class, settings_of
 
-DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, without a traceback."""
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
 
 def at_least(low: float) -> dict:

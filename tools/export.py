@@ -6,9 +6,9 @@ image size, channels, mean/std and the template's format version are in each fil
 Before the files replace earlier ones, both are checked against the PyTorch model on the
 checkpoint's test split. Needs the extras: pip install -r requirements-extras.txt
 
-    python export.py                            # best.pt of the most recent run
-    python export.py checkpoints/<run>          # best.pt of that run; writes checkpoints/<run>/model.onnx, .pt2
-    python export.py checkpoints/<run>/last.pt --no-verify
+    python tools/export.py                            # best.pt of the most recent run
+    python tools/export.py checkpoints/<run>          # best.pt of that run; writes checkpoints/<run>/model.onnx, .pt2
+    python tools/export.py checkpoints/<run>/last.pt --no-verify
 """
 import argparse
 import contextlib
@@ -18,17 +18,20 @@ import os
 import time
 import traceback
 from collections import OrderedDict
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from checkpoint import FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
-from cli import Parser, run_cli
-from config import UserError, load_config
-from datasets import DataInfo, Loader, Normalise, eval_batch_size, make_eval_loader
-from metrics import evaluate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
+from engine.checkpoint import FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
+from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
+from engine.datasets import DataInfo  # noqa: E402
+from engine.loaders import Loader, Normalise, eval_batch_size, make_eval_loader  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.metrics import evaluate  # noqa: E402
 
 CPU = torch.device("cpu")
 TORCH_DIR = os.path.dirname(torch.__file__)
@@ -170,13 +173,11 @@ def export(path: Path, check: bool = True) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_FOLDER",
-                        help="a .pt file or a run folder (default: best.pt of the most recent run under "
-                             "config.yaml's run.output_dir)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the check on the test split (when the data set is not on this machine)")
     args = parser.parse_args(argv)
-    export(resolve(args.checkpoint, load_config(None, []).run.output_dir, "best.pt"), check=not args.no_verify)
+    export(checkpoint_and_config(args)[0], check=not args.no_verify)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Needs only onnxruntime, numpy and Pillow (pip install onnxruntime numpy pillow),
 names and image size from the file's metadata, and prints the same table and CSV as
 `python test.py --predict`.
 
-    python predict_onnx.py checkpoints/<run>/model.onnx my_digit.png more_images/
-    python predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 --output predictions.csv
+    python tools/predict_onnx.py checkpoints/<run>/model.onnx my_digit.png more_images/
+    python tools/predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 --output predictions.csv
 """
 import argparse
 import json
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imagefiles import ranked, read_inputs, report_predictions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
+from engine.imagefiles import ranked, read_inputs, report_predictions  # noqa: E402
 
 BATCH = 256  # images per onnxruntime call
 REQUIRED = ("class_names", "image_size", "channels")  # metadata keys written by export.py
@@ -32,7 +33,7 @@ def open_model(path: Path):
     except ImportError:
         raise ModelError("predict_onnx.py needs onnxruntime; pip install onnxruntime") from None
     if not path.is_file():
-        raise ModelError(f"{path} not found; export a checkpoint with python export.py")
+        raise ModelError(f"{path} not found; export a checkpoint with python tools/export.py")
     try:
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types, not exported by name

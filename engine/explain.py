@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config import UserError
+from engine.errors import UserError
 
 
 def conv_outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[nn.Conv2d, int, torch.Tensor]]:

@@ -13,7 +13,7 @@ from typing import IO, Iterator
 
 import torch
 
-from config import UserError
+from engine.errors import UserError
 
 LOCK_NAME = ".lock"  # in a run folder: the training process that writes it
 TMP_SUFFIX = ".tmp"

@@ -1,16 +1,19 @@
 """Compare runs: their validation curves on one figure, each labelled by the config keys that differ.
 
-    python compare.py checkpoints/act-relu checkpoints/act-tanh
-    python compare.py checkpoints/act-* --output docs/activations.png
+    python tools/compare.py checkpoints/act-relu checkpoints/act-tanh
+    python tools/compare.py checkpoints/act-* --output checkpoints/activations.png
 """
 import argparse
 import csv
+import sys
 from pathlib import Path
 
-from cli import Parser, run_cli
-from config import UserError, flatten, read_yaml
-from plots import plot_comparison
-from storage import make_folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
+from engine.cli import Parser, run_cli  # noqa: E402
+from engine.config import flatten, read_yaml  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.plots import plot_comparison  # noqa: E402
+from engine.storage import make_folder  # noqa: E402
 
 IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without changing the experiment
 

@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from config import UserError
+from engine.errors import UserError
 
 
 def is_torchrun() -> bool:

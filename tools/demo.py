@@ -1,8 +1,8 @@
 """A web page to try a trained model: upload or draw an image; see the top classes, Grad-CAM and feature maps.
 
-    python demo.py                              # best.pt of the most recent run, on http://127.0.0.1:7860
-    python demo.py checkpoints/<run> --port 8000
-    python demo.py --host 0.0.0.0               # reachable from other machines: anyone there can use it
+    python tools/demo.py                              # best.pt of the most recent run, on http://127.0.0.1:7860
+    python tools/demo.py checkpoints/<run> --port 8000
+    python tools/demo.py --host 0.0.0.0               # reachable from other machines: anyone there can use it
 
 Serves a Gradio page (pip install -r requirements-extras.txt). Its prediction is also an API
 endpoint, /predict, that gradio_client can call.
@@ -10,6 +10,7 @@ endpoint, /predict, that gradio_client can call.
 import argparse
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +19,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, resolve
-from cli import Parser, run_cli
-from config import UserError, load_config
-from datasets import Batching, Loader
-from explain import conv_outputs, grad_cam, overlay
-from imagefiles import DAMAGED, to_array
-from metrics import TOP_K, evaluate_checkpoint
-from plots import plot_maps
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
+from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
+from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
+from engine.loaders import Batching, Loader  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
+from engine.imagefiles import DAMAGED, to_array  # noqa: E402
+from engine.metrics import TOP_K, evaluate_checkpoint  # noqa: E402
+from engine.plots import plot_maps  # noqa: E402
 
 CPU = torch.device("cpu")
 MAX_PIXELS = 25_000_000  # bigger uploads are refused before decoding
@@ -135,9 +137,7 @@ def build_page(demo: Demo):
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_FOLDER",
-                        help="a .pt file or a run folder (default: best.pt of the most recent run under "
-                             "config.yaml's run.output_dir)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     args = parser.parse_args(argv)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise UserError("demo.py needs gradio; pip install -r requirements-extras.txt") from None
-    demo = load_demo(resolve(args.checkpoint, load_config(None, []).run.output_dir, "best.pt"))
+    demo = load_demo(checkpoint_and_config(args)[0])
     build_page(demo).launch(server_name=args.host, server_port=args.port)
 
 

@@ -1,0 +1,255 @@
+"""The data sets data.name names, read from disk: the embedded digits, MNIST and Fashion-MNIST (IDX files),
+CIFAR-10 and folders of class folders, decoded once into (N, C, H, W) uint8 images and (N,) int64 labels
+and cached; engine/loaders.py batches them.
+"""
+import hashlib
+import math
+import pickle
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.config import DataConfig
+from engine.errors import UserError
+from engine.distributed import local_main_first
+from engine.imagefiles import ImageError, decode_image
+from engine.storage import StorageError, atomic_save, make_folder, remove_stale_temporaries
+
+DIGITS_PATH = Path(__file__).resolve().parents[1] / "data" / "digits.pt"
+TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# name -> (channels, image size); folder data sets take both from the config.
+BUILTIN = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
+CLASS_NAMES = {
+    "digits": [str(d) for d in range(10)],
+    "mnist": [str(d) for d in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+DEFAULT_SIZE = 32  # folder images' side for data.image_size=auto without pretrained weights
+
+
+@dataclass
+class DataInfo:
+    """What a model needs to know about its data; stored in checkpoints as a plain dict."""
+    in_channels: int
+    image_size: int
+    class_names: list[str]
+    mean: list[float] = field(default_factory=list)  # per channel, on the 0..1 scale: the train split's, or
+    std: list[float] = field(default_factory=list)  # those the pretrained weights were trained with
+    class_counts: list[int] = field(default_factory=list)  # training images per class (train.class_weights)
+
+
+def folder_size(cfg: DataConfig) -> int:
+    """data.image_size; auto is 32 unless train.py resolved it to the pretrained weights' size."""
+    return DEFAULT_SIZE if cfg.image_size == "auto" else cfg.image_size
+
+
+def describe(cfg: DataConfig) -> DataInfo:
+    """Channels, image size and class names of the configured data set, without loading it."""
+    if cfg.name == "folder":
+        names, test_names = class_folders(Path(cfg.root) / "train"), class_folders(Path(cfg.root) / "test")
+        if names != test_names:
+            raise UserError(f"{Path(cfg.root) / 'test'} has classes {test_names} but train has {names}; "
+                            "both need the same class folders")
+        if len(names) < 2:
+            raise UserError(f"{Path(cfg.root) / 'train'} has one class folder ({names[0]}); a classifier needs "
+                            "at least two classes, one folder each")
+        return DataInfo(cfg.channels, folder_size(cfg), names)
+    channels, size = BUILTIN[cfg.name]
+    return DataInfo(channels, size, CLASS_NAMES[cfg.name])
+
+
+def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 'train' or 'test' split as uint8 images (N, C, H, W) and int64 labels (N,).
+
+    Decoded images are cached under data.cache_dir, keyed by the source folder's resolved path and
+    its files' names, sizes and modification times, so a second run skips decoding. Under torchrun
+    the first process on each machine downloads, decodes and caches; the others then read its cache.
+    """
+    if cfg.name == "digits":
+        return load_digits(split)
+    with local_main_first():
+        return read_or_decode(cfg, split)
+
+
+def read_or_decode(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split from the cache, or decoded (downloaded first if missing) and cached."""
+    start = time.perf_counter()
+    cache = cache_path(cfg, split)
+    if cache is not None and cache.is_file():
+        try:
+            cached = torch.load(cache, weights_only=True)
+            print(f"data: {cfg.name} {split} read from {cache} in {time.perf_counter() - start:.1f}s")
+            return cached["images"], cached["labels"]
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError):
+            pass  # a damaged cache is rebuilt below
+    images, labels = load_folder(cfg, split) if cfg.name == "folder" else load_torchvision(cfg, split)
+    message = f"data: {cfg.name} {split} decoded in {time.perf_counter() - start:.1f}s"
+    cache = cache or cache_path(cfg, split)  # the files exist now, even if they were just downloaded
+    print(message + (write_cache({"images": images, "labels": labels}, cache) if cache else ""))
+    return images, labels
+
+
+def write_cache(content: dict, cache: Path) -> str:
+    """Save a decoded split (or its statistics) for the next run; returns how it went, for the log line."""
+    try:
+        make_folder(cache.parent, "data.cache_dir")
+        remove_stale_temporaries(cache.parent, only_dead=True)
+        atomic_save(content, cache)
+        return f", cached in {cache}"
+    except (StorageError, UserError) as err:
+        return f" (not cached: {err})"
+
+
+def source_folder(cfg: DataConfig, split: str) -> Path:
+    """The folder whose files make up the split."""
+    if cfg.name == "folder":
+        return Path(cfg.root) / split
+    if cfg.name == "cifar10":
+        return Path(cfg.root) / "cifar-10-batches-py"
+    return Path(cfg.root) / TORCHVISION_FOLDER[cfg.name] / "raw"
+
+
+def cache_path(cfg: DataConfig, split: str) -> Path | None:
+    """cache_dir/<name>-<split>-<hash of the source files and decode settings>.pt; None if no files or no cache.
+
+    The hash covers the resolved folder and, relative to it, every source file's name, size and
+    modification time: two spellings of one path share a cache file, and a changed file gets a new one.
+    """
+    folder = source_folder(cfg, split)
+    if not cfg.cache_dir or not folder.is_dir():
+        return None
+    files = folder_files(cfg, split)[0] if cfg.name == "folder" else [f for f in scan(folder) if f.is_file()]
+    digest = hashlib.sha1(f"{folder.resolve()}|{folder_size(cfg)}|{cfg.channels}".encode())
+    for path in files:
+        stat = path.stat()  # of the target, for a symlink
+        digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return Path(cfg.cache_dir) / f"{cfg.name}-{split}-{digest.hexdigest()[:16]}.pt"
+
+
+def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not DIGITS_PATH.is_file():
+        raise UserError(f"{DIGITS_PATH} is missing; restore it with git checkout or run data/make_digits.py")
+    digits = torch.load(DIGITS_PATH, weights_only=True)
+    idx = digits[f"{split}_idx"]
+    return digits["images"][idx].unsqueeze(1), digits["labels"][idx]  # (N, 1, 8, 8), (N,)
+
+
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An uncompressed IDX file of uint8 (MNIST's format): 0, 0, type 0x08, the dimension count, the sizes
+    as big-endian uint32, then the data. Every part is checked, so a damaged file is named, not misread."""
+    data = path.read_bytes()
+    again = "delete it to download it again, or replace it with the original"
+    if data[:2] == b"\x1f\x8b":
+        raise UserError(f"{path} is still gzip-compressed; decompress it (gunzip) or {again}")
+    if len(data) < 4 + 4 * ndim or data[:4] != bytes([0, 0, 8, ndim]):
+        raise UserError(f"{path} is not an IDX file of {ndim}-dimensional uint8 data (its header is wrong); {again}")
+    dims = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
+    size = 4 + 4 * ndim + math.prod(dims)
+    if len(data) != size:
+        raise UserError(f"{path} has {len(data):,} bytes but its header {dims} needs {size:,} "
+                        f"({'truncated' if len(data) < size else 'extra data'}); {again}")
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
+
+
+def check_idx_pair(images: torch.Tensor, labels: torch.Tensor, files: list[Path], cfg: DataConfig) -> None:
+    """Images and labels of one split must agree in count, and fit the data set's image size and classes."""
+    size = BUILTIN[cfg.name][1]
+    if len(images) != len(labels):
+        raise UserError(f"{files[0]} holds {len(images)} images but {files[1]} holds {len(labels)} labels; "
+                        "the two files must come from the same release")
+    if images.shape[1:] != (size, size) or len(labels) == 0:
+        raise UserError(f"{files[0]} holds {len(images)} images of {tuple(images.shape[1:])} pixels; "
+                        f"{cfg.name} has {size}x{size} images; replace it with the original file")
+    if int(labels.max()) >= len(CLASS_NAMES[cfg.name]):
+        raise UserError(f"{files[1]} has label {int(labels.max())}, but {cfg.name} has "
+                        f"{len(CLASS_NAMES[cfg.name])} classes; replace it with the original file")
+
+
+def load_torchvision(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST and Fashion-MNIST from their IDX files, CIFAR-10 via torchvision; downloads when missing."""
+    if cfg.name == "cifar10":
+        dataset = torchvision_dataset(cfg, split)
+        images = torch.as_tensor(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+        return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+    prefix = source_folder(cfg, split) / ("train" if split == "train" else "t10k")
+    files = [Path(f"{prefix}-images-idx3-ubyte"), Path(f"{prefix}-labels-idx1-ubyte")]
+    if not all(f.is_file() for f in files):
+        torchvision_dataset(cfg, split)
+    images, labels = read_idx(files[0], 3), read_idx(files[1], 1)
+    check_idx_pair(images, labels, files, cfg)
+    return images.unsqueeze(1), labels.long()  # (N, 1, 28, 28), (N,)
+
+
+def torchvision_dataset(cfg: DataConfig, split: str):
+    """torchvision's data set object, downloading into data.root when the files are missing."""
+    from torchvision import datasets  # imported only here: it costs ~150 MB of memory
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[cfg.name]
+    try:
+        return cls(cfg.root, train=split == "train", download=False)
+    except RuntimeError:
+        pass
+    try:
+        return cls(cfg.root, train=split == "train", download=True)
+    except Exception as err:  # urllib, socket and checksum errors all mean the same to the user
+        raise UserError(f"{cfg.name} files not found in {source_folder(cfg, split)} and the download failed "
+                        f"({type(err).__name__}); put the files there or point data.root at them") from None
+
+
+def scan(folder: Path) -> list[Path]:
+    """The entries of folder, hidden ones left out. A symbolic link counts as what it points to; a broken
+    one (its target missing, or a loop) is an error rather than a silently missing file."""
+    entries = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not entry.exists():  # exists() follows the link: False if dangling or looping
+            raise UserError(f"{entry} is a broken symbolic link (its target is missing or it points back to "
+                            "itself); remove it or fix its target")
+        entries.append(entry)
+    return entries
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        raise UserError(f"data folder {split_dir} not found; a folder data set needs "
+                        "data.root/train/<class>/ and data.root/test/<class>/")
+    names = [d.name for d in scan(split_dir) if d.is_dir()]
+    if not names:
+        raise UserError(f"{split_dir} has no class folders; put each class's images in {split_dir}/<class>/")
+    return names
+
+
+def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]:
+    """The image files under data.root/<split>/<class>/ and their labels; checks classes match train's."""
+    split_dir = Path(cfg.root) / split
+    names = describe(cfg).class_names
+    files, labels = [], []
+    for label, name in enumerate(names):
+        found = [f for f in scan(split_dir / name) if f.is_file()]
+        if not found:
+            raise UserError(f"class folder {split_dir / name} is empty; add images or remove the folder")
+        files += found
+        labels += [label] * len(found)
+    return files, torch.tensor(labels)
+
+
+def load_folder(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A folder split decoded into memory: resized to image_size, grey or colour as configured."""
+    files, labels = folder_files(cfg, split)
+    return torch.stack([read_image(f, cfg.channels, folder_size(cfg), cfg.max_pixels) for f in files]), labels
+
+
+def read_image(path: Path, channels: int, size: int, max_pixels: int) -> torch.Tensor:
+    """One image file as uint8 (channels, size, size); transparent pixels are shown over white."""
+    try:
+        return torch.from_numpy(decode_image(path, channels, size, max_pixels))
+    except ImageError as err:
+        raise UserError(str(err)) from None
+
+

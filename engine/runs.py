@@ -1,0 +1,211 @@
+"""Run folders: where a run goes, the lock that keeps one writer per folder, what --resume continues, and
+the files that record each epoch (metrics.csv, curves.png, the epoch line).
+"""
+import csv
+import itertools
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from engine import distributed
+from engine.checkpoint import load_checkpoint, resolve
+from engine.config import (Config, apply_override, changed_keys, config_from_dict, load_config, read_yaml, to_yaml,
+                           with_defaults)
+from engine.datasets import DataInfo
+from engine.loaders import Loader
+from engine.distributed import from_main, is_main, rank_and_world
+from engine.errors import UserError
+from engine.plots import plot_curves
+from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
+
+
+# Keys a resumed run may change; anything else would make it a different experiment.
+RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
+             "log.tensorboard")
+
+
+def claim(run_dir: Path) -> RunLock:
+    """Lock the run folder for this process, and remove temporary files a killed run left in it."""
+    lock = RunLock(run_dir).acquire()
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        print(f"note: removed {', '.join(removed)} left in {run_dir} by an interrupted run")
+    return lock
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists()
+
+
+def make_run_dir(cfg: Config, explicit_name: bool = False) -> tuple[Path, RunLock]:
+    """A new run folder, locked. A name given on the command line that already holds a run is refused;
+    any other name (the default, or one from a config file such as a run's saved config.yaml) gets the
+    next free -2, -3, ... suffix instead, so nothing is ever overwritten."""
+    output_dir = make_folder(cfg.run.output_dir, "run.output_dir")
+    name = cfg.run.name or f"{cfg.data.name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for suffix in itertools.count(1):
+        run_dir = output_dir / (name if suffix == 1 else f"{name}-{suffix}")
+        make_folder(run_dir, "run.output_dir")
+        if run_dir.resolve().parent != output_dir.resolve():
+            raise UserError(f"run folder {run_dir} is a link to {run_dir.resolve()}, outside run.output_dir; "
+                            "remove the link or pick another run.name")
+        try:
+            lock = claim(run_dir)
+        except RunFolderInUse:
+            if explicit_name:
+                raise
+            continue
+        if not holds_run(run_dir):
+            if suffix > 1:
+                print(f"note: {output_dir / name} already holds a run; this one goes to {run_dir}")
+            return run_dir, lock
+        lock.release()
+        if explicit_name:
+            raise UserError(f"run folder {run_dir} already holds a run; pick another run.name "
+                            f"or continue it with --resume {run_dir}")
+
+
+def take_run_dir(cfg: Config, run_dir: Path | None, explicit_name: bool) -> tuple[Config, Path, RunLock | None]:
+    """The run folder, locked by rank 0: run_dir when continuing, else a new one; cfg is given its name."""
+    lock = None
+    if is_main():
+        run_dir, lock = make_run_dir(cfg, explicit_name) if run_dir is None else (run_dir, claim(run_dir))
+    run_dir = Path(from_main(str(run_dir) if is_main() else None))
+    return replace(cfg, run=replace(cfg.run, name=run_dir.name)), run_dir, lock
+
+
+def resumed_config(ckpt: dict, overrides: list[str]) -> Config:
+    """The checkpoint's config plus overrides that do not change the experiment."""
+    return overridden(ckpt["config"], overrides)
+
+
+def overridden(saved: dict, overrides: list[str]) -> Config:
+    """A run's saved config plus overrides of the keys a resumed run may change."""
+    if not isinstance(saved, dict):
+        raise UserError("the run's saved config is not a mapping of keys; start a new run instead")
+    raw = with_defaults(saved)
+    for text in overrides:
+        key = text.partition("=")[0]
+        if key not in RESUMABLE:
+            raise UserError(f"override {key!r} cannot change on --resume (it would be a different run); "
+                            f"allowed: {', '.join(RESUMABLE)}")
+        apply_override(raw, text)
+    cfg = config_from_dict(raw)
+    if cfg.train.epochs != saved["train"]["epochs"] and cfg.train.scheduler in ("cosine", "onecycle"):
+        raise UserError(f"train.epochs cannot change on --resume with train.scheduler={cfg.train.scheduler}: its "
+                        "schedule is laid out over the original epochs; start a new run instead")
+    if overrides:
+        print(f"resuming with {' '.join(overrides)} (recorded in the run's config.yaml)")
+    return cfg
+
+
+def finished(ckpt: dict, cfg: Config) -> str:
+    """Why the checkpoint's run has nothing left to do under cfg; '' if it has."""
+    longer = ("start a new run to train longer" if cfg.train.scheduler in ("cosine", "onecycle")
+              else "raise train.epochs to train on")
+    if ckpt["epoch"] >= cfg.train.epochs:
+        return f"all {cfg.train.epochs} epochs are done; {longer}"
+    if cfg.train.patience and ckpt["bad_epochs"] >= cfg.train.patience:
+        return (f"it stopped early after {ckpt['bad_epochs']} epochs without a better val {cfg.train.best_metric}; "
+                "raise train.patience (0 = off) to train on")
+    return ""
+
+
+def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Config, dict | None, Path]:
+    """What --resume continues: a run's last.pt, or a run folder killed before its first epoch ended,
+    which starts again from its config.yaml."""
+    path = resolve(resume or None, load_config(config, []).run.output_dir, "last.pt")
+    if resume and Path(resume).is_dir() and not path.exists():
+        if not (path.parent / "config.yaml").is_file():
+            raise UserError(f"{path.parent} holds no checkpoint and no config.yaml: it was stopped before its "
+                            "first file was written, so there is nothing to resume; start the run again with "
+                            "the same command (the folder is reused)")
+        print(f"note: {path.parent} has no completed epoch yet; starting it again from its config.yaml")
+        return overridden(read_yaml(path.parent / "config.yaml"), overrides), None, path.parent
+    if distributed.is_torchrun() and not path.is_file():
+        raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
+                        "run.output_dir must be storage that every machine sees (e.g. NFS)")
+    ckpt = load_checkpoint(path)
+    return resumed_config(ckpt, overrides), ckpt, path.parent
+
+
+def write_metrics(history: list[dict], run_dir: Path) -> None:
+    """metrics.csv and curves.png, rewritten from the full history every epoch.
+
+    The columns are the latest row's: epochs resumed from an older checkpoint leave the newer columns empty."""
+    with replacing(run_dir / "metrics.csv", binary=False) as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[-1]), restval="")
+        writer.writeheader()
+        writer.writerows(history)
+    plot_curves(history, run_dir / "curves.png")
+
+
+def epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
+            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
+            f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%  lr {row['lr']:.2e}"
+            f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
+
+
+# train.best_metric -> its column in metrics.csv
+METRIC_COLUMNS = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1"}
+
+
+def summary_writer_class() -> type:
+    """TensorBoard's SummaryWriter, or a clear error when the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("log.tensorboard is true but the tensorboard package is not installed; "
+                        "pip install tensorboard, or set log.tensorboard=false") from None
+    return SummaryWriter
+
+
+def what_to_train(resume: str | None, config: str | None,
+                  overrides: list[str]) -> tuple[Config, dict | None, Path | None]:
+    """train.py's command line -> (config, checkpoint to continue or None, its run folder or None)."""
+    if resume is None:
+        return load_config(config, overrides), None, None
+    return to_resume(resume, config, overrides)
+
+
+def header(cfg: Config, info: DataInfo, model: nn.Module, run_dir: Path, loaders: tuple[Loader, Loader]) -> str:
+    """What a person checks before the first epoch: device, data, model, changed keys, run folder."""
+    (train_loader, val_loader), world = loaders, rank_and_world()[1]
+    parameters = sum(p.numel() for p in model.parameters())
+    return (f"device: {train_loader.device}{f' x {world} processes' if world > 1 else ''}\n"
+            f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images "
+            f"of {info.in_channels}x{info.image_size}x{info.image_size}, {len(info.class_names)} classes\n"
+            f"model: {cfg.model.name}, {parameters:,} parameters\n"
+            f"changed from config.yaml: {' '.join(changed_keys(cfg)) or 'none'}\n"
+            f"run folder: {run_dir} (full config in its config.yaml)")
+
+
+def write_config(cfg: Config, run_dir: Path) -> None:
+    """The resolved config, from rank 0: what --resume and a new run with --config read back."""
+    if is_main():
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
+
+
+def open_tensorboard(writer_class: type | None, run_dir: Path):
+    """A SummaryWriter in run_dir/tensorboard on rank 0 when log.tensorboard is on; else None."""
+    return writer_class(str(run_dir / "tensorboard")) if writer_class and is_main() else None
+
+
+def log_tensorboard(writer, row: dict) -> None:
+    if writer is not None:
+        for key, value in row.items():
+            writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+
+def say_how_to_continue(run_dir: Path, epoch: int) -> None:
+    """After Ctrl-C or SIGTERM: where the run stands and the command that continues it."""
+    if is_main():
+        launcher = "torchrun ... train.py" if rank_and_world()[1] > 1 else "python train.py"
+        print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {epoch}. Continue with: {launcher} --resume {run_dir}",
+              file=sys.stderr)
