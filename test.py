@@ -22,10 +22,10 @@ from torch import nn
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, positive_int, run_cli
 from engine.datasets import read_image
-from engine.loaders import Batching, Loader
 from engine.devices import autocast_dtype, select_device
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
 from engine.imagefiles import read_inputs, report_predictions
+from engine.loaders import Batching, Loader
 from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
 from engine.plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
 from engine.storage import replacing, write_text

@@ -22,13 +22,13 @@ from tqdm import tqdm
 from engine import distributed, runs
 from engine.checkpoint import RunState, checkpoint_dict, restore, save_checkpoint
 from engine.cli import check_interrupted, make_parser, run_cli
+from engine.config import Config, TrainConfig, to_yaml
 from engine.datasets import DataInfo
-from engine.loaders import Loader
 from engine.devices import apply_switches, autocast, require_deterministic_cublas, seed_everything, select_device
 from engine.distributed import all_reduce_sum, broadcast_buffers, is_main, rank_and_world
-from engine.config import Config, TrainConfig, to_yaml
 from engine.errors import UserError
 from engine.finetune import load_data, param_groups, setup_model, unfreeze
+from engine.loaders import Loader
 from engine.metrics import LossFn, class_weights, evaluate, evaluate_checkpoint, make_loss
 from engine.optim import make_optimizer, make_scheduler
 
@@ -79,8 +79,8 @@ def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, floa
     bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.train.epochs}", leave=False, disable=None if is_main() else True)
     for batch, (images, targets) in enumerate(bar, 1):  # images (B, C, H, W); targets (B,) or (B, K) with MixUp
         with autocast(device, step.amp_dtype):
-            logits = model(images)  # forward pass: (B, num_classes)
-            loss = step.loss_fn(logits, targets)  # the loss J of this batch
+            logits = model(images)  # forward pass, layer by layer (a fully connected one: h(XW + b)): (B, num_classes)
+            loss = step.loss_fn(logits, targets)  # the loss J (train.loss=mse: the notes' 1/(2m) sum (f(x) - y)^2)
         step.optimizer.zero_grad(set_to_none=True)
         step.scaler.scale(loss).backward()  # backpropagation: dJ/dw for every weight w
         if step.grad_clip > 0:

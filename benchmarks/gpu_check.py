@@ -25,13 +25,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import train as train_module  # noqa: E402
 from engine.cli import Parser, run_cli  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.errors import UserError
 from engine.datasets import describe  # noqa: E402
+from engine.errors import UserError
 from engine.loaders import Batching, Loader, load_images, make_eval_loader, num_workers  # noqa: E402
 from engine.metrics import evaluate, evaluate_checkpoint  # noqa: E402
+import train as train_module  # noqa: E402
 
 SWITCHES = {
     "float32, NCHW": ["run.channels_last=false"],

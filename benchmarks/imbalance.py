@@ -14,9 +14,9 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.devices import select_device  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.datasets import load_digits  # noqa: E402
+from engine.devices import select_device  # noqa: E402
 from engine.metrics import evaluate_checkpoint, per_class  # noqa: E402
 from train import train  # noqa: E402
 

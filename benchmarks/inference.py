@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.config import load_config  # noqa: E402
 from engine.datasets import DataInfo  # noqa: E402
-from tools.export import deployable, export_program, require_extras, write_onnx  # noqa: E402
 from model import build_model  # noqa: E402
+from tools.export import deployable, export_program, require_extras, write_onnx  # noqa: E402
 
 # name -> (config overrides, channels, image size)
 MODELS = {

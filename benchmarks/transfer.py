@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.devices import select_device  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.devices import select_device  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
 from train import train  # noqa: E402
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from engine.config import DataConfig
-from engine.errors import UserError
 from engine.distributed import local_main_first
+from engine.errors import UserError
 from engine.imagefiles import ImageError, decode_image
 from engine.storage import StorageError, atomic_save, make_folder, remove_stale_temporaries
 

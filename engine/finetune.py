@@ -9,9 +9,9 @@ from torch import nn
 from engine.checkpoint import FORMAT_VERSION, data_of
 from engine.config import Config, TrainConfig
 from engine.datasets import DEFAULT_SIZE, DataInfo
-from engine.loaders import Loader, make_train_loaders
 from engine.devices import sync_batchnorm, wrap
 from engine.errors import UserError
+from engine.loaders import Loader, make_train_loaders
 from model import ModelConfig, TorchvisionModel, build_model, model_class
 
 

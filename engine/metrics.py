@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
-from engine.devices import autocast, autocast_dtype
 from engine.config import TrainConfig
+from engine.devices import autocast, autocast_dtype
+from engine.distributed import all_reduce_sum
 from engine.errors import UserError
 from engine.loaders import Loader, eval_batch_size, make_eval_loader
-from engine.distributed import all_reduce_sum
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes

@@ -16,9 +16,9 @@ from engine.checkpoint import load_checkpoint, resolve
 from engine.config import (Config, apply_override, changed_keys, config_from_dict, load_config, read_yaml, to_yaml,
                            with_defaults)
 from engine.datasets import DataInfo
-from engine.loaders import Loader
 from engine.distributed import from_main, is_main, rank_and_world
 from engine.errors import UserError
+from engine.loaders import Loader
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
 

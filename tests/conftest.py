@@ -20,9 +20,9 @@ os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
-import train  # noqa: E402
 from engine.cli import run_cli  # noqa: E402
 from engine.config import Config, load_config  # noqa: E402
+import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"

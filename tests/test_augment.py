@@ -3,16 +3,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT
 from engine import devices
 from engine import loaders as data_module
-import train as train_module
 from engine.augment import Augmentation, augment_images, cutmix_boxes, equalize, generator_for, mix, random_erasing
 from engine.checkpoint import load_checkpoint
 from engine.config import DEFAULT_CONFIG, load_config, to_yaml
-from conftest import ROOT
 from engine.datasets import DataInfo
 from engine.loaders import Batching, Loader
 from model import build_model
+import train as train_module
 
 CPU = torch.device("cpu")
 INFO = DataInfo(1, 8, [str(i) for i in range(10)], mean=[0.5], std=[0.25])

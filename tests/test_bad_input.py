@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import call_script, copy_run, snapshot, start_script
+import test as test_script
 from tools import compare
 from tools import summary
-import test as test_script
 import train
-from conftest import call_script, copy_run, snapshot, start_script
 
 SCRIPTS = {"train.py": train.main, "test.py": test_script.main, "tools/summary.py": summary.main,
            "tools/compare.py": compare.main}

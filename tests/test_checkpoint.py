@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import call_script
 from engine import checkpoint
 from engine.checkpoint import load_checkpoint, model_from_checkpoint, resolve
-from engine.storage import atomic_save
 from engine.errors import UserError
-from conftest import call_script
+from engine.storage import atomic_save
 import test as test_script
 from train import main as train_main, train
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import UserError
 from engine import datasets, loaders
 from engine.datasets import DataInfo, load_split
+from engine.errors import UserError
 from engine.loaders import Batching, Loader, channel_stats, eval_batch_size, make_train_loaders, train_val_split
 
 

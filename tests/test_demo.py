@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="gradio is absent; pip install -r requirements-extras.txt")
-from tools import demo  # noqa: E402
 from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
 from engine.datasets import load_digits  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402
+from tools import demo  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -35,7 +35,7 @@ def server(tiny_run, tmp_path_factory):
     with torch.inference_mode():
         logits = model_from_checkpoint(ckpt, cpu).eval()(next(iter(loader))[0])
     expected = data_of(ckpt).class_names[int(logits.argmax())]
-    page = demo.build_page(demo.load_demo(tiny_run.run_dir / "best.pt"))
+    page = demo.build_page(demo.load_demo(tiny_run.run_dir / "best.pt", cpu, max_pixels=25_000_000))
     port = free_port()
     page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", png, expected

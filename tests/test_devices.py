@@ -5,16 +5,16 @@ import os
 import pytest
 import torch
 
-import train as train_module
 from engine import devices, distributed, runs
 from engine.checkpoint import load_checkpoint
 from engine.datasets import DataInfo
-from engine.loaders import Batching, Loader
 from engine.devices import autocast_dtype, select_device
 from engine.errors import UserError
 from engine.finetune import param_groups
+from engine.loaders import Batching, Loader
 from engine.metrics import evaluate_checkpoint
 from engine.optim import make_optimizer
+import train as train_module
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-import test as test_script
 from conftest import ROOT, TINY, call_script
 from engine.datasets import DataInfo
 from engine.loaders import Batching, Loader
+import test as test_script
 
 ARGS = [*TINY, "train.epochs=2", "train.scheduler=step", "run.name=ddp"]
 

@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import compare
+from conftest import TINY, call_script, copy_run, forked, needs_fork, snapshot, wait_until
 from engine import runs, storage
-from tools import summary
-import test as test_script
-import train
 from engine.checkpoint import load_checkpoint
 from engine.errors import UserError
-from conftest import TINY, call_script, copy_run, forked, needs_fork, snapshot, wait_until
+import test as test_script
+from tools import compare
+from tools import summary
+import train
 
 
 def one_error_line(stderr: str) -> str:

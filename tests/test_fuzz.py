@@ -15,13 +15,13 @@ import yaml
 hypothesis = pytest.importorskip("hypothesis", reason="Hypothesis is an extra: pip install -r requirements-extras.txt")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from tools import compare  # noqa: E402
-from tools import summary  # noqa: E402
-import test as test_script  # noqa: E402
-import train  # noqa: E402
+from conftest import TINY, call_script, copy_run, snapshot  # noqa: E402
 from engine.config import DEFAULT_CONFIG, config_from_dict, flatten, load_config, to_dict, to_yaml  # noqa: E402
 from engine.errors import UserError
-from conftest import TINY, call_script, copy_run, snapshot  # noqa: E402
+import test as test_script  # noqa: E402
+from tools import compare  # noqa: E402
+from tools import summary  # noqa: E402
+import train  # noqa: E402
 
 EXPLORE = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 

@@ -2,11 +2,11 @@
 import torch
 from PIL import Image
 
-import test as test_script
 from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint
 from engine.datasets import read_image
-from engine.loaders import Batching, Loader
 from engine.explain import grad_cam
+from engine.loaders import Batching, Loader
+import test as test_script
 from train import train
 
 SIZE = 16

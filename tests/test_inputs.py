@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import call_script
 from engine import datasets, loaders
-import test as test_script
 from engine.checkpoint import load_checkpoint
 from engine.config import SEED_MAX, load_config
-from engine.errors import UserError
-from conftest import call_script
 from engine.datasets import DataInfo, read_image
+from engine.errors import UserError
 from engine.loaders import Batching, Loader
+import test as test_script
 
 MAX_PIXELS = 50_000_000
 DARK, LIGHT = 30, 220  # grey levels of the left and right halves of every test image

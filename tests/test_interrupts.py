@@ -7,9 +7,9 @@ import time
 
 import torch
 
+from conftest import TINY, call_script, forked, needs_fork, start_script, wait_until
 from engine.checkpoint import load_checkpoint
 from engine.config import load_config
-from conftest import TINY, call_script, forked, needs_fork, start_script, wait_until
 from train import main as train_main, train
 
 # The tiny model with small batches: an epoch takes long enough (~160 steps) that a signal sent when

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.config import load_config
 from conftest import SHARED_DATASETS, needs_shared
+from engine.config import load_config
 from engine.metrics import evaluate_checkpoint
 from train import train
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import compare
-import test as test_script
-import train as train_module
+from conftest import call_script, copy_run
 from engine.checkpoint import load_checkpoint, model_from_checkpoint
 from engine.errors import UserError
-from conftest import call_script, copy_run
 from engine.metrics import evaluate_checkpoint
+import test as test_script
+from tools import compare
 from tools.summary import summary
+import train as train_module
 
 
 @pytest.fixture(scope="module")

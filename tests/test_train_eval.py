@@ -5,13 +5,13 @@ import re
 import pytest
 import torch
 
-import train as train_module
+from conftest import TINY, run_script
 from engine import runs
 from engine.checkpoint import config_of, load_checkpoint, model_from_checkpoint
 from engine.errors import UserError
-from conftest import TINY, run_script
 from engine.loaders import make_train_loaders
 from engine.metrics import evaluate, make_loss
+import train as train_module
 from train import train
 
 

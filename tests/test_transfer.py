@@ -7,19 +7,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import test as test_script
-import train as train_module
-from engine.checkpoint import load_checkpoint
-from engine.finetune import Pretrained, load_pretrained, read_pretrained
-from engine import runs
-from engine.config import config_from_dict, load_config
-from engine.errors import UserError
 from conftest import ROOT, call_script
+from engine import runs
+from engine.checkpoint import load_checkpoint
+from engine.config import config_from_dict, load_config
 from engine.datasets import DataInfo, load_digits
+from engine.errors import UserError
+from engine.finetune import Pretrained, load_pretrained, read_pretrained
+from engine.finetune import class_layers
 from engine.loaders import Batching, Loader
 from engine.metrics import class_weights, evaluate, evaluate_checkpoint, make_loss
-from engine.finetune import class_layers
 from model import build_model
+import test as test_script
+import train as train_module
 from train import train
 
 BACKBONES = ["resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"]

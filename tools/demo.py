@@ -22,15 +22,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
-from engine.loaders import Batching, Loader  # noqa: E402
+from engine.devices import select_device  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
 from engine.imagefiles import DAMAGED, to_array  # noqa: E402
+from engine.loaders import Batching, Loader  # noqa: E402
 from engine.metrics import TOP_K, evaluate_checkpoint  # noqa: E402
 from engine.plots import plot_maps  # noqa: E402
 
-CPU = torch.device("cpu")
-MAX_PIXELS = 25_000_000  # bigger uploads are refused before decoding
 DISPLAY = 224  # pixels across the Grad-CAM overlay
 
 
@@ -40,22 +39,24 @@ class Demo:
     ckpt: dict
     model: nn.Module
     title: str
+    device: torch.device
+    max_pixels: int  # bigger uploads are refused before decoding (data.max_pixels)
 
 
-def load_demo(path: Path) -> Demo:
+def load_demo(path: Path, device: torch.device, max_pixels: int) -> Demo:
     """The checkpoint's model, and its test accuracy when the test split is on this machine."""
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt)
     try:
-        accuracy = f"test accuracy {100 * evaluate_checkpoint(path, CPU)[2]['accuracy']:.2f}%"
+        accuracy = f"test accuracy {100 * evaluate_checkpoint(path, device)[2]['accuracy']:.2f}%"
     except UserError:
         accuracy = "test accuracy unknown (the test split is not on this machine)"
     title = (f"**{path.parent.name}/{path.name}**: {cfg.model.name} trained on {cfg.data.name} "
              f"(epoch {ckpt['epoch']}), {accuracy}")
-    return Demo(ckpt, model_from_checkpoint(ckpt, CPU).eval(), title)
+    return Demo(ckpt, model_from_checkpoint(ckpt, device).eval(), title, device, max_pixels)
 
 
-def open_upload(upload: dict | None) -> Image.Image:
+def open_upload(upload: dict | None, max_pixels: int) -> Image.Image:
     """The uploaded file (Gradio's file data, not preprocessed) decoded; anything else is a message for the page."""
     import gradio as gr
 
@@ -65,13 +66,13 @@ def open_upload(upload: dict | None) -> Image.Image:
     try:
         img = Image.open(path)
         size = img.width, img.height
-        if size[0] * size[1] <= MAX_PIXELS:
+        if size[0] * size[1] <= max_pixels:
             img.load()
     except (*DAMAGED, Image.DecompressionBombError):
         raise gr.Error(f"{upload.get('orig_name') or Path(path).name} is not a readable image; upload a PNG or JPEG"
                        ) from None
-    if size[0] * size[1] > MAX_PIXELS:
-        raise gr.Error(f"the image is {size[0]}x{size[1]} pixels, over the limit of {MAX_PIXELS:,}; "
+    if size[0] * size[1] > max_pixels:
+        raise gr.Error(f"the image is {size[0]}x{size[1]} pixels, over the limit of {max_pixels:,}; "
                        "scale it down and upload it again")
     return img
 
@@ -98,7 +99,8 @@ def analyse(demo: Demo, img: Image.Image) -> tuple[dict, np.ndarray, Image.Image
     info = data_of(demo.ckpt)
     names = info.class_names
     image = torch.from_numpy(to_array(img, info.in_channels, info.image_size))  # uint8 (C, H, W)
-    images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info, CPU)))
+    images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info,
+                                  demo.device)))
     heat, probs = grad_cam(demo.model, images)
     top = probs[0].topk(min(TOP_K, len(names)))
     scores = {names[c]: p for p, c in zip(top.values.tolist(), top.indices.tolist())}
@@ -129,7 +131,7 @@ def build_page(demo: Demo):
                 maps = gr.Image(label="first conv layer's feature maps")
         outputs = [scores, cam, maps, verdict]
         # Not preprocessed, so that a file that is not an image reaches open_upload and gets its message.
-        upload.upload(lambda file: analyse(demo, open_upload(file)), upload, outputs, api_name="predict",
+        upload.upload(lambda file: analyse(demo, open_upload(file, demo.max_pixels)), upload, outputs, api_name="predict",
                       preprocess=False)
         classify.click(lambda drawing: analyse(demo, drawn(drawing)), sketch, outputs, api_name="predict_drawing")
     return page
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise UserError("demo.py needs gradio; pip install -r requirements-extras.txt") from None
-    demo = load_demo(checkpoint_and_config(args)[0])
+    path, cfg = checkpoint_and_config(args)
+    demo = load_demo(path, select_device(cfg.run.device), cfg.data.max_pixels)
     build_page(demo).launch(server_name=args.host, server_port=args.port)
 
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 from engine.checkpoint import FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
 from engine.datasets import DataInfo  # noqa: E402
-from engine.loaders import Loader, Normalise, eval_batch_size, make_eval_loader  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.loaders import Loader, Normalise, eval_batch_size, make_eval_loader  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
 
 CPU = torch.device("cpu")

@@ -3,10 +3,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import train  # noqa: E402
 from engine.cli import run_cli  # noqa: E402
-from engine.errors import UserError  # noqa: E402
 from engine.distributed import rank_and_world  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+import train  # noqa: E402
 
 real_epoch = train.train_one_epoch
 
