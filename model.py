@@ -39,7 +39,7 @@ class ModelConfig:
     them in their SETTINGS (a model without SETTINGS reads them all).
     """
     name: str
-    pretrained: str  # none | imagenet | PATH of a state dict or checkpoint (loaded by checkpoint.py)
+    pretrained: str  # none | imagenet | PATH of a state dict or checkpoint (read by engine/finetune.py)
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"]
     leaky_slope: float = field(metadata={"min": 0.0, "max": 1.0})
     batch_norm: bool
@@ -47,7 +47,7 @@ class ModelConfig:
     hidden: list[int] = field(metadata=AT_LEAST_1)  # checked per item
     dropout: float = field(metadata={"min": 0.0, "max": 1.0})
     widths: list[int] = field(metadata=AT_LEAST_1)  # resnet only: channels of each stage
-    sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (train.py converts)
+    sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (engine/devices.py converts)
 
 
 class CNN(nn.Module):
@@ -218,7 +218,7 @@ class TorchvisionModel(nn.Module):
     The architecture is torchvision's unchanged, so ImageNet weights fit every layer but the head:
     grey images are repeated to 3 channels, and images smaller than it accepts are resized up.
     """
-    SETTINGS = ()  # reads only model.name (and model.pretrained, in checkpoint.py)
+    SETTINGS = ()  # reads only model.name (and model.pretrained, in engine/finetune.py)
 
     def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
         super().__init__()

@@ -5,7 +5,7 @@ Outputs go to the checkpoint's run folder.
 
     python test.py                                  # best.pt of the most recent run, test split
     python test.py checkpoints/<run> --split val    # best.pt of that run, validation split
-    python test.py --predict my_digit.png photos/ --output predictions.csv
+    python test.py --predict my_digit.png photos/ --output checkpoints/predictions.csv
     python test.py --feature-maps my_digit.png      # first-layer kernels and every conv's feature maps
     python test.py --cam my_digit.png checkpoints/<run>   # Grad-CAM: where the evidence for the prediction lies
     python test.py run.device=cpu run.output_dir=runs   # the latest run under runs/, on the CPU

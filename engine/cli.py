@@ -50,7 +50,7 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-# Exit statuses, also listed in the README.
+# Exit statuses, also listed in docs/troubleshooting.md.
 EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
 EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
 SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}

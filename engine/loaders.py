@@ -2,7 +2,7 @@
 train/validation/test loaders a run uses.
 
 Small data sets are decoded once into uint8 tensors and moved to the device once; folders too large for
-memory (data.stream) are read per batch by DataLoader workers. Both look the same to the loop.
+memory (data.max_memory_mb) are read per batch by DataLoader workers. Both look the same to the loop.
 """
 import math
 import os

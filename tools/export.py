@@ -177,7 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the check on the test split (when the data set is not on this machine)")
     args = parser.parse_args(argv)
-    export(checkpoint_and_config(args)[0], check=not args.no_verify)
+    path, _ = checkpoint_and_config(args)
+    for text in args.inputs:
+        if text.startswith(("run.device=", "data.max_pixels=")):
+            print(f"note: {text.partition('=')[0]} has no effect here: export.py exports and checks on the CPU "
+                  "and reads no image files")
+    export(path, check=not args.no_verify)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ names and image size from the file's metadata, and prints the same table and CSV
 `python test.py --predict`.
 
     python tools/predict_onnx.py checkpoints/<run>/model.onnx my_digit.png more_images/
-    python tools/predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 --output predictions.csv
+    python tools/predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 --output checkpoints/predictions.csv
 """
 import argparse
 import json
