@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.cli import Parser, run_cli  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.datasets import DataInfo, load_split  # noqa: E402
-from engine.errors import UserError
+from engine.errors import UserError  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
 from train import train  # noqa: E402

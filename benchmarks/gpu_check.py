@@ -28,8 +28,10 @@ sys.path.insert(0, str(ROOT))
 from engine.cli import Parser, run_cli  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.datasets import describe  # noqa: E402
-from engine.errors import UserError
-from engine.loaders import Batching, Loader, load_images, make_eval_loader, num_workers  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.loaders import (Batching, Loader, load_images, make_eval_loader, make_train_loaders,  # noqa: E402
+                            num_workers)
+from model import build_model  # noqa: E402
 from engine.metrics import evaluate, evaluate_checkpoint  # noqa: E402
 import train as train_module  # noqa: E402
 
@@ -93,8 +95,8 @@ def speed_row(label: str, overrides: list[str], device: torch.device, config: Pa
 def eval_row(base: list[str], batch_size: int, device: torch.device) -> str:
     """images/s of the one evaluation loop over the MNIST test split, with the default model untrained."""
     cfg = load_config(None, base)
-    info = train_module.make_train_loaders(cfg, device)[2]
-    model = train_module.build_model(cfg, info, device)
+    info = make_train_loaders(cfg, device)[2]
+    model = build_model(cfg.model, info.in_channels, len(info.class_names), info.image_size).to(device)
     loader = make_eval_loader(cfg, info, "test", batch_size, device)
     rates = []
     for _ in range(4):  # the first is the warm-up
