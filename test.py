@@ -29,6 +29,7 @@ from engine.loaders import Batching, Loader
 from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
 from engine.plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
 from engine.storage import replacing, write_text
+from engine.tta import VIEWS
 
 NUM_MISCLASSIFIED = 36  # images in the misclassified grid
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-maps", metavar="IMG", help="draw kernels and feature maps for this image")
     parser.add_argument("--cam", metavar="IMG", help="draw the Grad-CAM heatmap of the predicted class for this image")
     parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
+    parser.add_argument("--tta", choices=list(VIEWS), help="average the report over these views of each image "
+                        "(default: the run's train.tta); flip is wrong for digits and text")
     args = parser.parse_args(argv)
 
     path, cfg = checkpoint_and_config(args)
@@ -56,15 +59,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.cam:
         cam(path, args.cam, device, cfg.data.max_pixels)
         return
-    report(path, args.split, args.top_k, device, args.batch_size)
+    report(path, args, device)
 
 
-def report(path: Path, split: str, top_k: int, device: torch.device, batch_size: int | None) -> None:
-    """Metrics, confusion matrices and the misclassified grid for one split."""
-    ckpt, loader, results = evaluate_checkpoint(path, device, split, batch_size)
+def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
+    """Metrics, confusion matrices and the misclassified grid for one split (args.split)."""
+    split, top_k = args.split, args.top_k
+    ckpt, loader, results = evaluate_checkpoint(path, device, split, args.batch_size, args.tta)
     names, confusion = data_of(ckpt).class_names, results["confusion"]
     summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
-               "split": split, "num_images": int(confusion.sum()), "loss": results["loss"],
+               "split": split, **tta_summary(path, args, device, ckpt),
+               "num_images": int(confusion.sum()), "loss": results["loss"],
                "accuracy": results["accuracy"], "balanced_accuracy": results["balanced_accuracy"],
                "macro_f1": results["macro_f1"], "top_k": top_k, "top_k_accuracy": top_k_accuracy(results, top_k),
                "per_class": per_class(confusion, names), "confusion": confusion.tolist()}
@@ -90,10 +95,23 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
     print(f"wrote to {run_dir}/: {', '.join(written)}")
 
 
+def tta_summary(path: Path, args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
+    """Which views the report averages over (--tta, default the run's train.tta), their cost in forward
+    passes per image, and the accuracy without them."""
+    tta = args.tta or config_of(ckpt).train.tta
+    if tta == "none":
+        return {"tta": tta}
+    plain = evaluate_checkpoint(path, device, args.split, args.batch_size, "none")[2]
+    return {"tta": tta, "tta_cost": VIEWS[tta], "accuracy_without_tta": plain["accuracy"]}
+
+
 def print_report(report: dict) -> None:
     print(f"checkpoint: {report['checkpoint']} (epoch {report['epoch']}), {report['split']} split")
     print(f"images: {report['num_images']}   loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%"
           f"   top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%")
+    if report["tta"] != "none":
+        print(f"test-time augmentation {report['tta']} ({report['tta_cost']} forward passes per image): accuracy "
+              f"{100 * report['accuracy']:.2f}% with it, {100 * report['accuracy_without_tta']:.2f}% without")
     print(f"balanced accuracy (mean recall) {100 * report['balanced_accuracy']:.2f}%   "
           f"macro F1 {100 * report['macro_f1']:.2f}%")
     print(f"{'class':<16}{'accuracy/recall':>16}{'precision':>11}{'f1':>8}{'support':>9}")

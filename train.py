@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from engine import distributed, runs
+from engine import distributed, ema, runs
 from engine.checkpoint import RunState, checkpoint_dict, restore, save_checkpoint
 from engine.cli import check_interrupted, make_parser, run_cli
 from engine.config import Config, TrainConfig, to_yaml
@@ -31,6 +32,7 @@ from engine.finetune import load_data, param_groups, setup_model, unfreeze
 from engine.loaders import Loader
 from engine.metrics import LossFn, class_weights, evaluate, evaluate_checkpoint, make_loss
 from engine.optim import make_optimizer, make_scheduler
+from engine.tta import with_tta
 
 
 def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, explicit_name: bool = False) -> Path:
@@ -46,6 +48,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
     step = make_step(model, new_layers, cfg.train, info, amp_dtype, len(train_loader))
     step.frozen_norms = frozen_norms
     state = RunState() if resume is None else restore(resume, model, step.optimizer, step.scheduler, step.scaler)
+    step.ema = ema.make_ema(model, cfg.train, resume)  # an average of the weights, when train.ema_decay > 0
     # 3. record loss and accuracy: a run folder that this process alone writes into
     cfg, run_dir, lock = runs.take_run_dir(cfg, run_dir, explicit_name)
     run = Run(cfg, run_dir, model, trained_model, step, info, state, new_layers)
@@ -89,6 +92,7 @@ def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, floa
         step.scaler.step(step.optimizer)  # w <- w - a * dJ/dw (plus momentum or Adam's scaling)
         step.scaler.update()
         step.scheduler.step()  # the learning rate a for the next batch
+        ema.update(step.ema, run.model, (epoch - 1) * len(loader) + batch, run.cfg.train.ema_every)
         check_interrupted()
         labels = targets if targets.ndim == 1 else targets.argmax(1)  # MixUp/CutMix: the larger share
         loss_sum += loss.detach().float() * len(labels)
@@ -109,9 +113,11 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
                                                                   val_loader.device, epoch)
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run, train_loader, epoch)
-    broadcast_buffers(run.model)  # every process evaluates the weights rank 0 saves
+    model = ema.evaluated(run.model, run.step.ema)
+    broadcast_buffers(model)  # every process evaluates the weights rank 0 saves
     device = val_loader.device
-    val = evaluate(run.model, val_loader, len(run.info.class_names), device, run.step.amp_dtype, run.cfg.train.loss,
+    val = evaluate(with_tta(model, run.cfg.train.tta), val_loader, len(run.info.class_names), device,
+                   run.step.amp_dtype, run.cfg.train.loss,
                    class_weights(run.cfg.train, run.info.class_counts, device))  # the loss test.py reports
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
            "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
@@ -130,8 +136,9 @@ def save_epoch(run: "Run", improved: bool) -> None:
     """metrics.csv and curves.png, then best.pt if improved, then last.pt (from rank 0). last.pt is written
     last: whatever epoch it holds, every other file has it too, so a run killed at any point resumes from it."""
     step = run.step
-    ckpt = checkpoint_dict(run.model, step.optimizer, step.scheduler, step.scaler, run.state, amp=step.amp_dtype,
-                           config=run.cfg, data=run.info, new_layers=run.new_layers)  # every process: gathers RNGs
+    ckpt = checkpoint_dict(ema.evaluated(run.model, step.ema), step.optimizer, step.scheduler, step.scaler, run.state,
+                           amp=step.amp_dtype, config=run.cfg, data=run.info, new_layers=run.new_layers)  # gathers RNGs
+    ckpt.update(ema.checkpoint_entries(run.model, step.ema))
     if is_main():
         runs.write_metrics(run.state.history, run.run_dir)
         save_checkpoint(ckpt, run.run_dir, improved)
@@ -147,6 +154,7 @@ class Step:
     amp_dtype: torch.dtype | None  # autocast's dtype; None: float32
     grad_clip: float
     frozen_norms: list[torch.nn.Module] = field(default_factory=list)  # batch norms kept in eval mode (frozen)
+    ema: AveragedModel | None = None  # the average of the weights (train.ema_decay), updated after steps
 
 
 def make_step(model: torch.nn.Module, new_layers: list[str] | None, cfg: TrainConfig, info: DataInfo,
@@ -203,8 +211,16 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         distributed.teardown()
     if show_test:  # one process, on the full test split
-        best, _, test = evaluate_checkpoint(run_dir / "best.pt", select_device(cfg.run.device))
-        print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%")
+        print_test(run_dir / "best.pt", select_device(cfg.run.device), cfg.train.tta)
+
+
+def print_test(path: Path, device: torch.device, tta: str) -> None:
+    """The test split's loss and accuracy, and with train.tta the accuracy averaged over its views too."""
+    best, _, test = evaluate_checkpoint(path, device, tta="none")
+    line = f"test ({path.name}, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%"
+    if tta != "none":
+        line += f"  with tta {tta} {100 * evaluate_checkpoint(path, device, tta=tta)[2]['accuracy']:.2f}%"
+    print(line)
 
 
 if __name__ == "__main__":

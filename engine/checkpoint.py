@@ -160,7 +160,7 @@ def save_checkpoint(ckpt: dict, run_dir: Path, improved: bool) -> None:
 def restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> RunState:
     """Load everything the next epoch depends on from a checkpoint; returns the run's progress."""
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))  # with EMA, `model` is the average
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"]:  # empty when the scaler was disabled

@@ -72,6 +72,9 @@ class TrainConfig:
     patience: int = field(metadata=at_least(0))
     grad_clip: float = field(metadata=at_least(0.0))
     log_interval: int = field(metadata=at_least(1))
+    ema_decay: float = field(metadata=between(0.0, 0.9999))
+    ema_every: int = field(metadata=at_least(1))
+    tta: Literal["none", "flip", "flip_shift"]
 
 
 SEED_MAX = 2 ** 63 - 1  # torch seeds are 64-bit; each torchrun process adds its rank

@@ -13,6 +13,7 @@ from engine.devices import autocast, autocast_dtype
 from engine.distributed import all_reduce_sum
 from engine.errors import UserError
 from engine.loaders import Loader, eval_batch_size, make_eval_loader
+from engine.tta import with_tta
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes
@@ -136,12 +137,13 @@ def top_k_accuracy(results: dict, k: int) -> float:
     return hits.double().mean().item()
 
 
-def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test",
-                        batch_size: int | None = None) -> tuple[dict, Loader, dict]:
-    """Load a checkpoint, rebuild its model and data split, and evaluate it: (checkpoint, loader, results)."""
+def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test", batch_size: int | None = None,
+                        tta: str | None = None) -> tuple[dict, Loader, dict]:
+    """Load a checkpoint, rebuild its model and data split, and evaluate it as validation did (averaged
+    over the views of the run's train.tta, or of `tta`): (checkpoint, loader, results)."""
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt)
-    model, info = model_from_checkpoint(ckpt, device), data_of(ckpt)
+    model, info = with_tta(model_from_checkpoint(ckpt, device), tta or cfg.train.tta), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
     results = evaluate(model, loader, len(info.class_names), device, autocast_dtype(cfg.run.amp, device),
                        cfg.train.loss, class_weights(cfg.train, info.class_counts, device))

@@ -50,7 +50,8 @@ def test_same_seed_gives_same_numbers(tiny_cfg):
 @pytest.mark.parametrize("extra", [[], ["train.scheduler=step", "train.step_epochs=1", "train.patience=5",
                                         "train.optimizer=sgd", "model.dropout=0.5"],
                                    ["data.augment=trivialaugment", "data.random_erasing=0.5", "train.mixup_alpha=0.2",
-                                    "train.cutmix_alpha=1", "train.label_smoothing=0.1"]])
+                                    "train.cutmix_alpha=1", "train.label_smoothing=0.1"],
+                                   ["train.ema_decay=0.9", "train.ema_every=2"]])
 def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     straight = train(tiny_cfg(*extra))  # TINY: 2 epochs
 
@@ -72,6 +73,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     assert read_rows(resumed) == read_rows(straight)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["trained_model"][k], b["trained_model"][k]) for k in a.get("trained_model", {}))
 
 
 def test_resume_refuses_changes_to_the_experiment(tiny_run):

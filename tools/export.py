@@ -32,6 +32,7 @@ from engine.datasets import DataInfo  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.loaders import Loader, Normalise, eval_batch_size, make_eval_loader  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
+from engine.tta import VIEWS, with_tta  # noqa: E402
 
 CPU = torch.device("cpu")
 TORCH_DIR = os.path.dirname(torch.__file__)
@@ -44,7 +45,7 @@ def deployable(model: nn.Module, info: DataInfo) -> nn.Module:
     return nn.Sequential(parts).eval()
 
 
-def metadata(ckpt: dict, path: Path, accuracy: float | None) -> dict[str, str]:
+def metadata(ckpt: dict, path: Path, accuracy: float | None, tta: str) -> dict[str, str]:
     """What a deployment needs to feed the model and read its output; ONNX metadata values are strings."""
     info, cfg = data_of(ckpt), config_of(ckpt)
     meta = {"format_version": FORMAT_VERSION, "class_names": info.class_names, "image_size": info.image_size,
@@ -52,7 +53,7 @@ def metadata(ckpt: dict, path: Path, accuracy: float | None) -> dict[str, str]:
             "input": "uint8 images (N, channels, image_size, image_size), 0..255",
             "output": "probabilities (N, len(class_names)), rows sum to 1",
             "model": cfg.model.name, "data": cfg.data.name, "checkpoint": f"{path.parent.name}/{path.name}",
-            "epoch": ckpt["epoch"], "test_accuracy": accuracy}
+            "epoch": ckpt["epoch"], "test_accuracy": accuracy, "tta": tta}
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in meta.items()}
 
 
@@ -123,29 +124,30 @@ def verify(onnx_path: Path, pt2_path: Path, images: torch.Tensor, results: dict)
                 compare("model.pt2", lambda batch: reloaded(torch.from_numpy(batch)).numpy(), images, results)]
 
 
-def reference(ckpt: dict) -> tuple[Loader, dict]:
-    """PyTorch's results on the test split in float32, which is what the exported graph computes
-    (test.py evaluates under the run's autocast, e.g. bf16 for run.amp=bf16)."""
+def reference(ckpt: dict, tta: str) -> tuple[Loader, dict]:
+    """PyTorch's results on the test split in float32 over the same views, which is what the exported graph
+    computes (test.py evaluates under the run's autocast, e.g. bf16 for run.amp=bf16)."""
     cfg, info = config_of(ckpt), data_of(ckpt)
     loader = make_eval_loader(cfg, info, "test", eval_batch_size(cfg.train, CPU), CPU)
-    return loader, evaluate(model_from_checkpoint(ckpt, CPU), loader, len(info.class_names), CPU)
+    return loader, evaluate(with_tta(model_from_checkpoint(ckpt, CPU), tta), loader, len(info.class_names), CPU)
 
 
-def export(path: Path, check: bool = True) -> tuple[Path, Path]:
-    """Write model.onnx and model.pt2 next to the checkpoint at path, checked on its test split unless told not."""
+def export(path: Path, check: bool = True, tta: str = "none") -> tuple[Path, Path]:
+    """Write model.onnx and model.pt2 next to the checkpoint at path, checked on its test split unless told not;
+    with tta, the views' averaged probabilities are computed inside the graph."""
     require_extras()
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
     info, results, images = data_of(ckpt), None, None
     if check:
         try:
-            loader, results = reference(ckpt)
+            loader, results = reference(ckpt, tta)
         except UserError as err:
             raise UserError(f"{err} (needed to check the export; pass --no-verify to skip the check)") from None
         images = loader.raw_images(torch.arange(len(results["labels"])))  # uint8 (N, C, H, W)
     example = torch.zeros(2, info.in_channels, info.image_size, info.image_size, dtype=torch.uint8)
-    program = export_program(deployable(model_from_checkpoint(ckpt, CPU), info), example)
-    meta = metadata(ckpt, path, results and results["accuracy"])
+    program = export_program(deployable(with_tta(model_from_checkpoint(ckpt, CPU), tta), info), example)
+    meta = metadata(ckpt, path, results and results["accuracy"], tta)
     onnx_path, pt2_path = path.with_name("model.onnx"), path.with_name("model.pt2")
     # Written under temporary names (torch.export.load wants the .pt2 suffix) and renamed once checked.
     tmp = {final: final.with_name(f"{final.stem}.{os.getpid()}.tmp{final.suffix}") for final in (onnx_path, pt2_path)}
@@ -176,13 +178,15 @@ def main(argv: list[str] | None = None) -> None:
     add_checkpoint_arguments(parser)
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the check on the test split (when the data set is not on this machine)")
+    parser.add_argument("--tta", choices=list(VIEWS), default="none",
+                        help="bake test-time augmentation into the graph: probabilities averaged over these views")
     args = parser.parse_args(argv)
     path, _ = checkpoint_and_config(args)
     for text in args.inputs:
         if text.startswith(("run.device=", "data.max_pixels=")):
             print(f"note: {text.partition('=')[0]} has no effect here: export.py exports and checks on the CPU "
                   "and reads no image files")
-    export(path, check=not args.no_verify)
+    export(path, check=not args.no_verify, tta=args.tta)
 
 
 if __name__ == "__main__":
