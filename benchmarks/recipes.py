@@ -1,7 +1,12 @@
-"""Run the recipes in configs/ and print what each reaches: test accuracy, time, speed, memory.
+"""Run the recipes in configs/ and print what each reaches: test accuracy, time, speed, memory, and how
+close it comes to the machine's floor.
 
 Each recipe runs as `python train.py --config configs/<name>.yaml` in its own process (so its
 peak memory is its own), with data.root and run.output_dir set from the arguments below.
+
+The floor is arithmetic: forward FLOPs per image (counted by torch.utils.flop_counter.FlopCounterMode)
+x 3 (forward and backward) x images trained, divided by 60 % of the conv throughput this machine
+reaches on a large conv, measured in the same run. "x floor" is the measured training time over it.
 
     python benchmarks/recipes.py --root ../shared/datasets                     # every recipe
     python benchmarks/recipes.py --root ../shared/datasets --only mnist
@@ -15,7 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.config import load_config  # noqa: E402
+from engine.datasets import describe  # noqa: E402
+from model import build_model  # noqa: E402
+
+FLOOR_SHARE = 0.6  # of the large conv's throughput: what a well-fed recipe can sustain
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "finetune")  # one per data set
 
 
@@ -54,6 +68,39 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
             "device": device_name(re.search(r"^device: (\S+)", out, re.M)[1])}
 
 
+def forward_flops(name: str, args: argparse.Namespace) -> float:
+    """FLOPs of one image's forward pass through the recipe's model (training mode, as it trains)."""
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", recipe_overrides(name, args))
+    info = describe(cfg.data)
+    model = build_model(cfg.model, info.in_channels, len(info.class_names), info.image_size)
+    images = torch.zeros(2, info.in_channels, info.image_size, info.image_size)  # 2: batch norm needs two
+    with FlopCounterMode(display=False) as counter:
+        model(images)
+    return counter.get_total_flops() / 2
+
+
+def conv_throughput(rounds: int = 5) -> float:
+    """FLOP/s of a large 3x3 conv's forward pass on this machine (the median of a few rounds)."""
+    conv, images = torch.nn.Conv2d(128, 128, 3, padding=1), torch.randn(64, 128, 32, 32)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            conv(images)
+        rates = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            conv(images)
+            rates.append(counter.get_total_flops() / (time.perf_counter() - start))
+    return sorted(rates)[rounds // 2]
+
+
+def with_floor(row: dict, flops: float, throughput: float) -> dict:
+    """Add MFLOP/image, achieved GFLOP/s, share of the conv throughput, floor seconds and measured / floor."""
+    trained = 3 * flops * row["images/s"] * row["train s"]  # forward + backward over every image trained
+    floor = trained / (FLOOR_SHARE * throughput)
+    return {**row, "MFLOP/img": flops / 1e6, "GFLOP/s": trained / row["train s"] / 1e9,
+            "share": trained / row["train s"] / throughput, "floor s": floor, "x floor": row["train s"] / floor}
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         import torch
@@ -71,14 +118,19 @@ def main() -> None:
     parser.add_argument("--output-dir", default="checkpoints/recipes", help="run.output_dir for the runs")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every recipe, e.g. run.threads=1")
     args = parser.parse_args()
-    rows = [run_recipe(name, args) for name in ([args.only] if args.only else RECIPES)]
-    print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, "
-          f"overrides: {' '.join(args.overrides) or 'none'}")
-    print("| data set | model | epochs | test acc | train s | images/s | peak GB | amp | device |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    names = [args.only] if args.only else RECIPES
+    throughput = conv_throughput()
+    rows = [with_floor(run_recipe(name, args), forward_flops(name, args), throughput) for name in names]
+    throughput = (throughput + conv_throughput()) / 2  # before and after: the machine's load may change
+    print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, large-conv "
+          f"throughput {throughput / 1e9:.0f} GFLOP/s, overrides: {' '.join(args.overrides) or 'none'}")
+    print("| data set | model | epochs | test acc | train s | images/s | MFLOP/img | GFLOP/s | share | floor s "
+          "| x floor | peak GB | amp | device |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for r in rows:
         print(f"| {r['data set']} | {r['model']} | {r['epochs']} | {r['test acc']:.2f}% | {r['train s']:.0f} | "
-              f"{r['images/s']:,.0f} | {r['peak GB']:.2f} | {r['amp']} | {r['device']} |")
+              f"{r['images/s']:,.0f} | {r['MFLOP/img']:.1f} | {r['GFLOP/s']:.1f} | {100 * r['share']:.0f}% | "
+              f"{r['floor s']:.0f} | {r['x floor']:.2f} | {r['peak GB']:.2f} | {r['amp']} | {r['device']} |")
 
 
 if __name__ == "__main__":
