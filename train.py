@@ -20,6 +20,8 @@ import torch
 from tqdm import tqdm
 
 from engine import distributed, runs
+from engine.calibration import calibrate, describe_fit
+from engine.card import code_version, write_card
 from engine.checkpoint import RunState, checkpoint_dict, restore, save_checkpoint
 from engine.cli import check_interrupted, make_parser, run_cli
 from engine.config import Config, TrainConfig, to_yaml
@@ -202,9 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         distributed.barrier()
     finally:
         distributed.teardown()
-    if show_test:  # one process, on the full test split
-        best, _, test = evaluate_checkpoint(run_dir / "best.pt", select_device(cfg.run.device))
+    if show_test:  # one process: best.pt's temperature on the validation split, then the full test split
+        device = select_device(cfg.run.device)
+        print(describe_fit(calibrate(run_dir / "best.pt", device)))
+        best, _, test = evaluate_checkpoint(run_dir / "best.pt", device)
         print(f"test (best.pt, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%")
+        print(f"wrote {write_card(run_dir, best, test, code_version())}")
 
 
 if __name__ == "__main__":
