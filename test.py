@@ -109,8 +109,10 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
 def print_calibration(calibration: dict, ckpt: dict, path: Path) -> None:
     """ECE before and after the temperature, and how many images fall below the confidence thresholds."""
     ece = f"calibration (top-1 confidence, {calibration['bins']} bins): ECE {100 * calibration['ece_before']:.2f}%"
-    if "calibration" in ckpt:
-        fit = ckpt["calibration"]
+    fit = ckpt.get("calibration")
+    if fit is not None and fit.get("errors") == 0:
+        print(f"{ece}; temperature 1: the {fit['split']} split ({fit['images']} images) had no mistake to fit it on")
+    elif fit is not None:
         print(f"{ece} before, {100 * calibration['ece_after']:.2f}% after temperature "
               f"{calibration['temperature']:.3f} (fitted on {fit['split']}, {fit['images']} images)")
     else:

@@ -225,7 +225,7 @@ def default_use(cfg: Config, ckpt: dict) -> str:
 
 def sections_of(text: str) -> dict[str, str]:
     """A card's '## ' sections: heading -> body; the user's section (heading included) to the end, whole."""
-    generated, _, user = text.partition(USER_SECTION)
+    generated, found, user = text.partition(USER_SECTION)
     sections, heading, lines = {}, None, []
     for line in [*generated.splitlines(), "## end"]:
         if line.startswith("## "):
@@ -234,7 +234,7 @@ def sections_of(text: str) -> dict[str, str]:
             heading, lines = line, []
         else:
             lines.append(line)
-    if _:
+    if found:
         sections[USER_SECTION] = USER_SECTION + user
     return sections
 
