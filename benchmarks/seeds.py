@@ -33,7 +33,8 @@ def run_seed(seed: int, args: argparse.Namespace, stamp: str) -> tuple[float, fl
     seconds = time.perf_counter() - start
     found = TEST_LINE.search(child.stdout)
     if child.returncode != 0 or found is None:
-        raise SystemExit(f"error: seed {seed} failed (exit {child.returncode}):\n{(child.stdout + child.stderr)[-2000:]}")
+        output = (child.stdout + child.stderr)[-2000:]
+        raise SystemExit(f"error: seed {seed} failed (exit {child.returncode}):\n{output}")
     print(f"  seed {seed}: test accuracy {found[2]}% (best.pt from epoch {found[1]}), {seconds:.0f} s", flush=True)
     return float(found[2]), seconds
 

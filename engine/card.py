@@ -212,7 +212,8 @@ def default_use(cfg: Config, ckpt: dict) -> str:
     info = data_of(ckpt)
     return "\n".join([
         USER_SECTION, "",
-        "<!-- This section is yours: edit it. train.py and test.py keep it as it is when they refresh the card. -->",
+        "<!-- This section is yours: edit it below its heading (keep the heading line); train.py, test.py and "
+        "export.py keep it as it is when they refresh the card. -->",
         f"- Intended use: telling apart {info.in_channels}x{info.image_size}x{info.image_size} images of these "
         f"{len(info.class_names)} classes, from the same source as the {cfg.data.name} data set.",
         "- It always answers with one of these classes, also for an image of something else; with "
@@ -246,7 +247,8 @@ def write_card(run_dir: Path, ckpt: dict, results: dict | None = None, code: str
     previous = sections_of(path.read_text(encoding="utf-8")) if path.is_file() else {}
     built = {"## Data": data_section(cfg, ckpt), "## Model": model_section(cfg, ckpt),
              "## Training": training_section(cfg, run_dir), "## Test results": test_section(ckpt, results),
-             "## Calibration": calibration_section(ckpt, results, run_dir / "best.pt"), "## Exported files": exports_section(run_dir, ckpt),
+             "## Calibration": calibration_section(ckpt, results, run_dir / "best.pt"),
+             "## Exported files": exports_section(run_dir, ckpt),
              "## Reproduce": reproduce_section(cfg, run_dir, code)}
     missing = {"## Data": "The data set's files were not on this machine when the card was written.",
                "## Test results": "Not measured yet: `python test.py <run>` fills this in.",

@@ -144,5 +144,6 @@ def report_predictions(files: list[Path], predictions: list[list[tuple[str, floa
         said, doubtful = answer(pairs, min_confidence), min_confidence is not None and pairs[0][1] < min_confidence
         unknown = f"{UNKNOWN} (below {100 * min_confidence:g}%): " if doubtful else ""
         print(f"{file}: {unknown}" + ", ".join(f"{name} {100 * p:.1f}%" for name, p in pairs))
-        writer.writerow([str(file), *([said] if chosen else [])] + [v for name, p in pairs for v in (name, f"{p:.6f}")])
+        row = [str(file), *([said] if chosen else [])]
+        writer.writerow(row + [v for name, p in pairs for v in (name, f"{p:.6f}")])
     return buffer.getvalue()

@@ -116,7 +116,7 @@ def test_calibrate_fits_an_older_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("value", [0.0, "warm", True, float("inf")])
 def test_temperatures_that_divide_nothing_are_refused(value):
-    with pytest.raises(UserError, match=r"^checkpoint x.pt has calibration temperature .*; it must be a number above 0"):
+    with pytest.raises(UserError, match=r"^checkpoint x.pt has calibration temperature .*; it must be a number above"):
         temperature_of({"calibration": {"temperature": value}}, Path("x.pt"))
     assert temperature_of({}, Path("x.pt")) == 1.0  # never fitted
 

@@ -37,7 +37,8 @@ from engine.checkpoint import (FORMAT_VERSION, config_of, data_of, load_checkpoi
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
 from engine.datasets import DataInfo  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.loaders import Loader, Normalise, decoded, eval_batch_size, load_images, make_eval_loader, subset  # noqa: E402
+from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, load_images, make_eval_loader,  # noqa: E402
+                            subset)
 from engine.metrics import evaluate  # noqa: E402
 from engine import quantize  # noqa: E402
 
