@@ -160,6 +160,9 @@ def calibration_section(ckpt: dict, results: dict | None, path: Path) -> str | N
     if fit is None:
         lines = ["- not calibrated (the run predates temperature scaling): `python test.py <run> --calibrate` "
                  "fits a temperature on its validation split"]
+    elif fit.get("errors") == 0:
+        lines = [f"- temperature 1: the {fit['split']} split ({fit['images']} images) had no misclassified image, "
+                 "so it gave no evidence for another temperature; the probabilities are the model's own"]
     else:
         lines = [f"- temperature {temperature:.3f}, fitted on the {fit['split']} split ({fit['images']} images, "
                  f"{fit.get('fitted', 'date not recorded')}): validation NLL {fit['nll_before']:.4f} -> "
