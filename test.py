@@ -8,6 +8,8 @@ Outputs go to the checkpoint's run folder.
     python test.py --predict my_digit.png photos/ --output checkpoints/predictions.csv
     python test.py --feature-maps my_digit.png      # first-layer kernels and every conv's feature maps
     python test.py --cam my_digit.png checkpoints/<run>   # Grad-CAM: where the evidence for the prediction lies
+    python test.py checkpoints/<run> --calibrate    # fit the temperature of an older run, then report
+    python test.py --predict photos/ --min-confidence 0.9   # below 90 %: answer unknown
     python test.py run.device=cpu run.output_dir=runs   # the latest run under runs/, on the CPU
 """
 import argparse
@@ -19,15 +21,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
+from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
+from engine.card import write_card
+from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, positive_int, run_cli
 from engine.datasets import read_image
 from engine.devices import autocast_dtype, select_device
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
-from engine.imagefiles import read_inputs, report_predictions
+from engine.imagefiles import min_confidence, read_inputs, report_predictions
 from engine.loaders import Batching, Loader
 from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
-from engine.plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
+from engine.plots import plot_cam, plot_confusion, plot_maps, plot_misclassified, plot_reliability
 from engine.storage import replacing, write_text
 from engine.tta import VIEWS
 
@@ -47,10 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
     parser.add_argument("--tta", choices=list(VIEWS), help="average the report over these views of each image "
                         "(default: the run's train.tta); flip is wrong for digits and text")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="first fit the temperature on the validation split and store it in the checkpoint")
+    parser.add_argument("--min-confidence", type=min_confidence, metavar="P",
+                        help="with --predict: answer unknown when the top probability is below P, in (0, 1]")
     args = parser.parse_args(argv)
 
     path, cfg = checkpoint_and_config(args)
     device = select_device(cfg.run.device)
+    if args.calibrate:
+        print(describe_fit(calibrate(path, device, args.batch_size)))
     if args.predict:
         sys.exit(1 if predict(path, args, device, cfg.data.max_pixels) else 0)
     if args.feature_maps:
@@ -63,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
-    """Metrics, confusion matrices and the misclassified grid for one split (args.split)."""
+    """Metrics, confusion matrices, the misclassified grid and the reliability diagram for one split (args.split)."""
     split, top_k = args.split, args.top_k
-    ckpt, loader, results = evaluate_checkpoint(path, device, split, args.batch_size, args.tta)
+    ckpt, loader, results = evaluate_checkpoint(path, device, split, args.batch_size, tta=args.tta)
     names, confusion = data_of(ckpt).class_names, results["confusion"]
     summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
                "split": split, **tta_summary(path, args, device, ckpt),
@@ -73,7 +83,9 @@ def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
                "accuracy": results["accuracy"], "balanced_accuracy": results["balanced_accuracy"],
                "macro_f1": results["macro_f1"], "top_k": top_k, "top_k_accuracy": top_k_accuracy(results, top_k),
                "per_class": per_class(confusion, names), "confusion": confusion.tolist()}
+    summary["calibration"] = split_calibration(results, temperature_of(ckpt, path), args.min_confidence)
     print_report(summary)
+    print_calibration(summary["calibration"], ckpt, path)
 
     run_dir, prefix = path.parent, "" if split == "test" else f"{split}_"
     title = f"{summary['data']} {split}: accuracy {100 * summary['accuracy']:.2f}%"
@@ -92,6 +104,9 @@ def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
                            f"most confident mistakes ({split}, {len(mistakes)} of "
                            f"{summary['num_images'] - int(confusion.diag().sum())})")
         written.append(f"{prefix}misclassified.png")
+    written.append(plot_calibration(summary["calibration"], run_dir / f"{prefix}reliability.png", title))
+    if split == "test" and path.name == "best.pt":  # the card describes the run's best.pt
+        written.append(write_card(run_dir, ckpt, results).name)
     print(f"wrote to {run_dir}/: {', '.join(written)}")
 
 
@@ -101,8 +116,32 @@ def tta_summary(path: Path, args: argparse.Namespace, device: torch.device, ckpt
     tta = args.tta or config_of(ckpt).train.tta
     if tta == "none":
         return {"tta": tta}
-    plain = evaluate_checkpoint(path, device, args.split, args.batch_size, "none")[2]
+    plain = evaluate_checkpoint(path, device, args.split, args.batch_size, tta="none")[2]
     return {"tta": tta, "tta_cost": VIEWS[tta], "accuracy_without_tta": plain["accuracy"]}
+
+
+def print_calibration(calibration: dict, ckpt: dict, path: Path) -> None:
+    """ECE before and after the temperature, and how many images fall below the confidence thresholds."""
+    ece = f"calibration (top-1 confidence, {calibration['bins']} bins): ECE {100 * calibration['ece_before']:.2f}%"
+    fit = ckpt.get("calibration")
+    if fit is not None and fit.get("errors") == 0:
+        print(f"{ece}; temperature 1: the {fit['split']} split ({fit['images']} images) had no mistake to fit it on")
+    elif fit is not None:
+        print(f"{ece} before, {100 * calibration['ece_after']:.2f}% after temperature "
+              f"{calibration['temperature']:.3f} (fitted on {fit['split']}, {fit['images']} images)")
+    else:
+        print(f"{ece}; not calibrated: python test.py {path} --calibrate fits a temperature on the validation split")
+    print(f"confidence {describe_thresholds(calibration['thresholds'])}")
+
+
+def plot_calibration(calibration: dict, path: Path, title: str) -> str:
+    """The reliability diagram: before the temperature, and after it when there is one; returns the file name."""
+    panels = [("without temperature", calibration["reliability_before"], calibration["ece_before"])]
+    if calibration["temperature"] != 1.0:
+        panels.append((f"temperature {calibration['temperature']:.3f}", calibration["reliability_after"],
+                       calibration["ece_after"]))
+    plot_reliability(panels, path, f"{title}: reliability of the top-1 confidence")
+    return path.name
 
 
 def print_report(report: dict) -> None:
@@ -138,7 +177,7 @@ def most_confident_mistakes(results: dict, count: int) -> torch.Tensor:
 def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixels: int) -> int:
     """Print the top-k classes of every image in args.predict; returns the number of files that could not be read."""
     ckpt = load_checkpoint(path)
-    info = data_of(ckpt)
+    info, temperature = data_of(ckpt), temperature_of(ckpt, path)
     names, top_k = info.class_names, min(args.top_k, len(info.class_names))
     files, images, failures = read_inputs(args.predict, info.in_channels, info.image_size, max_pixels)
     predictions = []
@@ -147,10 +186,11 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
                         device)
         model = model_from_checkpoint(ckpt, device)
         cfg = config_of(ckpt)
-        results = evaluate(model, loader, len(names), device, autocast_dtype(cfg.run.amp, device))
+        results = evaluate(model, loader, len(names), device, autocast_dtype(cfg.run.amp, device),
+                           temperature=temperature)
         predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
                        for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
-    table = report_predictions(files, predictions, top_k)
+    table = report_predictions(files, predictions, top_k, getattr(args, "min_confidence", None))
     if args.output:
         write_text(args.output, table)
         print(f"wrote {len(files)} predictions to {args.output}")
@@ -193,7 +233,7 @@ def one_image(path: Path, image_path: str, device: torch.device,
 def cam(path: Path, image_path: str, device: torch.device, max_pixels: int) -> None:
     """gradcam.png: the image, and where the last conv layer's evidence for the predicted class lies."""
     ckpt, model, image, images = one_image(path, image_path, device, max_pixels)
-    heat, probs = grad_cam(model, images)
+    heat, probs = grad_cam(model, images, temperature=temperature_of(ckpt, path))
     name, _ = last_conv(model)
     predicted = int(probs[0].argmax())
     label = f"{data_of(ckpt).class_names[predicted]} ({100 * probs[0, predicted]:.1f}%)"

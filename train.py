@@ -21,6 +21,8 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from engine import distributed, ema, runs
+from engine.calibration import calibrate, describe_fit
+from engine.card import code_version, write_card
 from engine.checkpoint import RunState, checkpoint_dict, restore, save_checkpoint
 from engine.cli import check_interrupted, make_parser, run_cli
 from engine.config import Config, TrainConfig, to_yaml
@@ -210,17 +212,22 @@ def main(argv: list[str] | None = None) -> None:
         distributed.barrier()
     finally:
         distributed.teardown()
-    if show_test:  # one process, on the full test split
-        print_test(run_dir / "best.pt", select_device(cfg.run.device), cfg.train.tta)
+    if show_test:  # one process: best.pt's temperature on the validation split, then the full test split
+        device = select_device(cfg.run.device)
+        print(describe_fit(calibrate(run_dir / "best.pt", device)))
+        best, test = print_test(run_dir / "best.pt", device, cfg.train.tta)
+        print(f"wrote {write_card(run_dir, best, test, code_version())}")
 
 
-def print_test(path: Path, device: torch.device, tta: str) -> None:
-    """The test split's loss and accuracy, and with train.tta the accuracy averaged over its views too."""
+def print_test(path: Path, device: torch.device, tta: str) -> tuple[dict, dict]:
+    """The test split's loss and accuracy, and with train.tta the accuracy averaged over its views too;
+    returns the checkpoint and the results without the views."""
     best, _, test = evaluate_checkpoint(path, device, tta="none")
     line = f"test ({path.name}, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%"
     if tta != "none":
         line += f"  with tta {tta} {100 * evaluate_checkpoint(path, device, tta=tta)[2]['accuracy']:.2f}%"
     print(line)
+    return best, test
 
 
 if __name__ == "__main__":

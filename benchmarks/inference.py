@@ -1,16 +1,17 @@
-"""Inference speed on this CPU: PyTorch eager vs onnxruntime, for the exported graph tools/export.py writes.
+"""Inference speed on this CPU: PyTorch eager vs onnxruntime, float32 and int8, for the exported graph
+tools/export.py writes.
 
-Both run the same thing: uint8 images in, normalisation, the model, softmax out. Weights are
-random (speed does not depend on them). Prints batch-1 latency (median) and batch-64 throughput.
+All run the same thing: uint8 images in, normalisation, the model, softmax out; the int8 rows are
+export.py --int8's static quantization (engine/quantize.py), calibrated here on random images.
+Weights are random (speed does not depend on them). Prints batch-1 latency (median) and batch-64
+throughput.
 
     python benchmarks/inference.py
     python benchmarks/inference.py --threads 1    # one thread each: steadier on a machine others are using
 """
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.config import load_config  # noqa: E402
 from engine.datasets import DataInfo  # noqa: E402
+from engine.quantize import latency_ms, quantize, require_quantization  # noqa: E402
 from model import build_model  # noqa: E402
 from tools.export import deployable, export_program, require_extras, write_onnx  # noqa: E402
 
@@ -30,18 +32,6 @@ MODELS = {
                                                  "model.conv_blocks.1.out_channels=128",
                                                  "model.conv_blocks.2.out_channels=256", "model.hidden=[256]"], 3, 32),
 }
-
-
-def latency_ms(run, images: np.ndarray, seconds: float) -> float:
-    """Median milliseconds per call, after a warm-up."""
-    for _ in range(10):
-        run(images)
-    times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 20:
-        start = time.perf_counter()
-        run(images)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def measure(name: str, overrides: list[str], channels: int, size: int, args: argparse.Namespace,
@@ -60,12 +50,16 @@ def measure(name: str, overrides: list[str], channels: int, size: int, args: arg
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = args.threads  # 0: onnxruntime's default, one per core
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    int8_path = folder / "model.int8.onnx"
+    quantize(path, int8_path, np.random.default_rng(2).integers(0, 256, (256, channels, size, size), np.uint8), {})
+    int8 = onnxruntime.InferenceSession(int8_path, options, providers=["CPUExecutionProvider"])
 
     def eager(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return module(torch.from_numpy(batch)).numpy()
 
-    for runtime, run in (("PyTorch eager", eager), ("onnxruntime", lambda b: session.run(None, {"images": b})[0])):
+    for runtime, run in (("PyTorch eager", eager), ("onnxruntime", lambda b: session.run(None, {"images": b})[0]),
+                         ("onnxruntime int8", lambda b: int8.run(None, {"images": b})[0])):
         one = np.random.default_rng(0).integers(0, 256, (1, channels, size, size), dtype=np.uint8)
         many = np.random.default_rng(1).integers(0, 256, (64, channels, size, size), dtype=np.uint8)
         ms_one, ms_many = latency_ms(run, one, args.seconds), latency_ms(run, many, args.seconds)
@@ -78,6 +72,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="threads for both runtimes; 0: their defaults")
     args = parser.parse_args()
     require_extras()
+    require_quantization()
     import onnxruntime
 
     if args.threads:

@@ -6,7 +6,10 @@ A checkpoint is a dict with:
   epoch (completed epochs), best_score (of train.best_metric), bad_epochs, history (one dict per epoch),
   config (the resolved config as a dict), data (class_names, in_channels, image_size, mean, std,
   class_counts), new_layers (with model.pretrained: the state-dict keys that did not come from it),
-  rng (per process, in rank order: torch's CPU random state, Python's, and CUDA's when used).
+  rng (per process, in rank order: torch's CPU random state, Python's, and CUDA's when used),
+  calibration (best.pt once training ended, or after test.py --calibrate; absent before: temperature 1):
+  temperature (T > 0, the logits are divided by it before the softmax) and the fit's numbers
+  (engine/calibration.py calibration_entry).
 
 engine/finetune.py reads other people's weights (model.pretrained).
 """
@@ -23,7 +26,7 @@ from engine.datasets import DataInfo
 from engine.devices import AMP_NAMES
 from engine.distributed import gather, rank_and_world
 from engine.errors import UserError
-from engine.storage import atomic_save
+from engine.storage import RunLock, atomic_save
 from model import build_model
 
 FORMAT_VERSION = 1
@@ -176,3 +179,24 @@ def restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
         if isinstance(cuda_state, torch.Tensor) and device.type == "cuda":
             torch.cuda.set_rng_state(cuda_state, device)
     return RunState(**{f.name: ckpt[f.name] for f in fields(RunState)})
+
+
+def temperature_of(ckpt: dict, path: Path) -> float:
+    """The temperature that divides the checkpoint's logits: its fitted one, or 1 when it was never fitted."""
+    calibration = ckpt.get("calibration")
+    if calibration is None:
+        return 1.0
+    value = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        shown = repr(value)[:40]
+        raise UserError(f"checkpoint {path} has calibration temperature {shown}; it must be a number above 0 "
+                        f"(the logits are divided by it); fit it again with python test.py {path} --calibrate")
+    return float(value)
+
+
+def store_calibration(path: Path, entry: dict) -> None:
+    """Write the calibration entry into the checkpoint at path (atomically), under the run folder's lock."""
+    with RunLock(path.parent):
+        ckpt = load_checkpoint(path)
+        ckpt["calibration"] = entry
+        atomic_save(ckpt, path)

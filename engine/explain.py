@@ -53,10 +53,10 @@ def last_conv(model: nn.Module) -> tuple[str, nn.Module]:
     return name, layer
 
 
-def grad_cam(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None
+def grad_cam(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None, temperature: float = 1.0
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps (B, H, W) in 0..1 at the input size for the target classes (default: the predicted ones),
-    and the probabilities (B, num_classes). images are normalised (B, C, H, W)."""
+    and the probabilities softmax(logits / temperature) (B, num_classes). images are normalised (B, C, H, W)."""
     model.eval()
     _, conv = last_conv(model)
     seen = []
@@ -73,7 +73,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None
     cam = F.relu((weights * maps).sum(1, keepdim=True)).detach()  # (B, 1, h, w)
     cam = F.interpolate(cam.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    return cam, logits.detach().float().softmax(1)
+    return cam, (logits.detach().float() / temperature).softmax(1)
 
 
 def overlay(image: torch.Tensor, heat: torch.Tensor, scale: int = 1) -> np.ndarray:

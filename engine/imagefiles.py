@@ -3,6 +3,7 @@
 test.py --predict, demo.py and predict_onnx.py (which must run where PyTorch is not installed) all
 decode images and print predictions through these functions, so they agree on both.
 """
+import argparse
 import csv
 import io
 import struct
@@ -110,12 +111,39 @@ def ranked(probs: np.ndarray, class_names: list[str], top_k: int) -> list[list[t
     return [[(class_names[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
 
 
-def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int) -> str:
-    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`); returns the same predictions as CSV text."""
+UNKNOWN = "unknown"  # the answer when the top probability is below --min-confidence
+
+
+def min_confidence(text: str) -> float:
+    """argparse type of --min-confidence: a probability P in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a probability above 0 and at most 1, e.g. 0.9; got {text[:40]!r}")
+    return value
+
+
+def answer(pairs: list[tuple[str, float]], min_confidence: float | None) -> str:
+    """The top class, or UNKNOWN when its probability is below min_confidence."""
+    return UNKNOWN if min_confidence is not None and pairs[0][1] < min_confidence else pairs[0][0]
+
+
+def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int,
+                       min_confidence: float | None = None) -> str:
+    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`); returns the same predictions as CSV text.
+
+    With min_confidence an image whose top probability is below it is answered UNKNOWN, its classes and
+    probabilities still listed (`file: unknown (below 90%): 3 62.1%, ...`), and the CSV gains an answer column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file"] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")])
+    chosen = [] if min_confidence is None else ["answer"]
+    writer.writerow(["file", *chosen] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")])
     for file, pairs in zip(files, predictions):
-        print(f"{file}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in pairs))
-        writer.writerow([str(file)] + [v for name, p in pairs for v in (name, f"{p:.6f}")])
+        said, doubtful = answer(pairs, min_confidence), min_confidence is not None and pairs[0][1] < min_confidence
+        unknown = f"{UNKNOWN} (below {100 * min_confidence:g}%): " if doubtful else ""
+        print(f"{file}: {unknown}" + ", ".join(f"{name} {100 * p:.1f}%" for name, p in pairs))
+        row = [str(file), *([said] if chosen else [])]
+        writer.writerow(row + [v for name, p in pairs for v in (name, f"{p:.6f}")])
     return buffer.getvalue()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint
+from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.config import TrainConfig
 from engine.devices import autocast, autocast_dtype
 from engine.distributed import all_reduce_sum
@@ -77,10 +77,11 @@ def class_weights(cfg: TrainConfig, class_counts: list[int], device: torch.devic
 
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
              amp_dtype: torch.dtype | None = None, loss: str = "cross_entropy",
-             weight: torch.Tensor | None = None) -> dict:
+             weight: torch.Tensor | None = None, temperature: float = 1.0) -> dict:
     """Mean loss, accuracy, balanced accuracy, macro F1, the confusion matrix (rows: true class, columns:
-    predicted), and per image the labels, the top-k predicted classes (k = TOP_K or fewer classes) and
-    their probabilities.
+    predicted), and per image the labels, the logits (float32), the top-k predicted classes (k = TOP_K or
+    fewer classes) and their probabilities softmax(logits / temperature) (engine/calibration.py; the
+    temperature changes no prediction, so neither the loss nor any accuracy depends on it).
 
     The loss is make_loss(loss, weight) without smoothing: with class weights the weighted mean over the
     whole split, the same however it is batched. amp_dtype is training's autocast dtype, so validation,
@@ -90,15 +91,16 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     loss_fn = make_loss(loss, weight, reduction="sum")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of each image's loss times its weight
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    labels_seen, top_probs, top_classes = [], [], []
+    labels_seen, logits_seen, top_probs, top_classes = [], [], [], []
     with torch.inference_mode(), autocast(device, amp_dtype):
         for images, labels in loader:
             logits = model(images)  # (B, num_classes)
             loss_sum += loss_fn(logits.float(), labels).double()
             cells = labels * num_classes + logits.argmax(1)  # (B,) index into the flattened matrix
             confusion.index_add_(0, cells, torch.ones_like(cells))  # unlike bincount, no host sync on CUDA
-            probs, classes = logits.float().softmax(1).topk(min(TOP_K, num_classes), dim=1)  # (B, k) each
+            probs, classes = (logits.float() / temperature).softmax(1).topk(min(TOP_K, num_classes), dim=1)
             labels_seen.append(labels)
+            logits_seen.append(logits.float())
             top_probs.append(probs)
             top_classes.append(classes)
     all_reduce_sum(loss_sum)  # under torchrun each process saw a disjoint share; per-image lists stay local
@@ -109,6 +111,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     weight_sum = per_class_count.sum() if weight is None else per_class_count @ weight.double().cpu()
     return {"loss": (loss_sum.cpu() / weight_sum).item(), "accuracy": confusion.diag().sum().item() / count,
             **class_averages(confusion), "confusion": confusion, "labels": torch.cat(labels_seen).cpu(),
+            "logits": torch.cat(logits_seen).cpu(),
             "top_probs": torch.cat(top_probs).cpu(), "top_classes": torch.cat(top_classes).cpu()}
 
 
@@ -138,13 +141,15 @@ def top_k_accuracy(results: dict, k: int) -> float:
 
 
 def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test", batch_size: int | None = None,
-                        tta: str | None = None) -> tuple[dict, Loader, dict]:
+                        *, tta: str | None = None, temperature: float | None = None) -> tuple[dict, Loader, dict]:
     """Load a checkpoint, rebuild its model and data split, and evaluate it as validation did (averaged
-    over the views of the run's train.tta, or of `tta`): (checkpoint, loader, results)."""
+    over the views of the run's train.tta, or of `tta`), the probabilities with the checkpoint's temperature
+    (or the one given): (checkpoint, loader, results)."""
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt)
     model, info = with_tta(model_from_checkpoint(ckpt, device), tta or cfg.train.tta), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
     results = evaluate(model, loader, len(info.class_names), device, autocast_dtype(cfg.run.amp, device),
-                       cfg.train.loss, class_weights(cfg.train, info.class_counts, device))
+                       cfg.train.loss, class_weights(cfg.train, info.class_counts, device),
+                       temperature_of(ckpt, path) if temperature is None else temperature)
     return ckpt, loader, results

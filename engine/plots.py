@@ -66,6 +66,31 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, 
     save(fig, path)
 
 
+def plot_reliability(panels: list[tuple[str, list[dict], float]], path: Path, title: str) -> None:
+    """Reliability diagrams side by side, one per (label, bins, ECE): each bin's accuracy as a bar over its
+    confidence range, the bin's mean confidence as a red line across it (on the diagonal when calibrated;
+    below the bar's top: underconfident, above: overconfident), and the bin's image count above it
+    (engine/calibration.py reliability)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
+    for ax, (label, bins, ece) in zip(axes[0], panels):
+        width = bins[0]["upper"] - bins[0]["lower"]
+        full = [row for row in bins if row["count"]]
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+        ax.bar([row["lower"] for row in full], [row["accuracy"] for row in full], width=width, align="edge",
+               color="tab:blue", alpha=0.75, edgecolor="white", label="accuracy in the bin")
+        ax.hlines([row["confidence"] for row in full], [row["lower"] for row in full],
+                  [row["upper"] for row in full], color="tab:red", linewidth=2.5, label="mean confidence in the bin")
+        for row in full:
+            ax.text(row["lower"] + width / 2, max(row["accuracy"], row["confidence"]) + 0.015, f"{row['count']:,}",
+                    ha="center", va="bottom", fontsize=7, rotation=90 if row["count"] >= 1000 else 0)
+        ax.set(xlim=(0, 1), ylim=(0, 1.22), yticks=np.linspace(0, 1, 6), ylabel="accuracy",
+               xlabel="top-1 confidence (the number over a bin: its images)", title=f"{label}: ECE {100 * ece:.2f}%")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", ncol=3, fontsize=6.5, handlelength=1.5, columnspacing=1)
+    fig.suptitle(title, fontsize=10)
+    save(fig, path)
+
+
 def show(ax: plt.Axes, image: torch.Tensor, **placement) -> None:
     """One (C, H, W) image, grey or colour, without axes; placement (e.g. extent) is passed to imshow."""
     if image.shape[0] == 1:

@@ -35,11 +35,12 @@ def exported(tiny_run, tmp_path_factory):
 
 
 def pytorch_probs(ckpt: dict, images: torch.Tensor) -> torch.Tensor:
-    """The training pipeline's view: the Loader's normalisation, the model, softmax."""
+    """The training pipeline's view: the Loader's normalisation, the model, the temperature, softmax."""
     loader = Loader(images, torch.zeros(len(images), dtype=torch.int64), Batching(512), data_of(ckpt), CPU)
     model = model_from_checkpoint(ckpt, CPU).eval()
+    temperature = ckpt["calibration"]["temperature"]  # fitted when the tiny run's training ended
     with torch.inference_mode():
-        return torch.cat([model(batch).softmax(1) for batch, _ in loader])
+        return torch.cat([(model(batch) / temperature).softmax(1) for batch, _ in loader])
 
 
 def test_files_carry_what_a_deployment_needs(exported):

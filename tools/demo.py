@@ -3,6 +3,7 @@
     python tools/demo.py                              # best.pt of the most recent run, on http://127.0.0.1:7860
     python tools/demo.py checkpoints/<run> --port 8000
     python tools/demo.py --host 0.0.0.0               # reachable from other machines: anyone there can use it
+    python tools/demo.py --min-confidence 0.9         # below 90 %: the verdict is unknown
 
 Serves a Gradio page (pip install -r requirements-extras.txt). Its prediction is also an API
 endpoint, /predict, that gradio_client can call.
@@ -20,12 +21,12 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
-from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
+from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of  # noqa: E402
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
 from engine.devices import select_device  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
-from engine.imagefiles import DAMAGED, to_array  # noqa: E402
+from engine.imagefiles import DAMAGED, UNKNOWN, min_confidence, to_array  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402
 from engine.metrics import TOP_K, evaluate_checkpoint  # noqa: E402
 from engine.plots import plot_maps  # noqa: E402
@@ -41,19 +42,22 @@ class Demo:
     title: str
     device: torch.device
     max_pixels: int  # bigger uploads are refused before decoding (data.max_pixels)
+    temperature: float = 1.0  # the checkpoint's: probabilities are softmax(logits / temperature)
+    min_confidence: float | None = None  # below it the verdict is unknown
 
 
-def load_demo(path: Path, device: torch.device, max_pixels: int) -> Demo:
+def load_demo(path: Path, device: torch.device, max_pixels: int, min_confidence: float | None = None) -> Demo:
     """The checkpoint's model, and its test accuracy when the test split is on this machine."""
     ckpt = load_checkpoint(path)
-    cfg = config_of(ckpt)
+    cfg, temperature = config_of(ckpt), temperature_of(ckpt, path)
     try:
         accuracy = f"test accuracy {100 * evaluate_checkpoint(path, device)[2]['accuracy']:.2f}%"
     except UserError:
         accuracy = "test accuracy unknown (the test split is not on this machine)"
     title = (f"**{path.parent.name}/{path.name}**: {cfg.model.name} trained on {cfg.data.name} "
              f"(epoch {ckpt['epoch']}), {accuracy}")
-    return Demo(ckpt, model_from_checkpoint(ckpt, device).eval(), title, device, max_pixels)
+    return Demo(ckpt, model_from_checkpoint(ckpt, device).eval(), title, device, max_pixels, temperature,
+                min_confidence)
 
 
 def open_upload(upload: dict | None, max_pixels: int) -> Image.Image:
@@ -101,11 +105,14 @@ def analyse(demo: Demo, img: Image.Image) -> tuple[dict, np.ndarray, Image.Image
     image = torch.from_numpy(to_array(img, info.in_channels, info.image_size))  # uint8 (C, H, W)
     images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info,
                                   demo.device)))
-    heat, probs = grad_cam(demo.model, images)
+    heat, probs = grad_cam(demo.model, images, temperature=demo.temperature)
     top = probs[0].topk(min(TOP_K, len(names)))
     scores = {names[c]: p for p, c in zip(top.values.tolist(), top.indices.tolist())}
     conv, _, maps = conv_outputs(demo.model, images)[0]
     verdict = f"prediction: {names[top.indices[0]]} ({100 * top.values[0]:.1f}%)"
+    if demo.min_confidence is not None and top.values[0] < demo.min_confidence:
+        verdict = (f"prediction: {UNKNOWN} (the most probable, {names[top.indices[0]]} at {100 * top.values[0]:.1f}%, "
+                   f"is below the minimum of {100 * demo.min_confidence:g}%)")
     return scores, overlay(image, heat[0], max(1, DISPLAY // image.shape[-1])), feature_map_image(conv, maps), verdict
 
 
@@ -131,8 +138,8 @@ def build_page(demo: Demo):
                 maps = gr.Image(label="first conv layer's feature maps")
         outputs = [scores, cam, maps, verdict]
         # Not preprocessed, so that a file that is not an image reaches open_upload and gets its message.
-        upload.upload(lambda file: analyse(demo, open_upload(file, demo.max_pixels)), upload, outputs, api_name="predict",
-                      preprocess=False)
+        upload.upload(lambda file: analyse(demo, open_upload(file, demo.max_pixels)), upload, outputs,
+                      api_name="predict", preprocess=False)
         classify.click(lambda drawing: analyse(demo, drawn(drawing)), sketch, outputs, api_name="predict_drawing")
     return page
 
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     add_checkpoint_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--min-confidence", type=min_confidence, metavar="P",
+                        help="answer unknown when the top probability is below P, in (0, 1]")
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     try:
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         raise UserError("demo.py needs gradio; pip install -r requirements-extras.txt") from None
     path, cfg = checkpoint_and_config(args)
-    demo = load_demo(path, select_device(cfg.run.device), cfg.data.max_pixels)
+    demo = load_demo(path, select_device(cfg.run.device), cfg.data.max_pixels, args.min_confidence)
     build_page(demo).launch(server_name=args.host, server_port=args.port)
 
 

@@ -1,14 +1,18 @@
 """Export a checkpoint for deployment: model.onnx (for onnxruntime) and model.pt2 (torch.export).
 
 Both take what a deployment has, uint8 images (N, C, H, W) at the checkpoint's channels and size
-with any N, normalise them inside and return probabilities (N, num_classes). The class names,
-image size, channels, mean/std and the template's format version are in each file's metadata.
-Before the files replace earlier ones, both are checked against the PyTorch model on the
-checkpoint's test split. Needs the extras: pip install -r requirements-extras.txt
+with any N, normalise them inside and return probabilities (N, num_classes), divided by the
+checkpoint's temperature before the softmax. The class names, image size, channels, mean/std,
+temperature and the template's format version are in each file's metadata. Before the files
+replace earlier ones, both are checked against the PyTorch model on the checkpoint's test split;
+--int8 adds model.int8.onnx (engine/quantize.py), refused if its test accuracy drops more than
+--max-drop points. Each check is recorded in exports.json and MODEL_CARD.md.
+Needs the extras: pip install -r requirements-extras.txt
 
     python tools/export.py                            # best.pt of the most recent run
     python tools/export.py checkpoints/<run>          # best.pt of that run; writes checkpoints/<run>/model.onnx, .pt2
     python tools/export.py checkpoints/<run>/last.pt --no-verify
+    python tools/export.py checkpoints/<run> --int8   # also model.int8.onnx, with its size and speed against float
 """
 import argparse
 import contextlib
@@ -26,22 +30,30 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
-from engine.checkpoint import FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
+from engine.calibration import TemperatureScale  # noqa: E402
+from engine.card import record_export, write_card  # noqa: E402
+from engine.checkpoint import (FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint,  # noqa: E402
+                               temperature_of)
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
 from engine.datasets import DataInfo  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.loaders import Loader, Normalise, eval_batch_size, make_eval_loader  # noqa: E402
+from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, load_images, make_eval_loader,  # noqa: E402
+                            subset)
 from engine.metrics import evaluate  # noqa: E402
+from engine import quantize  # noqa: E402
 from engine.tta import VIEWS, with_tta  # noqa: E402
 
 CPU = torch.device("cpu")
 TORCH_DIR = os.path.dirname(torch.__file__)
 VERIFY_BATCH = 256  # images per onnxruntime / .pt2 call during the check
+SPEED_SECONDS = 0.5  # --int8: timed seconds for each of batch 1 and batch 64, float and int8
 
 
-def deployable(model: nn.Module, info: DataInfo) -> nn.Module:
-    """uint8 images (N, C, H, W) -> normalised with info's mean/std -> model -> probabilities (N, num_classes)."""
-    parts = OrderedDict(normalise=Normalise(info.mean, info.std), model=model, softmax=nn.Softmax(dim=1))
+def deployable(model: nn.Module, info: DataInfo, temperature: float = 1.0) -> nn.Module:
+    """uint8 images (N, C, H, W) -> normalised with info's mean/std -> model -> logits / temperature ->
+    probabilities (N, num_classes)."""
+    parts = OrderedDict(normalise=Normalise(info.mean, info.std), model=model,
+                        temperature=TemperatureScale(temperature), softmax=nn.Softmax(dim=1))
     return nn.Sequential(parts).eval()
 
 
@@ -53,7 +65,7 @@ def metadata(ckpt: dict, path: Path, accuracy: float | None, tta: str) -> dict[s
             "input": "uint8 images (N, channels, image_size, image_size), 0..255",
             "output": "probabilities (N, len(class_names)), rows sum to 1",
             "model": cfg.model.name, "data": cfg.data.name, "checkpoint": f"{path.parent.name}/{path.name}",
-            "epoch": ckpt["epoch"], "test_accuracy": accuracy, "tta": tta}
+            "epoch": ckpt["epoch"], "test_accuracy": accuracy, "temperature": temperature_of(ckpt, path), "tta": tta}
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in meta.items()}
 
 
@@ -124,29 +136,37 @@ def verify(onnx_path: Path, pt2_path: Path, images: torch.Tensor, results: dict)
                 compare("model.pt2", lambda batch: reloaded(torch.from_numpy(batch)).numpy(), images, results)]
 
 
-def reference(ckpt: dict, tta: str) -> tuple[Loader, dict]:
+def reference(ckpt: dict, tta: str, temperature: float = 1.0) -> tuple[Loader, dict]:
     """PyTorch's results on the test split in float32 over the same views, which is what the exported graph
     computes (test.py evaluates under the run's autocast, e.g. bf16 for run.amp=bf16)."""
     cfg, info = config_of(ckpt), data_of(ckpt)
     loader = make_eval_loader(cfg, info, "test", eval_batch_size(cfg.train, CPU), CPU)
-    return loader, evaluate(with_tta(model_from_checkpoint(ckpt, CPU), tta), loader, len(info.class_names), CPU)
+    model = with_tta(model_from_checkpoint(ckpt, CPU), tta)
+    return loader, evaluate(model, loader, len(info.class_names), CPU, temperature=temperature)
 
 
-def export(path: Path, check: bool = True, tta: str = "none") -> tuple[Path, Path]:
+def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False,
+           max_drop: float = 0.5) -> tuple[Path, Path]:
     """Write model.onnx and model.pt2 next to the checkpoint at path, checked on its test split unless told not;
-    with tta, the views' averaged probabilities are computed inside the graph."""
+    with tta, the views' averaged probabilities are computed inside the graph; with int8 also model.int8.onnx,
+    refused if its test accuracy is more than max_drop points below float32's."""
     require_extras()
+    if int8:
+        quantize.require_quantization()
+        if not check:
+            raise UserError("--int8 is checked on the test split before it is written, so it cannot go with "
+                            "--no-verify; export on a machine that has the data set")
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
-    info, results, images = data_of(ckpt), None, None
+    info, results, images, temperature = data_of(ckpt), None, None, temperature_of(ckpt, path)
     if check:
         try:
-            loader, results = reference(ckpt, tta)
+            loader, results = reference(ckpt, tta, temperature)
         except UserError as err:
             raise UserError(f"{err} (needed to check the export; pass --no-verify to skip the check)") from None
         images = loader.raw_images(torch.arange(len(results["labels"])))  # uint8 (N, C, H, W)
     example = torch.zeros(2, info.in_channels, info.image_size, info.image_size, dtype=torch.uint8)
-    program = export_program(deployable(with_tta(model_from_checkpoint(ckpt, CPU), tta), info), example)
+    program = export_program(deployable(with_tta(model_from_checkpoint(ckpt, CPU), tta), info, temperature), example)
     meta = metadata(ckpt, path, results and results["accuracy"], tta)
     onnx_path, pt2_path = path.with_name("model.onnx"), path.with_name("model.pt2")
     # Written under temporary names (torch.export.load wants the .pt2 suffix) and renamed once checked.
@@ -170,7 +190,71 @@ def export(path: Path, check: bool = True, tta: str = "none") -> tuple[Path, Pat
               + "; ".join(checks))
     else:
         print("not checked on the test split (--no-verify)")
+    for final, check_text in zip((onnx_path, pt2_path), checks or ["not checked (--no-verify)"] * 2):
+        record_export(final, path, ckpt["epoch"], check_text)
+    if int8:
+        export_int8(path, ckpt, meta, (images, results), max_drop)
+    refresh_card(path.parent)
     return onnx_path, pt2_path
+
+
+def calibration_images(ckpt: dict) -> np.ndarray:
+    """A seeded sample (run.seed) of the training split's uint8 images, to set the int8 activation ranges."""
+    cfg = config_of(ckpt)
+    images, _ = load_images(cfg.data, "train")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.run.seed))
+    return decoded(subset(images, order[:quantize.CALIBRATION_IMAGES].sort().values)).numpy()
+
+
+def export_int8(path: Path, ckpt: dict, meta: dict, check: tuple[torch.Tensor, dict], max_drop: float) -> Path:
+    """model.int8.onnx from model.onnx, checked on the test split against float32 before it replaces an earlier one."""
+    int8_path = path.with_name("model.int8.onnx")
+    tmp = int8_path.with_name(f"{int8_path.stem}.{os.getpid()}.tmp.onnx")
+    sample = calibration_images(ckpt)
+    onnx_path, (images, results), meta = path.with_name("model.onnx"), check, dict(meta)  # the float model's
+    meta["quantization"] = (f"int8, onnxruntime static QDQ, per-channel weights, calibrated on {len(sample)} "
+                            f"training images (seed {config_of(ckpt).run.seed})")
+    try:
+        quantize.quantize(onnx_path, tmp, sample, meta)
+        float_run, int8_run = (quantize.session(p, threads=1) for p in (onnx_path, tmp))
+        probs = quantize.probabilities(lambda batch: int8_run.run(None, {"images": batch})[0], images.numpy())
+        labels = results["labels"].numpy()
+        int8_accuracy = float((probs.argmax(1) == labels).mean())
+        agree = float((probs.argmax(1) == results["top_classes"][:, 0].numpy()).mean())
+        drop = 100 * (results["accuracy"] - int8_accuracy)
+        numbers = (f"test accuracy {100 * int8_accuracy:.2f}% against float32's {100 * results['accuracy']:.2f}% "
+                   f"(a drop of {drop:.2f} points; --max-drop {max_drop:g}), top-1 agreement {100 * agree:.2f}%")
+        if drop > max_drop:
+            raise UserError(f"model.int8.onnx was refused: {numbers}; the earlier model.int8.onnx (if any) was "
+                            "kept; use the float model.onnx, or raise --max-drop if the loss is acceptable")
+        speed = compare_speed(onnx_path, tmp, float_run, int8_run, images.numpy())
+        os.replace(tmp, int8_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"int8: {int8_path} checked on the test split: {numbers}")
+    print(f"int8: {speed}")
+    record_export(int8_path, path, ckpt["epoch"], numbers)
+    return int8_path
+
+
+def compare_speed(float_path: Path, int8_path: Path, float_run, int8_run, images: np.ndarray) -> str:
+    """File sizes, batch-1 latency and batch-64 throughput of the two sessions (one thread each)."""
+    timings = {}
+    for name, run in (("float", float_run), ("int8", int8_run)):
+        infer = lambda batch, run=run: run.run(None, {"images": batch})[0]  # noqa: E731
+        timings[name] = (quantize.latency_ms(infer, images[:1], SPEED_SECONDS),
+                         quantize.latency_ms(infer, np.resize(images, (64, *images.shape[1:])), SPEED_SECONDS))
+    (f1, f64), (q1, q64) = timings["float"], timings["int8"]
+    size, float_size = int8_path.stat().st_size, float_path.stat().st_size
+    return (f"{size / 1e3:.0f} kB against float's {float_size / 1e3:.0f} kB ({size / float_size:.2f}x); one thread: "
+            f"batch 1 {q1:.3f} ms against {f1:.3f} ms (speed-up {f1 / q1:.2f}x), batch 64 {64e3 / q64:,.0f} against "
+            f"{64e3 / f64:,.0f} images/s (speed-up {f64 / q64:.2f}x)")
+
+
+def refresh_card(run_dir: Path) -> None:
+    """MODEL_CARD.md of the run folder, with the exports just recorded (its test results are kept)."""
+    if (run_dir / "best.pt").is_file():
+        write_card(run_dir, load_checkpoint(run_dir / "best.pt"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,13 +264,28 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the check on the test split (when the data set is not on this machine)")
     parser.add_argument("--tta", choices=list(VIEWS), default="none",
                         help="bake test-time augmentation into the graph: probabilities averaged over these views")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write model.int8.onnx (static int8 quantization), checked on the test split")
+    parser.add_argument("--max-drop", type=points, default=0.5, metavar="POINTS",
+                        help="with --int8: the most test accuracy it may lose against float32, in points (default 0.5)")
     args = parser.parse_args(argv)
     path, _ = checkpoint_and_config(args)
     for text in args.inputs:
         if text.startswith(("run.device=", "data.max_pixels=")):
             print(f"note: {text.partition('=')[0]} has no effect here: export.py exports and checks on the CPU "
                   "and reads no image files")
-    export(path, check=not args.no_verify, tta=args.tta)
+    export(path, check=not args.no_verify, tta=args.tta, int8=args.int8, max_drop=args.max_drop)
+
+
+def points(text: str) -> float:
+    """argparse type of --max-drop: accuracy points, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected accuracy points, 0 or more (e.g. 0.5), got {text[:40]!r}")
+    return value
 
 
 if __name__ == "__main__":

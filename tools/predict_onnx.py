@@ -5,7 +5,11 @@ names and image size from the file's metadata, and prints the same table and CSV
 `python test.py --predict`.
 
     python tools/predict_onnx.py checkpoints/<run>/model.onnx my_digit.png more_images/
-    python tools/predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 --output checkpoints/predictions.csv
+    python tools/predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 \
+        --output checkpoints/predictions.csv
+    python tools/predict_onnx.py checkpoints/<run>/model.int8.onnx more_images/ --min-confidence 0.9
+
+The probabilities already carry the checkpoint's temperature (export.py puts it in the graph).
 """
 import argparse
 import json
@@ -16,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
-from engine.imagefiles import ranked, read_inputs, report_predictions  # noqa: E402
+from engine.imagefiles import min_confidence, ranked, read_inputs, report_predictions  # noqa: E402
 
 BATCH = 256  # images per onnxruntime call
 REQUIRED = ("class_names", "image_size", "channels")  # metadata keys written by export.py
@@ -62,15 +66,21 @@ def main() -> int:
     parser.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR", help="image files or folders of images")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     parser.add_argument("--output", metavar="CSV", help="also write the predictions to this CSV file")
+    parser.add_argument("--min-confidence", metavar="P",
+                        help="answer unknown when the top probability is below P, in (0, 1]")
     args = parser.parse_args()
     if args.top_k < 1:
         raise ModelError(f"--top-k must be at least 1, got {args.top_k}")
+    try:
+        threshold = None if args.min_confidence is None else min_confidence(args.min_confidence)
+    except argparse.ArgumentTypeError as err:
+        raise ModelError(f"--min-confidence {err}") from None
     session, names, channels, size = open_model(Path(args.model))
     top_k = min(args.top_k, len(names))
     files, images, failures = read_inputs(args.inputs, channels, size)  # uint8 (N, C, H, W)
     probs = [session.run(None, {"images": images[i: i + BATCH]})[0] for i in range(0, len(images), BATCH)]
     predictions = ranked(np.concatenate(probs), names, top_k) if probs else []
-    table = report_predictions(files, predictions, top_k)
+    table = report_predictions(files, predictions, top_k, threshold)
     if args.output:
         write_csv(Path(args.output), table)
         print(f"wrote {len(files)} predictions to {args.output}")
