@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "finetune")  # one per data set
+OWN_IMAGES = ("finetune", "photos")  # recipes for your own images: benchmarks/transfer.py and photos.py
+RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem not in OWN_IMAGES)  # one per data set
 
 
 def recipe_overrides(name: str, args: argparse.Namespace) -> list[str]:
