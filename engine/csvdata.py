@@ -59,8 +59,8 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
         raise UserError(f"{path} cannot be read ({err.strerror}); check its permissions") from None
     if not header:
         raise UserError(f"{path} is empty; it needs a header line (e.g. file,label) and one row per image")
-    names = reader.fieldnames  # the keys of each row, before stripping
-    return header, [(line, {n.strip(): (v or "").strip() for n, v in row.items() if n in names}) for line, row in rows]
+    names = {name: name.strip() for name in reader.fieldnames}  # the keys of each row, before stripping
+    return header, [(line, {names[n]: (v or "").strip() for n, v in row.items() if n in names}) for line, row in rows]
 
 
 def columns(cfg: DataConfig, header: list[str], path: Path) -> tuple[str, str]:
@@ -79,9 +79,9 @@ def columns(cfg: DataConfig, header: list[str], path: Path) -> tuple[str, str]:
     return image, cfg.label_column
 
 
-def rows_of(cfg: DataConfig, path: Path, split: str | None) -> Rows:
-    """The rows of one CSV (only those whose split column is `split`, when given), checked."""
-    header, rows = read_rows(path)
+def rows_of(cfg: DataConfig, path: Path, split: str | None, table: tuple[list[str], list] | None = None) -> Rows:
+    """The rows of one CSV (only those whose split column is `split`, when given), checked; table: read_rows'."""
+    header, rows = table or read_rows(path)
     image, label = columns(cfg, header, path)
     if split is not None:
         bad = [(line, row[SPLIT_COLUMN]) for line, row in rows if row[SPLIT_COLUMN].lower() not in ("train", "test")]
@@ -95,16 +95,18 @@ def rows_of(cfg: DataConfig, path: Path, split: str | None) -> Rows:
     if empty:
         raise UserError(f"{path}: {len(empty)} rows have an empty label in column '{label}' (rows "
                         f"{', '.join(map(str, empty[:SHOWN]))}); fill them in or remove the rows")
-    return Rows([image_file(cfg, row[image], path, line) for line, row in rows], [row[label] for _, row in rows],
+    root = os.path.normpath(cfg.root)
+    return Rows([image_file(root, row[image], path, line) for line, row in rows], [row[label] for _, row in rows],
                 [line for line, _ in rows], path)
 
 
-def image_file(cfg: DataConfig, name: str, path: Path, line: int) -> Path:
-    """data.root / name, refused if it is absolute or climbs out of data.root (../)."""
-    joined = os.path.normpath(Path(cfg.root) / name)
-    root = os.path.normpath(cfg.root)
-    if not name or Path(name).is_absolute() or os.path.relpath(joined, root).split(os.sep)[0] == "..":
-        raise UserError(f"{path} row {line}: image path {name[:60]!r} is not inside data.root ({cfg.root}); "
+def image_file(root: str, name: str, path: Path, line: int) -> Path:
+    """root / name, refused if it is absolute or climbs out of root (../); root is normalised."""
+    joined = os.path.normpath(os.path.join(root, name))
+    prefix = "" if root == "." else root if root.endswith(os.sep) else root + os.sep
+    inside = joined.startswith(prefix) and joined[len(prefix):].split(os.sep)[0] not in ("..", ".", "")
+    if not name or os.path.isabs(name) or not inside:
+        raise UserError(f"{path} row {line}: image path {name[:60]!r} is not inside data.root ({root}); "
                         "give paths relative to data.root, without ../")
     return Path(joined)
 
@@ -125,16 +127,28 @@ def check_rows(rows: Rows) -> None:
         first[f] = line
 
 
+_last: dict = {}  # the last splits() result and what it was read from: a run asks for it several times
+
+
 def splits(cfg: DataConfig) -> dict[str, Rows | None]:
     """{'train': Rows, 'test': Rows or None (no test split: data.test_fraction holds one out)}, checked."""
-    train_path = csv_path(cfg, "labels")
-    header, _ = read_rows(train_path)
+    paths = [csv_path(cfg, key) for key in ("labels", "test_labels") if key == "labels" or getattr(cfg, key)]
+    key = (repr(cfg), [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
+    if _last.get("key") != key:
+        _last.update(key=key, found=read_splits(cfg, paths[0]))
+    return _last["found"]
+
+
+def read_splits(cfg: DataConfig, train_path: Path) -> dict[str, Rows | None]:
+    """splits(), read from the files and checked."""
+    table = read_rows(train_path)
     if cfg.test_labels:
-        found = {"train": rows_of(cfg, train_path, None), "test": rows_of(cfg, csv_path(cfg, "test_labels"), None)}
-    elif SPLIT_COLUMN in header:
-        found = {"train": rows_of(cfg, train_path, "train"), "test": rows_of(cfg, train_path, "test")}
+        found = {"train": rows_of(cfg, train_path, None, table),
+                 "test": rows_of(cfg, csv_path(cfg, "test_labels"), None)}
+    elif SPLIT_COLUMN in table[0]:
+        found = {"train": rows_of(cfg, train_path, "train", table), "test": rows_of(cfg, train_path, "test", table)}
     elif cfg.test_fraction:
-        found = {"train": rows_of(cfg, train_path, None), "test": None}
+        found = {"train": rows_of(cfg, train_path, None, table), "test": None}
     else:
         raise UserError(f"data.labels: {train_path} has no test split; set data.test_labels to a second CSV, add "
                         f"a '{SPLIT_COLUMN}' column (train | test), or hold some out with data.test_fraction=0.2")

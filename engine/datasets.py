@@ -284,7 +284,7 @@ def labelled(cfg: DataConfig) -> dict[str, tuple[list[Path], list[str]] | None]:
     """Each split's image files and label texts as listed: the CSVs' rows, or for data.test_fraction on a
     folder all its images ('test' is then None: held_out_mask takes it from 'train')."""
     if cfg.name == "csv":
-        return {split: rows and (rows.files, rows.labels) for split, rows in csvdata.splits(cfg).items()}
+        return {split: rows and (list(rows.files), list(rows.labels)) for split, rows in csvdata.splits(cfg).items()}
     folder, files, labels = pool_folder(cfg), [], []
     for name in class_folders(folder):
         found = [f for f in scan(folder / name) if f.is_file()]
