@@ -27,7 +27,8 @@ from engine.explain import conv_outputs, grad_cam, last_conv, overlay
 from engine.imagefiles import read_inputs, report_predictions
 from engine.loaders import Batching, Loader
 from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
-from engine.plots import plot_cam, plot_confusion, plot_maps, plot_misclassified
+from engine.multilabel import above_thresholds, evaluate_multilabel, per_label, print_report as print_multilabel
+from engine.plots import plot_cam, plot_confusion, plot_label_scores, plot_maps, plot_misclassified
 from engine.storage import replacing, write_text
 
 NUM_MISCLASSIFIED = 36  # images in the misclassified grid
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
 def report(path: Path, split: str, top_k: int, device: torch.device, batch_size: int | None) -> None:
     """Metrics, confusion matrices and the misclassified grid for one split."""
     ckpt, loader, results = evaluate_checkpoint(path, device, split, batch_size)
+    if data_of(ckpt).multilabel:
+        report_multilabel(path, ckpt, split, results)
+        return
     names, confusion = data_of(ckpt).class_names, results["confusion"]
     summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
                "split": split, "num_images": int(confusion.sum()), "loss": results["loss"],
@@ -88,6 +92,21 @@ def report(path: Path, split: str, top_k: int, device: torch.device, batch_size:
                            f"{summary['num_images'] - int(confusion.diag().sum())})")
         written.append(f"{prefix}misclassified.png")
     print(f"wrote to {run_dir}/: {', '.join(written)}")
+
+
+def report_multilabel(path: Path, ckpt: dict, split: str, results: dict) -> None:
+    """Per-label AP, F1, threshold and support, and label_scores.png, for a data.multilabel checkpoint."""
+    names = data_of(ckpt).class_names
+    summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
+               "split": split, "num_images": len(results["probs"]),
+               **{key: results[key] for key in ("loss", "map", "micro_f1", "macro_f1", "subset_accuracy")},
+               "per_label": per_label(results, names)}
+    print_multilabel(summary)
+    run_dir, prefix = path.parent, "" if split == "test" else f"{split}_"
+    write_text(run_dir / f"{split}_report.json", json.dumps(summary, indent=2))
+    plot_label_scores(names, results["probs"], results["targets"], summary["per_label"],
+                      run_dir / f"{prefix}label_scores.png", f"{summary['data']} {split}: mAP {100 * summary['map']:.2f}%")
+    print(f"wrote to {run_dir}/: {split}_report.json, {prefix}label_scores.png")
 
 
 def print_report(report: dict) -> None:
@@ -124,7 +143,13 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
     names, top_k = info.class_names, min(args.top_k, len(info.class_names))
     files, images, failures = read_inputs(args.predict, info.in_channels, info.image_size, max_pixels)
     predictions = []
-    if len(files):
+    if len(files) and info.multilabel:  # every label at or above its threshold
+        loader = Loader(torch.from_numpy(images), torch.zeros(len(files), len(names)), Batching(256), info, device)
+        model, amp = model_from_checkpoint(ckpt, device), autocast_dtype(config_of(ckpt).run.amp, device)
+        probs = evaluate_multilabel(model, loader, device, amp, thresholds=info.thresholds)["probs"]
+        predictions = above_thresholds(probs, info.thresholds, names)
+        top_k = max([len(labels) for labels in predictions] + [1])
+    elif len(files):
         loader = Loader(torch.from_numpy(images), torch.zeros(len(files), dtype=torch.int64), Batching(256), info,
                         device)
         model = model_from_checkpoint(ckpt, device)

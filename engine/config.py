@@ -52,6 +52,8 @@ class DataConfig:
     image_column: str
     label_column: str
     test_fraction: float = field(metadata=between(0.0, 0.9))
+    multilabel: bool
+    label_separator: str
 
 
 @dataclass
@@ -73,7 +75,7 @@ class TrainConfig:
     class_weights: Literal["none", "balanced"] | list[float] = field(metadata=at_least(0.0))
     freeze_epochs: int = field(metadata=at_least(0))
     backbone_lr: float = field(metadata=at_least(0.0))
-    best_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"]
+    best_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "map"]
     patience: int = field(metadata=at_least(0))
     grad_clip: float = field(metadata=at_least(0.0))
     log_interval: int = field(metadata=at_least(1))

@@ -91,7 +91,7 @@ def rows_of(cfg: DataConfig, path: Path, split: str | None, table: tuple[list[st
         rows = [(line, row) for line, row in rows if row[SPLIT_COLUMN].lower() == split]
     if not rows:
         raise UserError(f"{path} lists no {split or ''} images; add one row per image".replace("  ", " "))
-    empty = [line for line, row in rows if not row[label]]
+    empty = [] if cfg.multilabel else [line for line, row in rows if not row[label]]  # multilabel: none allowed
     if empty:
         raise UserError(f"{path}: {len(empty)} rows have an empty label in column '{label}' (rows "
                         f"{', '.join(map(str, empty[:SHOWN]))}); fill them in or remove the rows")
@@ -157,11 +157,18 @@ def read_splits(cfg: DataConfig, train_path: Path) -> dict[str, Rows | None]:
                         "set data.test_fraction=0")
     for rows in filter(None, found.values()):
         check_rows(rows)
-    check_across(found)
+    check_across(found, cfg)
     return found
 
 
-def check_across(found: dict[str, Rows | None]) -> None:
+def label_set(text: str, cfg: DataConfig) -> list[str]:
+    """The labels of one cell: itself, or with data.multilabel its parts between data.label_separator."""
+    if not cfg.multilabel:
+        return [text]
+    return [part.strip() for part in text.split(cfg.label_separator or " ") if part.strip()]
+
+
+def check_across(found: dict[str, Rows | None], cfg: DataConfig) -> None:
     """Test images must not also be training images, and the test labels must be training classes."""
     train, test = found["train"], found["test"]
     if test is None:
@@ -172,7 +179,8 @@ def check_across(found: dict[str, Rows | None]) -> None:
         line, f = both[0]
         raise UserError(f"{f} is listed for training ({train.source} row {in_train[f]}) and for testing "
                         f"({test.source} row {line}), {len(both)} images in all; list each image in one split")
-    unseen = sorted(set(test.labels) - set(train.labels))
+    names = [{name for text in rows.labels for name in label_set(text, cfg)} for rows in (train, test)]
+    unseen = sorted(names[1] - names[0])
     if unseen:
         raise UserError(f"{test.source}: labels {', '.join(unseen[:5])} appear only in the test split; the model "
                         "can only predict classes it was trained on: add training images of them or drop the rows")

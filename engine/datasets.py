@@ -46,6 +46,8 @@ class DataInfo:
     std: list[float] = field(default_factory=list)  # those the pretrained weights were trained with
     class_counts: list[int] = field(default_factory=list)  # training images per class (train.class_weights)
     held_out: list[str] = field(default_factory=list)  # data.test_fraction: the test images, relative to the data
+    multilabel: bool = False  # data.multilabel: labels are (N, K) 0/1 rows, the outputs K sigmoids
+    thresholds: list[float] = field(default_factory=list)  # multilabel: per-label thresholds chosen on validation
 
 
 def folder_size(cfg: DataConfig) -> int:
@@ -58,8 +60,12 @@ def describe(cfg: DataConfig) -> DataInfo:
     if cfg.test_fraction and cfg.name not in FILE_SETS:
         raise UserError(f"data.test_fraction: {cfg.name} has a test split of its own; it is for folder and csv "
                         "data sets without one; set data.test_fraction=0")
+    if cfg.multilabel and (cfg.name != "csv" or cfg.test_fraction or cfg.sampler == "balanced"):
+        raise UserError("data.multilabel needs data.name=csv (labels in one cell, separated by "
+                        "data.label_separator), a test split of its own and data.sampler=shuffle")
     if cfg.name == "csv" or cfg.test_fraction:
-        return DataInfo(cfg.channels, folder_size(cfg), class_names_of(cfg, labelled(cfg)["train"][1]))
+        return DataInfo(cfg.channels, folder_size(cfg), class_names_of(cfg, labelled(cfg)["train"][1]),
+                        multilabel=cfg.multilabel)
     if cfg.name == "folder":
         names, test_names = class_folders(Path(cfg.root) / "train"), class_folders(Path(cfg.root) / "test")
         if names != test_names:
@@ -296,7 +302,8 @@ def labelled(cfg: DataConfig) -> dict[str, tuple[list[Path], list[str]] | None]:
 
 def class_names_of(cfg: DataConfig, labels: list[str]) -> list[str]:
     """The classes, sorted: a folder's as its class folders are, a CSV's labels as numbers if all are integers."""
-    names = csvdata.class_names(labels) if cfg.name == "csv" else sorted(set(labels))
+    names = (csvdata.class_names([name for text in labels for name in csvdata.label_set(text, cfg)])
+             if cfg.name == "csv" else sorted(set(labels)))
     if len(names) < 2:
         where = csvdata.csv_path(cfg, "labels") if cfg.name == "csv" else pool_folder(cfg)
         raise UserError(f"{where} has one class ({names[0]}); a classifier needs at least two")
@@ -310,6 +317,11 @@ def pooled_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]
     index = {name: i for i, name in enumerate(names)}
     if found["test"] is not None:
         files, texts = found[split]
+        if cfg.multilabel:  # (N, K) rows of 0/1
+            rows = [[index[name] for name in csvdata.label_set(text, cfg)] for text in texts]
+            return files, torch.zeros(len(rows), len(names)).index_put_(
+                (torch.tensor([i for i, row in enumerate(rows) for _ in row], dtype=torch.long),
+                 torch.tensor([k for row in rows for k in row], dtype=torch.long)), torch.tensor(1.0))
         return files, torch.tensor([index[text] for text in texts])
     files, texts = found["train"]
     labels = torch.tensor([index[text] for text in texts])

@@ -23,11 +23,12 @@ STATS_SAMPLE = 20_000  # images used for the per-channel mean and std
 
 
 def train_val_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stratified, seeded indices (train, val) carved from the training split only."""
+    """Stratified, seeded indices (train, val) carved from the training split only (multi-label rows (N, K):
+    seeded, not stratified)."""
     generator = torch.Generator().manual_seed(seed)
     is_val = torch.zeros(len(labels), dtype=torch.bool)
-    for label in labels.unique():
-        idx = (labels == label).nonzero().flatten()
+    for label in labels.unique() if labels.ndim == 1 else [None]:
+        idx = (labels == label).nonzero().flatten() if label is not None else torch.arange(len(labels))
         idx = idx[torch.randperm(len(idx), generator=generator)]
         is_val[idx[: round(fraction * len(idx))]] = True
     if is_val.all() or not is_val.any():
@@ -264,7 +265,7 @@ def check_matches(images: Images, labels: torch.Tensor, info: DataInfo, cfg: Dat
     if shape != expected:
         raise UserError(f"data.{cfg.name}: test images are {shape} but the model expects "
                         f"{expected}; use the data settings the model was trained with")
-    if len(labels) == 0 or int(labels.max()) >= len(info.class_names):
+    if len(labels) == 0 or (labels.ndim == 1 and int(labels.max()) >= len(info.class_names)):
         raise UserError(f"data.{cfg.name}: test labels do not match the {len(info.class_names)} "
                         "training classes; use the same class folders in train/ and test/")
 
@@ -304,7 +305,7 @@ def make_train_loaders(cfg: Config, device: torch.device,
         stats = norm["mean"], norm["std"]
     if len(stats[0]) != info.in_channels:
         stats = tuple([sum(values) / len(values)] * info.in_channels for values in stats)
-    counts = torch.bincount(labels[train_idx], minlength=len(info.class_names)).tolist()
+    counts = label_counts(labels[train_idx], len(info.class_names)).tolist()
     info = replace(info, mean=stats[0], std=stats[1], class_counts=counts, held_out=held_out_names(cfg.data))
     note_small_val(labels[val_idx], info.class_names, cfg.data.val_fraction)
     workers = num_workers(cfg.data)
@@ -324,9 +325,14 @@ FEW_VAL_IMAGES = 5  # per class: below this, validation accuracy moves in steps 
 
 def note_small_val(val_labels: torch.Tensor, class_names: list[str], fraction: float) -> None:
     """A note when the validation split has fewer than a handful of images of some class."""
-    counts = torch.bincount(val_labels, minlength=len(class_names))
+    counts = label_counts(val_labels, len(class_names))
     if int(counts.min()) < FEW_VAL_IMAGES:
         fewest = int(counts.min())
         print(f"note: the validation split has only {fewest} image{'' if fewest == 1 else 's'} of class "
               f"{class_names[int(counts.argmin())]} ({len(val_labels)} in all), too few to pick best.pt reliably; "
               f"raise data.val_fraction (now {fraction})")
+
+
+def label_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Images per class (K,): of labels (N,), or of multi-label rows (N, K)."""
+    return labels.sum(0).long() if labels.ndim == 2 else torch.bincount(labels, minlength=num_classes)
