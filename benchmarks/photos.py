@@ -21,6 +21,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {  # name -> train.py arguments after the data; the new user tried the last two
     "photos": ["--config", str(ROOT / "configs" / "photos.yaml")],
+    "photos-resnet": ["--config", str(ROOT / "configs" / "photos.yaml"), "model.name=resnet", "train.epochs=25",
+                      "train.batch_size=32"],  # the recipe with model.py's small ResNet instead of the CNN
     "config.yaml": ["data.name=folder", "data.test_fraction=0.2"],
     "cifar10": ["--config", str(ROOT / "configs" / "cifar10.yaml"), "data.name=folder", "data.test_fraction=0.2"],
 }

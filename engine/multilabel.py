@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.devices import autocast
 from engine.distributed import all_reduce_sum, gather
+from engine.errors import UserError
 
 
 def bce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
@@ -121,3 +122,10 @@ def above_thresholds(probs: torch.Tensor, thresholds: list[float], class_names: 
     """Per image, every (label, probability) at or above its threshold, most probable first."""
     return [sorted(((name, p) for name, p, t in zip(class_names, row, thresholds) if p >= t),
                    key=lambda pair: -pair[1]) for row in probs.tolist()]
+
+
+def refuse(ckpt: dict, path, what: str) -> None:
+    """Scripts that read outputs as softmax classes refuse multi-label checkpoints rather than mislead."""
+    if ckpt["data"].get("multilabel"):
+        raise UserError(f"{path} is a multi-label model (data.multilabel); {what} handles one label per image "
+                        "so far; use python test.py --predict, which shows every label above its threshold")

@@ -13,6 +13,7 @@ from engine.errors import UserError
 from engine.multilabel import average_precision, bce, best_thresholds, scores_at
 import test as test_script
 import train
+from tools import export
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 
@@ -80,6 +81,8 @@ def test_a_tiny_multilabel_set_trains_reports_and_predicts(tmp_path):
     assert code == 0, err
     labels = [pair.split()[0] for pair in out.splitlines()[-1].removeprefix("img/0.png:").split(",") if pair.strip()]
     assert set(labels) <= set(COLOURS)  # every label at or above its threshold, none when none is
+    code, out, err = call_script(export.main, "checkpoints/m", cwd=tmp_path)
+    assert code == 2 and "is a multi-label model (data.multilabel); the export" in err  # not yet: no softmax file
 
 
 def test_multilabel_needs_a_csv_with_a_test_split(tiny_cfg, tmp_path):

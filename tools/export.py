@@ -32,6 +32,7 @@ from engine.datasets import DataInfo  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.loaders import Loader, Normalise, eval_batch_size, make_eval_loader  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
+from engine.multilabel import refuse as refuse_multilabel  # noqa: E402
 
 CPU = torch.device("cpu")
 TORCH_DIR = os.path.dirname(torch.__file__)
@@ -136,6 +137,7 @@ def export(path: Path, check: bool = True) -> tuple[Path, Path]:
     require_extras()
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
+    refuse_multilabel(ckpt, path, "the export (softmax outputs)")
     info, results, images = data_of(ckpt), None, None
     if check:
         try:
