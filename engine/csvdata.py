@@ -90,7 +90,7 @@ def rows_of(cfg: DataConfig, path: Path, split: str | None, table: tuple[list[st
                             f"{bad[0][1][:40]!r} ({len(bad)} such rows)")
         rows = [(line, row) for line, row in rows if row[SPLIT_COLUMN].lower() == split]
     if not rows:
-        raise UserError(f"{path} lists no {split or ''} images; add one row per image".replace("  ", " "))
+        raise UserError(f"{path} lists no {split + ' ' if split else ''}images; add one row per image")
     empty = [] if cfg.multilabel else [line for line, row in rows if not row[label]]  # multilabel: none allowed
     if empty:
         raise UserError(f"{path}: {len(empty)} rows have an empty label in column '{label}' (rows "
