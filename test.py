@@ -31,7 +31,9 @@ from engine.explain import conv_outputs, grad_cam, last_conv, overlay
 from engine.imagefiles import min_confidence, read_inputs, report_predictions
 from engine.loaders import Batching, Loader
 from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
-from engine.plots import plot_cam, plot_confusion, plot_maps, plot_misclassified, plot_reliability
+from engine.multilabel import above_thresholds, evaluate_multilabel, per_label, print_report as print_multilabel
+from engine.plots import (plot_cam, plot_confusion, plot_label_scores, plot_maps, plot_misclassified,
+                          plot_reliability)
 from engine.storage import replacing, write_text
 from engine.tta import VIEWS
 
@@ -76,6 +78,9 @@ def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
     """Metrics, confusion matrices, the misclassified grid and the reliability diagram for one split (args.split)."""
     split, top_k = args.split, args.top_k
     ckpt, loader, results = evaluate_checkpoint(path, device, split, args.batch_size, tta=args.tta)
+    if data_of(ckpt).multilabel:
+        report_multilabel(path, ckpt, split, results)
+        return
     names, confusion = data_of(ckpt).class_names, results["confusion"]
     summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
                "split": split, **tta_summary(path, args, device, ckpt),
@@ -144,6 +149,22 @@ def plot_calibration(calibration: dict, path: Path, title: str) -> str:
     return path.name
 
 
+def report_multilabel(path: Path, ckpt: dict, split: str, results: dict) -> None:
+    """Per-label AP, F1, threshold and support, and label_scores.png, for a data.multilabel checkpoint."""
+    names = data_of(ckpt).class_names
+    summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
+               "split": split, "num_images": len(results["probs"]),
+               **{key: results[key] for key in ("loss", "map", "micro_f1", "macro_f1", "subset_accuracy")},
+               "per_label": per_label(results, names)}
+    print_multilabel(summary)
+    run_dir, prefix = path.parent, "" if split == "test" else f"{split}_"
+    write_text(run_dir / f"{split}_report.json", json.dumps(summary, indent=2))
+    title = f"{summary['data']} {split}: mAP {100 * summary['map']:.2f}%"
+    plot_label_scores(names, results["probs"], results["targets"], summary["per_label"],
+                      run_dir / f"{prefix}label_scores.png", title)
+    print(f"wrote to {run_dir}/: {split}_report.json, {prefix}label_scores.png")
+
+
 def print_report(report: dict) -> None:
     print(f"checkpoint: {report['checkpoint']} (epoch {report['epoch']}), {report['split']} split")
     print(f"images: {report['num_images']}   loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%"
@@ -181,7 +202,13 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
     names, top_k = info.class_names, min(args.top_k, len(info.class_names))
     files, images, failures = read_inputs(args.predict, info.in_channels, info.image_size, max_pixels)
     predictions = []
-    if len(files):
+    if len(files) and info.multilabel:  # every label at or above its threshold
+        loader = Loader(torch.from_numpy(images), torch.zeros(len(files), len(names)), Batching(256), info, device)
+        model, amp = model_from_checkpoint(ckpt, device), autocast_dtype(config_of(ckpt).run.amp, device)
+        probs = evaluate_multilabel(model, loader, device, amp, thresholds=info.thresholds)["probs"]
+        predictions = above_thresholds(probs, info.thresholds, names)
+        top_k = max([len(labels) for labels in predictions] + [1])
+    elif len(files):
         loader = Loader(torch.from_numpy(images), torch.zeros(len(files), dtype=torch.int64), Batching(256), info,
                         device)
         model = model_from_checkpoint(ckpt, device)

@@ -13,7 +13,7 @@ The model is in model.py; run folders, resume, fine-tuning, devices and the chec
 """
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from engine.errors import UserError
 from engine.finetune import load_data, param_groups, setup_model, unfreeze
 from engine.loaders import Loader
 from engine.metrics import LossFn, class_weights, evaluate, evaluate_checkpoint, make_loss
+from engine.multilabel import evaluate_multilabel
 from engine.optim import make_optimizer, make_scheduler
 from engine.tta import with_tta
 
@@ -98,7 +99,10 @@ def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, floa
         check_interrupted()
         labels = targets if targets.ndim == 1 else targets.argmax(1)  # MixUp/CutMix: the larger share
         loss_sum += loss.detach().float() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
+        if step.multilabel:  # data.multilabel: an image counts when every label is right at p >= 0.5
+            correct += ((logits > 0) == (targets > 0.5)).all(1).sum()
+        else:
+            correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         if batch % run.cfg.train.log_interval == 0 or batch == len(loader):  # the only host syncs in the loop
             check_finite(loss_sum.item(), epoch, batch, step.optimizer)
@@ -118,12 +122,17 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
     model = ema.evaluated(run.model, run.step.ema)
     broadcast_buffers(model)  # every process evaluates the weights rank 0 saves
     device = val_loader.device
-    val = evaluate(with_tta(model, run.cfg.train.tta), val_loader, len(run.info.class_names), device,
-                   run.step.amp_dtype, run.cfg.train.loss,
-                   class_weights(run.cfg.train, run.info.class_counts, device))  # the loss test.py reports
+    weight = class_weights(run.cfg.train, run.info.class_counts, device)
+    if run.info.multilabel:  # per-label AP, F1 and thresholds (engine/multilabel.py)
+        val = evaluate_multilabel(model, val_loader, device, run.step.amp_dtype, weight)
+        run.info = replace(run.info, thresholds=val["thresholds"])  # stored with this epoch's weights
+    else:
+        val = evaluate(with_tta(model, run.cfg.train.tta), val_loader, len(run.info.class_names), device,
+                       run.step.amp_dtype, run.cfg.train.loss, weight)  # the loss test.py reports
     row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
            "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
-           "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}
+           "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2),
+           **({"val_map": val["map"]} if run.info.multilabel else {})}
     score = row[runs.METRIC_COLUMNS[run.cfg.train.best_metric]]
     improved = score > run.state.best_score
     run.state = RunState(epoch, max(score, run.state.best_score),
@@ -157,16 +166,19 @@ class Step:
     grad_clip: float
     frozen_norms: list[torch.nn.Module] = field(default_factory=list)  # batch norms kept in eval mode (frozen)
     ema: AveragedModel | None = None  # the average of the weights (train.ema_decay), updated after steps
+    multilabel: bool = False  # data.multilabel: targets (B, K) of 0/1, the loss binary cross-entropy
 
 
 def make_step(model: torch.nn.Module, new_layers: list[str] | None, cfg: TrainConfig, info: DataInfo,
               amp_dtype: torch.dtype | None, steps_per_epoch: int) -> Step:
     """The loss (with class weights and label smoothing), optimizer, schedule and gradient scaler of a fresh run."""
     device = next(model.parameters()).device
-    loss_fn = make_loss(cfg.loss, class_weights(cfg, info.class_counts, device), cfg.label_smoothing)
+    loss_fn = make_loss("bce" if info.multilabel else cfg.loss, class_weights(cfg, info.class_counts, device),
+                        cfg.label_smoothing)
     optimizer = make_optimizer(param_groups(model, new_layers, cfg), cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 runs on CUDA only
-    return Step(loss_fn, optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler, amp_dtype, cfg.grad_clip)
+    return Step(loss_fn, optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler, amp_dtype, cfg.grad_clip,
+                multilabel=info.multilabel)
 
 
 @dataclass
@@ -214,16 +226,19 @@ def main(argv: list[str] | None = None) -> None:
         distributed.teardown()
     if show_test:  # one process: best.pt's temperature on the validation split, then the full test split
         device = select_device(cfg.run.device)
-        print(describe_fit(calibrate(run_dir / "best.pt", device)))
+        if not cfg.data.multilabel:  # a temperature calibrates softmax probabilities over exclusive classes
+            print(describe_fit(calibrate(run_dir / "best.pt", device)))
         best, test = print_test(run_dir / "best.pt", device, cfg.train.tta)
-        print(f"wrote {write_card(run_dir, best, test, code_version())}")
+        if not cfg.data.multilabel:
+            print(f"wrote {write_card(run_dir, best, test, code_version())}")
 
 
 def print_test(path: Path, device: torch.device, tta: str) -> tuple[dict, dict]:
-    """The test split's loss and accuracy, and with train.tta the accuracy averaged over its views too;
-    returns the checkpoint and the results without the views."""
+    """The test split's loss and accuracy (mAP for multi-label), and with train.tta the accuracy averaged over
+    its views too; returns the checkpoint and the results without the views."""
     best, _, test = evaluate_checkpoint(path, device, tta="none")
     line = f"test ({path.name}, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%"
+    line += f"  mAP {100 * test['map']:.2f}%" if "map" in test else ""  # data.multilabel: accuracy is subset accuracy
     if tta != "none":
         line += f"  with tta {tta} {100 * evaluate_checkpoint(path, device, tta=tta)[2]['accuracy']:.2f}%"
     print(line)

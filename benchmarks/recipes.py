@@ -30,7 +30,8 @@ from engine.datasets import describe  # noqa: E402
 from model import build_model  # noqa: E402
 
 FLOOR_SHARE = 0.6  # of the large conv's throughput: what a well-fed recipe can sustain
-RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "finetune")  # one per data set
+OWN_IMAGES = ("finetune", "photos")  # recipes for your own images: benchmarks/transfer.py and photos.py
+RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem not in OWN_IMAGES)  # one per data set
 
 
 def recipe_overrides(name: str, args: argparse.Namespace) -> list[str]:

@@ -256,7 +256,8 @@ def mix(images: torch.Tensor, labels: torch.Tensor, aug: Augmentation,
     mixed = mix_lam.view(-1, 1, 1, 1) * images + (1 - mix_lam.view(-1, 1, 1, 1)) * partner
     images = torch.where(is_cutmix.view(-1, 1, 1, 1), torch.where(mask, partner, images), mixed)
     lam = torch.where(is_cutmix, cut_lam, mix_lam).view(-1, 1)
-    one_hot = torch.zeros(n, aug.num_classes, device=images.device).scatter_(1, labels.view(-1, 1), 1.0)
+    one_hot = (labels.float() if labels.ndim == 2  # multi-label rows (B, K) mix as they are
+               else torch.zeros(n, aug.num_classes, device=images.device).scatter_(1, labels.view(-1, 1), 1.0))
     return images, lam * one_hot + (1 - lam) * one_hot.roll(1, dims=0)
 
 

@@ -71,7 +71,7 @@ def check_contents(ckpt: dict, path: Path) -> None:
             raise UserError(f"checkpoint {path} lacks a valid '{key}' entry (damaged or edited); "
                             "use another checkpoint, e.g. last.pt of the same run")
     data_keys = {f.name for f in fields(DataInfo)}
-    needed = data_keys - {"class_counts"}  # checkpoints from before train.class_weights lack class_counts
+    needed = data_keys - {"class_counts", "held_out", "multilabel", "thresholds"}  # older checkpoints lack these
     if not needed <= set(ckpt["data"]) <= data_keys:
         raise UserError(f"checkpoint {path} has a 'data' entry with keys {sorted(ckpt['data'])}, not "
                         f"{sorted(data_keys)}; use another checkpoint")

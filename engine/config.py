@@ -34,7 +34,7 @@ POSITIVE = {"gt": 0}
 
 @dataclass
 class DataConfig:
-    name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder"]
+    name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder", "csv"]
     root: str
     image_size: Literal["auto"] | int = field(metadata=at_least(1))
     channels: Literal[1, 3]
@@ -47,6 +47,13 @@ class DataConfig:
     max_pixels: int = field(metadata=at_least(1))
     num_workers: Literal["auto"] | int = field(metadata=at_least(0))
     cache_dir: str
+    labels: str
+    test_labels: str
+    image_column: str
+    label_column: str
+    test_fraction: float = field(metadata=between(0.0, 0.9))
+    multilabel: bool
+    label_separator: str
 
 
 @dataclass
@@ -68,7 +75,7 @@ class TrainConfig:
     class_weights: Literal["none", "balanced"] | list[float] = field(metadata=at_least(0.0))
     freeze_epochs: int = field(metadata=at_least(0))
     backbone_lr: float = field(metadata=at_least(0.0))
-    best_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"]
+    best_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "map"]
     patience: int = field(metadata=at_least(0))
     grad_clip: float = field(metadata=at_least(0.0))
     log_interval: int = field(metadata=at_least(1))
@@ -198,9 +205,6 @@ def config_from_dict(raw: Any) -> Config:
     if cfg.model.pretrained == "imagenet" and cfg.model.name in MODELS:
         raise UserError(f"model.pretrained: {cfg.model.name} has no ImageNet weights; use a torchvision model "
                         "such as resnet18, a PATH of your own weights, or none")
-    if cfg.train.freeze_epochs and cfg.model.pretrained == "none":
-        raise UserError("train.freeze_epochs trains only the layers that model.pretrained did not provide; "
-                        "set model.pretrained (imagenet or a PATH) or train.freeze_epochs=0")
     check_device_name(cfg.run.device, "run.device")
     check_plain_name(cfg.run.name, "run.name")
     return cfg

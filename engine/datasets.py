@@ -4,6 +4,7 @@ and cached; engine/loaders.py batches them.
 """
 import hashlib
 import math
+import os
 import pickle
 import struct
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from engine import csvdata
 from engine.config import DataConfig
 from engine.distributed import local_main_first
 from engine.errors import UserError
@@ -30,6 +32,8 @@ CLASS_NAMES = {
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
 DEFAULT_SIZE = 32  # folder images' side for data.image_size=auto without pretrained weights
+FILE_SETS = ("folder", "csv")  # data sets of image files, decoded by read_image; the others are built in
+HELD_OUT_SEED = 0  # data.test_fraction's split hashes it with each file name: every run.seed tests the same images
 
 
 @dataclass
@@ -41,6 +45,9 @@ class DataInfo:
     mean: list[float] = field(default_factory=list)  # per channel, on the 0..1 scale: the train split's, or
     std: list[float] = field(default_factory=list)  # those the pretrained weights were trained with
     class_counts: list[int] = field(default_factory=list)  # training images per class (train.class_weights)
+    held_out: list[str] = field(default_factory=list)  # data.test_fraction: the test images, relative to the data
+    multilabel: bool = False  # data.multilabel: labels are (N, K) 0/1 rows, the outputs K sigmoids
+    thresholds: list[float] = field(default_factory=list)  # multilabel: per-label thresholds chosen on validation
 
 
 def folder_size(cfg: DataConfig) -> int:
@@ -50,6 +57,15 @@ def folder_size(cfg: DataConfig) -> int:
 
 def describe(cfg: DataConfig) -> DataInfo:
     """Channels, image size and class names of the configured data set, without loading it."""
+    if cfg.test_fraction and cfg.name not in FILE_SETS:
+        raise UserError(f"data.test_fraction: {cfg.name} has a test split of its own; it is for folder and csv "
+                        "data sets without one; set data.test_fraction=0")
+    if cfg.multilabel and (cfg.name != "csv" or cfg.test_fraction or cfg.sampler == "balanced"):
+        raise UserError("data.multilabel needs data.name=csv (labels in one cell, separated by "
+                        "data.label_separator), a test split of its own and data.sampler=shuffle")
+    if cfg.name == "csv" or cfg.test_fraction:
+        return DataInfo(cfg.channels, folder_size(cfg), class_names_of(cfg, labelled(cfg)["train"][1]),
+                        multilabel=cfg.multilabel)
     if cfg.name == "folder":
         names, test_names = class_folders(Path(cfg.root) / "train"), class_folders(Path(cfg.root) / "test")
         if names != test_names:
@@ -87,7 +103,7 @@ def read_or_decode(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Ten
             return cached["images"], cached["labels"]
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError):
             pass  # a damaged cache is rebuilt below
-    images, labels = load_folder(cfg, split) if cfg.name == "folder" else load_torchvision(cfg, split)
+    images, labels = load_folder(cfg, split) if cfg.name in FILE_SETS else load_torchvision(cfg, split)
     message = f"data: {cfg.name} {split} decoded in {time.perf_counter() - start:.1f}s"
     cache = cache or cache_path(cfg, split)  # the files exist now, even if they were just downloaded
     print(message + (write_cache({"images": images, "labels": labels}, cache) if cache else ""))
@@ -107,6 +123,8 @@ def write_cache(content: dict, cache: Path) -> str:
 
 def source_folder(cfg: DataConfig, split: str) -> Path:
     """The folder whose files make up the split."""
+    if cfg.name == "csv" or cfg.test_fraction:
+        return Path(os.path.normpath(cfg.root)) if cfg.name == "csv" else pool_folder(cfg)
     if cfg.name == "folder":
         return Path(cfg.root) / split
     if cfg.name == "cifar10":
@@ -123,11 +141,12 @@ def cache_path(cfg: DataConfig, split: str) -> Path | None:
     folder = source_folder(cfg, split)
     if not cfg.cache_dir or not folder.is_dir():
         return None
-    files = folder_files(cfg, split)[0] if cfg.name == "folder" else [f for f in scan(folder) if f.is_file()]
+    files = folder_files(cfg, split)[0] if cfg.name in FILE_SETS else [f for f in scan(folder) if f.is_file()]
     digest = hashlib.sha1(f"{folder.resolve()}|{folder_size(cfg)}|{cfg.channels}".encode())
     for path in files:
         stat = path.stat()  # of the target, for a symlink
         digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest.update(csvdata.fingerprint(cfg) if cfg.name == "csv" else b"")  # the labels come from the CSVs
     return Path(cfg.cache_dir) / f"{cfg.name}-{split}-{digest.hexdigest()[:16]}.pt"
 
 
@@ -226,7 +245,10 @@ def class_folders(split_dir: Path) -> list[str]:
 
 
 def folder_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]:
-    """The image files under data.root/<split>/<class>/ and their labels; checks classes match train's."""
+    """The image files under data.root/<split>/<class>/ (or as the CSV lists them) and their labels;
+    checks classes match train's."""
+    if cfg.name == "csv" or cfg.test_fraction:
+        return pooled_files(cfg, split)
     split_dir = Path(cfg.root) / split
     names = describe(cfg).class_names
     files, labels = [], []
@@ -253,3 +275,91 @@ def read_image(path: Path, channels: int, size: int, max_pixels: int) -> torch.T
         raise UserError(str(err)) from None
 
 
+
+
+def pool_folder(cfg: DataConfig) -> Path:
+    """data.test_fraction on a folder: its class folders are in data.root/train/ if that exists, else in data.root."""
+    root = Path(cfg.root)
+    if (root / "test").is_dir():
+        raise UserError(f"data.test_fraction={cfg.test_fraction} holds out a test split, but {root / 'test'} exists; "
+                        "set data.test_fraction=0 to use that one")
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def labelled(cfg: DataConfig) -> dict[str, tuple[list[Path], list[str]] | None]:
+    """Each split's image files and label texts as listed: the CSVs' rows, or for data.test_fraction on a
+    folder all its images ('test' is then None: held_out_mask takes it from 'train')."""
+    if cfg.name == "csv":
+        return {split: rows and (list(rows.files), list(rows.labels)) for split, rows in csvdata.splits(cfg).items()}
+    folder, files, labels = pool_folder(cfg), [], []
+    for name in class_folders(folder):
+        found = [f for f in scan(folder / name) if f.is_file()]
+        if not found:
+            raise UserError(f"class folder {folder / name} is empty; add images or remove the folder")
+        files, labels = files + found, labels + [name] * len(found)
+    return {"train": (files, labels), "test": None}
+
+
+def class_names_of(cfg: DataConfig, labels: list[str]) -> list[str]:
+    """The classes, sorted: a folder's as its class folders are, a CSV's labels as numbers if all are integers."""
+    names = (csvdata.class_names([name for text in labels for name in csvdata.label_set(text, cfg)])
+             if cfg.name == "csv" else sorted(set(labels)))
+    if len(names) < 2:
+        where = csvdata.csv_path(cfg, "labels") if cfg.name == "csv" else pool_folder(cfg)
+        raise UserError(f"{where} has one class ({names[0]}); a classifier needs at least two")
+    return names
+
+
+def pooled_files(cfg: DataConfig, split: str) -> tuple[list[Path], torch.Tensor]:
+    """folder_files for CSV data sets and data.test_fraction: the split's files and label indices."""
+    found = labelled(cfg)
+    names = class_names_of(cfg, found["train"][1])
+    index = {name: i for i, name in enumerate(names)}
+    if found["test"] is not None:
+        files, texts = found[split]
+        if cfg.multilabel:  # (N, K) rows of 0/1
+            rows = [[index[name] for name in csvdata.label_set(text, cfg)] for text in texts]
+            return files, torch.zeros(len(rows), len(names)).index_put_(
+                (torch.tensor([i for i, row in enumerate(rows) for _ in row], dtype=torch.long),
+                 torch.tensor([k for row in rows for k in row], dtype=torch.long)), torch.tensor(1.0))
+        return files, torch.tensor([index[text] for text in texts])
+    files, texts = found["train"]
+    labels = torch.tensor([index[text] for text in texts])
+    folder = source_folder(cfg, split)
+    keep = held_out_mask([Path(os.path.relpath(f, folder)).as_posix() for f in files], labels, cfg.test_fraction)
+    keep = keep if split == "test" else ~keep
+    return [f for f, k in zip(files, keep.tolist()) if k], labels[keep]
+
+
+def held_out_mask(names: list[str], labels: torch.Tensor, fraction: float) -> torch.Tensor:
+    """data.test_fraction: the round(fraction * n) images of each class (leaving it one to train on) whose
+    names hash lowest; True = test. Stratified, the same for every run.seed, and stable: removing or adding
+    an image moves at most the one at the boundary, not the whole split (as a reshuffle would)."""
+    rank = [hashlib.sha1(f"{HELD_OUT_SEED}|{name}".encode()).hexdigest() for name in names]
+    is_test = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique().tolist():
+        idx = sorted((labels == label).nonzero().flatten().tolist(), key=lambda i: rank[i])
+        is_test[idx[: min(round(fraction * len(idx)), len(idx) - 1)]] = True
+    if not is_test.any():
+        raise UserError(f"data.test_fraction {fraction} of {len(labels)} images leaves the test split empty; "
+                        "raise it or add images")
+    return is_test
+
+
+def held_out_names(cfg: DataConfig) -> list[str]:
+    """The images data.test_fraction holds out, relative to the data set's folder; [] without it."""
+    if not cfg.test_fraction:
+        return []
+    folder = source_folder(cfg, "test")
+    return [Path(os.path.relpath(f, folder)).as_posix() for f in folder_files(cfg, "test")[0]]
+
+
+def check_held_out(cfg: DataConfig, stored: list[str]) -> None:
+    """The test images held out now must be those the run held out (stored in its checkpoint)."""
+    now = held_out_names(cfg)
+    if stored and now != stored:
+        gone, new = sorted(set(stored) - set(now)), sorted(set(now) - set(stored))
+        detail = "; ".join(part for part in (gone and f"{len(gone)} no longer held out, e.g. {gone[0]}",
+                                             new and f"{len(new)} new, e.g. {new[0]}") if part)
+        raise UserError(f"data.test_fraction: the images of {cfg.root} changed since this model was trained, so "
+                        f"its held-out test split is no longer the same ({detail}); restore them or train again")

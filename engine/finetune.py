@@ -8,7 +8,7 @@ from torch import nn
 
 from engine.checkpoint import FORMAT_VERSION, data_of
 from engine.config import Config, TrainConfig
-from engine.datasets import DEFAULT_SIZE, DataInfo
+from engine.datasets import DEFAULT_SIZE, FILE_SETS, DataInfo
 from engine.devices import sync_batchnorm, wrap
 from engine.errors import UserError
 from engine.loaders import Loader, make_train_loaders
@@ -70,7 +70,7 @@ def read_imagenet(name: str) -> Pretrained:
             raise UserError(f"model.pretrained=imagenet: {path.name} is not in {folder} and could not be "
                             f"downloaded ({type(err).__name__}); download {weights.url} on a machine with "
                             f"internet and put it in that folder (TORCH_HOME sets its parent), or use a "
-                            "PATH") from None
+                            "PATH, or train from scratch: --config configs/photos.yaml") from None
     transforms = weights.transforms()  # the preprocessing the weights were trained with
     state = torch.load(path, map_location="cpu", weights_only=True)
     return Pretrained(state, str(path), list(transforms.mean), list(transforms.std), transforms.crop_size[0])
@@ -78,7 +78,7 @@ def read_imagenet(name: str) -> Pretrained:
 
 def with_image_size(cfg: Config, pretrained_size: int | None) -> Config:
     """data.image_size=auto resolved for folder data: the pretrained weights' size, else 32."""
-    if cfg.data.image_size != "auto" or cfg.data.name != "folder":
+    if cfg.data.image_size != "auto" or cfg.data.name not in FILE_SETS:
         return cfg
     return replace(cfg, data=replace(cfg.data, image_size=pretrained_size or DEFAULT_SIZE))
 
@@ -199,11 +199,24 @@ def check_batch_size(model: nn.Module, cfg: TrainConfig) -> None:
                         "raise train.batch_size (or, for model.name=cnn, set model.batch_norm=false)")
 
 
+def without_finetuning(cfg: Config) -> Config:
+    """Without model.pretrained the fine-tuning keys have nothing to act on: a note, and they are reset
+    (so the run's saved config says what it did), rather than an error: recipes can be reused from scratch."""
+    ignored = {key: value for key, value, default in (("freeze_epochs", cfg.train.freeze_epochs, 0),
+                                                      ("backbone_lr", cfg.train.backbone_lr, 1.0)) if value != default}
+    if not ignored:
+        return cfg
+    print(f"note: model.pretrained=none, so {', '.join(f'train.{k}={v}' for k, v in ignored.items())} "
+          f"{'is' if len(ignored) == 1 else 'are'} ignored: every layer trains from scratch at train.lr")
+    return replace(cfg, train=replace(cfg.train, freeze_epochs=0, backbone_lr=1.0))
+
+
 def load_data(cfg: Config, resume: dict | None,
               device: torch.device) -> tuple[Config, Pretrained | None, Loader, Loader, DataInfo]:
     """model.pretrained read first (a bad file fails before the data loads), data.image_size resolved from it,
     and the loaders, normalised as the resumed run was, as the pretrained weights were, or by the train split."""
     pretrained = read_pretrained(cfg.model) if resume is None else None
+    cfg = without_finetuning(cfg) if cfg.model.pretrained == "none" else cfg
     cfg = with_image_size(cfg, pretrained and pretrained.image_size)
     if resume is not None:
         stats = data_of(resume).mean, data_of(resume).std

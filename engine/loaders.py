@@ -14,8 +14,8 @@ from torch import nn
 
 from engine.augment import Augmentation, augment_images, augment_normalised, generator_for
 from engine.config import Config, DataConfig, TrainConfig
-from engine.datasets import (DataInfo, cache_path, describe, folder_files, folder_size, load_split,
-                             read_image, write_cache)
+from engine.datasets import (FILE_SETS, DataInfo, cache_path, check_held_out, describe, folder_files, folder_size,
+                             held_out_names, load_split, read_image, write_cache)
 from engine.distributed import local_main_first, rank_and_world
 from engine.errors import UserError
 
@@ -23,11 +23,12 @@ STATS_SAMPLE = 20_000  # images used for the per-channel mean and std
 
 
 def train_val_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stratified, seeded indices (train, val) carved from the training split only."""
+    """Stratified, seeded indices (train, val) carved from the training split only (multi-label rows (N, K):
+    seeded, not stratified)."""
     generator = torch.Generator().manual_seed(seed)
     is_val = torch.zeros(len(labels), dtype=torch.bool)
-    for label in labels.unique():
-        idx = (labels == label).nonzero().flatten()
+    for label in labels.unique() if labels.ndim == 1 else [None]:
+        idx = (labels == label).nonzero().flatten() if label is not None else torch.arange(len(labels))
         idx = idx[torch.randperm(len(idx), generator=generator)]
         is_val[idx[: round(fraction * len(idx))]] = True
     if is_val.all() or not is_val.any():
@@ -224,7 +225,7 @@ def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Te
 
 def load_images(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
     """A split in memory, or as files when a folder data set is bigger than data.max_memory_mb decoded."""
-    if cfg.name == "folder":
+    if cfg.name in FILE_SETS:
         files, labels = folder_files(cfg, split)
         if len(files) * cfg.channels * folder_size(cfg) ** 2 > cfg.max_memory_mb * 2 ** 20:
             print(f"data: {split} is over data.max_memory_mb decoded; streaming {len(files)} files from disk")
@@ -251,6 +252,7 @@ def make_eval_loader(cfg: Config, info: DataInfo, split: str, batch_size: int, d
         _, idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
         images, labels = subset(images, idx), labels[idx]
     else:
+        check_held_out(cfg.data, info.held_out)
         images, labels = load_images(cfg.data, "test")
     check_matches(images, labels, info, cfg.data)
     return Loader(images, labels, Batching(batch_size, num_workers=num_workers(cfg.data)), info, device)
@@ -263,7 +265,7 @@ def check_matches(images: Images, labels: torch.Tensor, info: DataInfo, cfg: Dat
     if shape != expected:
         raise UserError(f"data.{cfg.name}: test images are {shape} but the model expects "
                         f"{expected}; use the data settings the model was trained with")
-    if len(labels) == 0 or int(labels.max()) >= len(info.class_names):
+    if len(labels) == 0 or (labels.ndim == 1 and int(labels.max()) >= len(info.class_names)):
         raise UserError(f"data.{cfg.name}: test labels do not match the {len(info.class_names)} "
                         "training classes; use the same class folders in train/ and test/")
 
@@ -303,8 +305,9 @@ def make_train_loaders(cfg: Config, device: torch.device,
         stats = norm["mean"], norm["std"]
     if len(stats[0]) != info.in_channels:
         stats = tuple([sum(values) / len(values)] * info.in_channels for values in stats)
-    counts = torch.bincount(labels[train_idx], minlength=len(info.class_names)).tolist()
-    info = replace(info, mean=stats[0], std=stats[1], class_counts=counts)
+    counts = label_counts(labels[train_idx], len(info.class_names)).tolist()
+    info = replace(info, mean=stats[0], std=stats[1], class_counts=counts, held_out=held_out_names(cfg.data))
+    note_small_val(labels[val_idx], info.class_names, cfg.data.val_fraction)
     workers = num_workers(cfg.data)
     shuffled = Batching(cfg.train.batch_size, cfg.run.seed, augmentation(cfg, len(info.class_names)), workers,
                         drop_last=cfg.run.compile, balanced=cfg.data.sampler == "balanced")
@@ -315,3 +318,21 @@ def make_train_loaders(cfg: Config, device: torch.device,
     fixed = Batching(eval_batch_size(cfg.train, device), num_workers=workers)
     val_loader = Loader(subset(images, val_idx), labels[val_idx], fixed, info, device)
     return train_loader, val_loader, info
+
+
+FEW_VAL_IMAGES = 5  # per class: below this, validation accuracy moves in steps too coarse to pick best.pt by
+
+
+def note_small_val(val_labels: torch.Tensor, class_names: list[str], fraction: float) -> None:
+    """A note when the validation split has fewer than a handful of images of some class."""
+    counts = label_counts(val_labels, len(class_names))
+    if int(counts.min()) < FEW_VAL_IMAGES:
+        fewest = int(counts.min())
+        print(f"note: the validation split has only {fewest} image{'' if fewest == 1 else 's'} of class "
+              f"{class_names[int(counts.argmin())]} ({len(val_labels)} in all), too few to pick best.pt reliably; "
+              f"raise data.val_fraction (now {fraction})")
+
+
+def label_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Images per class (K,): of labels (N,), or of multi-label rows (N, K)."""
+    return labels.sum(0).long() if labels.ndim == 2 else torch.bincount(labels, minlength=num_classes)

@@ -13,6 +13,7 @@ from engine.devices import autocast, autocast_dtype
 from engine.distributed import all_reduce_sum
 from engine.errors import UserError
 from engine.loaders import Loader, eval_batch_size, make_eval_loader
+from engine.multilabel import bce, evaluate_multilabel
 from engine.tta import with_tta
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,7 +55,7 @@ def make_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: fl
     per-class weights and label smoothing if given (smoothing is for training only: evaluate's loss,
     which validation and test.py report, is train.loss with the class weights and without smoothing).
     reduction: "mean" (the weighted mean), or "sum" (its numerator, which evaluate adds up)."""
-    loss = {"cross_entropy": cross_entropy, "mse": half_mse}[name]
+    loss = {"cross_entropy": cross_entropy, "mse": half_mse, "bce": bce}[name]  # bce: data.multilabel
     return functools.partial(loss, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
 
 
@@ -149,6 +150,9 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test", b
     cfg = config_of(ckpt)
     model, info = with_tta(model_from_checkpoint(ckpt, device), tta or cfg.train.tta), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
+    if info.multilabel:  # at the thresholds chosen on validation, stored in the checkpoint
+        return ckpt, loader, evaluate_multilabel(model, loader, device, autocast_dtype(cfg.run.amp, device),
+                                                 class_weights(cfg.train, info.class_counts, device), info.thresholds)
     results = evaluate(model, loader, len(info.class_names), device, autocast_dtype(cfg.run.amp, device),
                        cfg.train.loss, class_weights(cfg.train, info.class_counts, device),
                        temperature_of(ckpt, path) if temperature is None else temperature)

@@ -160,3 +160,26 @@ def plot_cam(image: torch.Tensor, cam_overlay: np.ndarray, path: Path, title: st
     right.set_title("Grad-CAM (red: most evidence)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     save(fig, path)
+
+
+def plot_label_scores(class_names: list[str], probs: torch.Tensor, targets: torch.Tensor, rows: list[dict],
+                      path: Path, title: str) -> None:
+    """Multi-label: each label's AP and F1 as bars, and its precision-recall curve (the first ten labels)."""
+    fig, (ax_bars, ax_pr) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.35 * len(class_names) + 1.5)))
+    y = np.arange(len(class_names))
+    ax_bars.barh(y - 0.2, [100 * (r["ap"] or 0) for r in rows], 0.4, label="AP")
+    ax_bars.barh(y + 0.2, [100 * r["f1"] for r in rows], 0.4, label="F1 at its threshold")
+    ax_bars.set(yticks=y, yticklabels=[name[:20] for name in class_names], xlim=(0, 100), title="per label (%)")
+    ax_bars.invert_yaxis()
+    ax_bars.legend(loc="lower right", fontsize=8)
+    for k, name in enumerate(class_names[:10]):
+        order = probs[:, k].argsort(descending=True)
+        hits = targets[order, k].double()
+        if hits.sum() > 0:
+            tp = hits.cumsum(0)
+            ax_pr.plot((tp / hits.sum()).numpy(), (tp / torch.arange(1, len(tp) + 1)).numpy(), label=name[:20])
+    ax_pr.set(xlabel="recall", xlim=(0, 1.02), ylim=(0, 1.02), title="precision (y) against recall")
+    ax_pr.legend(fontsize=8)
+    ax_pr.grid(alpha=0.3)
+    fig.suptitle(title)
+    save(fig, path)

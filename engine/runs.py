@@ -148,11 +148,13 @@ def epoch_line(row: dict, epochs: int, improved: bool) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
             f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
             f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%  lr {row['lr']:.2e}"
-            f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
+            + (f" map {100 * row['val_map']:6.2f}%" if "val_map" in row else "")  # data.multilabel
+            + f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
 
 
 # train.best_metric -> its column in metrics.csv
-METRIC_COLUMNS = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1"}
+METRIC_COLUMNS = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1",
+                  "map": "val_map"}
 
 
 def summary_writer_class() -> type:

@@ -14,7 +14,7 @@ from engine.config import config_from_dict, load_config
 from engine.datasets import DataInfo, load_digits
 from engine.errors import UserError
 from engine.finetune import Pretrained, load_pretrained, read_pretrained
-from engine.finetune import class_layers
+from engine.finetune import class_layers, without_finetuning
 from engine.loaders import Batching, Loader
 from engine.metrics import class_weights, evaluate, evaluate_checkpoint, make_loss
 from model import build_model
@@ -173,8 +173,14 @@ def test_imagenet_offline_names_the_file_and_folder_then_loads_it_from_there(tin
 def test_config_refuses_pretrained_settings_that_cannot_apply(tiny_cfg):
     with pytest.raises(UserError, match="model.pretrained: cnn has no ImageNet weights"):
         tiny_cfg("model.pretrained=imagenet")
-    with pytest.raises(UserError, match="train.freeze_epochs trains only the layers that model.pretrained"):
-        tiny_cfg("train.freeze_epochs=2")
+
+
+def test_finetuning_keys_without_pretrained_weights_are_ignored_with_a_note(tiny_cfg, capsys):
+    cfg = without_finetuning(tiny_cfg("train.freeze_epochs=2", "train.backbone_lr=0.1"))
+    assert (cfg.train.freeze_epochs, cfg.train.backbone_lr) == (0, 1.0)
+    assert capsys.readouterr().out.startswith("note: model.pretrained=none, so train.freeze_epochs=2, "
+                                              "train.backbone_lr=0.1 are ignored")
+    assert without_finetuning(tiny_cfg()) == tiny_cfg()
 
 
 def imbalanced_loader(balanced: bool, seed: int = 0) -> Loader:

@@ -29,6 +29,7 @@ from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
 from engine.imagefiles import DAMAGED, UNKNOWN, min_confidence, to_array  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402
 from engine.metrics import TOP_K, evaluate_checkpoint  # noqa: E402
+from engine.multilabel import refuse as refuse_multilabel  # noqa: E402
 from engine.plots import plot_maps  # noqa: E402
 
 DISPLAY = 224  # pixels across the Grad-CAM overlay
@@ -49,6 +50,7 @@ class Demo:
 def load_demo(path: Path, device: torch.device, max_pixels: int, min_confidence: float | None = None) -> Demo:
     """The checkpoint's model, and its test accuracy when the test split is on this machine."""
     ckpt = load_checkpoint(path)
+    refuse_multilabel(ckpt, path, "the demo")
     cfg, temperature = config_of(ckpt), temperature_of(ckpt, path)
     try:
         accuracy = f"test accuracy {100 * evaluate_checkpoint(path, device)[2]['accuracy']:.2f}%"

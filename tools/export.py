@@ -41,6 +41,7 @@ from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, load_im
                             subset)
 from engine.metrics import evaluate  # noqa: E402
 from engine import quantize  # noqa: E402
+from engine.multilabel import refuse as refuse_multilabel  # noqa: E402
 from engine.tta import VIEWS, with_tta  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -158,6 +159,7 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
                             "--no-verify; export on a machine that has the data set")
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
+    refuse_multilabel(ckpt, path, "the export (softmax outputs)")
     info, results, images, temperature = data_of(ckpt), None, None, temperature_of(ckpt, path)
     if check:
         try:
