@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{run_dir} already finished: {runs.finished(ckpt, cfg)}. Nothing was changed; "
               f"test it with python test.py {run_dir}")
         return
+    if ckpt is not None:
+        print(f"resuming {run_dir}: {ckpt['epoch']} of {cfg.train.epochs} epochs done, continuing with epoch "
+              f"{ckpt['epoch'] + 1}")
     if cfg.run.deterministic:  # before the process's first cuBLAS call
         require_deterministic_cublas()
     if args.print_config:

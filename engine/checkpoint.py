@@ -121,6 +121,13 @@ def latest_run(output_dir: str | Path) -> Path:
     return max(runs, key=lambda run: (run / "last.pt").stat().st_mtime)
 
 
+def run_checkpoints(folder: str | Path) -> list[str]:
+    """The checkpoint files (*.pt) in folder: the one test of whether a folder holds a run, which nothing
+    may overwrite (train.py) and which a command line takes as the checkpoint (test.py --predict)."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.glob("*.pt") if p.is_file()) if folder.is_dir() else []
+
+
 def resolve(path: str | None, output_dir: str | Path, filename: str) -> Path:
     """A checkpoint path from a file, a run folder (-> its filename), or nothing (-> the latest run's)."""
     if path is None:

@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from model import MODELS, ModelConfig, model_class, settings_of
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -108,7 +108,7 @@ class Config:
 def fail_unknown(key: str, known: list[str], path: str) -> None:
     guess = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(known)}"
-    raise UserError(f"unknown config key '{path}{key}'; {hint}")
+    raise UserError(f"unknown config key {shown(path + key)}; {hint}")
 
 
 def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
@@ -117,7 +117,7 @@ def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
         return build(tp, value, path + ".")
     if get_origin(tp) is list:
         if not isinstance(value, list):
-            raise UserError(f"{path}: expected a list, got {value!r}")
+            raise UserError(f"{path}: expected a list, got {shown(value)}")
         return [convert(get_args(tp)[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
     if get_origin(tp) in (Union, UnionType):  # e.g. Literal["auto"] | int: the first alternative that fits
         for option in get_args(tp):
@@ -127,19 +127,19 @@ def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
                 pass
         allowed = [" | ".join(map(str, get_args(o))) if get_origin(o) is Literal else o.__name__ for o in get_args(tp)]
         low = f" >= {meta['min']}" if "min" in meta else ""
-        raise UserError(f"{path}: expected {' or '.join(allowed)}{low}, got {value!r}")
+        raise UserError(f"{path}: expected {' or '.join(allowed)}{low}, got {shown(value)}")
     if get_origin(tp) is Literal:
         if value not in get_args(tp):
             choices = " | ".join(str(c) for c in get_args(tp))
-            raise UserError(f"{path}: {value!r} is not allowed; use one of {choices}")
+            raise UserError(f"{path}: {shown(value)} is not allowed; use one of {choices}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{path}: expected true or false, got {value!r}")
+            raise UserError(f"{path}: expected true or false, got {shown(value)}")
         return value
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise UserError(f"{path}: expected a string, got {value!r}")
+            raise UserError(f"{path}: expected a string, got {shown(value)}")
         return str(value)
     return check_range(number(tp, value, path), path, meta)
 
@@ -148,33 +148,36 @@ def number(tp: type, value: Any, path: str) -> float:
     """An int or float; accepts strings such as '1e-3', which PyYAML does not read as floats."""
     kind = "an integer" if tp is int else "a number"
     if isinstance(value, bool):
-        raise UserError(f"{path}: expected {kind}, got {value!r}")
+        raise UserError(f"{path}: expected {kind}, got {shown(value)}")
     try:
         converted = tp(float(value)) if tp is float else int(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-        raise UserError(f"{path}: expected {kind}, got {value!r}") from None
+        raise UserError(f"{path}: expected {kind}, got {shown(value)}") from None
     if tp is int and isinstance(value, float) and value != converted:
-        raise UserError(f"{path}: expected an integer, got {value!r}")
+        raise UserError(f"{path}: expected an integer, got {shown(value)}")
     if converted != converted or converted in (float("inf"), float("-inf")):
-        raise UserError(f"{path}: expected a finite number, got {value!r}")
+        raise UserError(f"{path}: expected a finite number, got {shown(value)}")
     return converted
+
+
+INT_MAX = 2 ** 31 - 1  # the upper bound of every integer key without its own: sizes and counts PyTorch can index
 
 
 def check_range(value: float, path: str, meta: dict) -> float:
     if "gt" in meta and not value > meta["gt"]:
-        raise UserError(f"{path}: must be greater than {meta['gt']}, got {value}")
-    if "min" in meta and value < meta["min"]:
+        raise UserError(f"{path}: must be greater than {meta['gt']}, got {shown(value)}")
+    if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
         limit = f"between {meta['min']} and {meta['max']}" if "max" in meta else f"at least {meta['min']}"
-        raise UserError(f"{path}: must be {limit}, got {value}")
-    if "max" in meta and value > meta["max"]:
-        raise UserError(f"{path}: must be between {meta['min']} and {meta['max']}, got {value}")
+        raise UserError(f"{path}: must be {limit}, got {shown(value)}")
+    if isinstance(value, int) and "max" not in meta and value > INT_MAX:
+        raise UserError(f"{path}: must be at most {INT_MAX:,}, got {shown(value)}")
     return value
 
 
 def build(cls: type, raw: Any, path: str = "") -> Any:
     """Turn a dict into the dataclass cls, naming any unknown, missing or ill-typed key."""
     if not isinstance(raw, dict):
-        raise UserError(f"{path.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+        raise UserError(f"{path.rstrip('.') or 'config'}: expected a mapping of keys, got {shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -223,7 +226,7 @@ def with_unread_model_keys(raw: Any) -> Any:
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         return raw
     if model_class(model["name"]) is None:
-        raise UserError(f"model.name: {model['name']!r} is not a registered model; use one of "
+        raise UserError(f"model.name: {shown(model['name'])} is not a registered model; use one of "
                         f"{' | '.join(MODELS)}, a torchvision model name (resnet18, efficientnet_b0, ...; "
                         "torchvision.models.list_models()) or add yours to MODELS in model.py")
     unread = {key: value for key, value in read_yaml(DEFAULT_CONFIG)["model"].items()
@@ -233,15 +236,15 @@ def with_unread_model_keys(raw: Any) -> Any:
 
 def check_device_name(name: str, key: str) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise UserError(f"{key}: {name!r} is not allowed; use auto | cpu | cuda | cuda:N | mps")
+        raise UserError(f"{key}: {shown(name)} is not allowed; use auto | cpu | cuda | cuda:N | mps")
 
 
 def apply_override(raw: dict, text: str) -> None:
     """Set one dotted key in the raw config: 'train.lr=0.01', 'model.conv_blocks.0.out_channels=8'."""
     key, sep, value_text = text.partition("=")
     if not sep or not key:
-        raise UserError(f"override {text!r} is not of the form key=value, e.g. train.lr=0.01")
-    value = parse_yaml(value_text, f"override {text!r}: the value") if value_text else ""
+        raise UserError(f"override {shown(text)} is not of the form key=value, e.g. train.lr=0.01")
+    value = parse_yaml(value_text, f"override {shown(text)}: the value") if value_text else ""
     *parents, last = key.split(".")
     node: Any = raw
     for part in parents:
@@ -251,7 +254,7 @@ def apply_override(raw: dict, text: str) -> None:
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise UserError(f"override {text!r}: '{key}' goes below a value that has no keys")
+        raise UserError(f"override {shown(text)}: '{key}' goes below a value that has no keys")
 
 
 def child(node: Any, part: str, key: str) -> Any:
@@ -332,7 +335,7 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
     if path is not None:
         file_raw = read_yaml(path)
         if not isinstance(file_raw, dict):
-            raise UserError(f"config file {path} must map sections (data:, model:, ...) to keys, got {file_raw!r}")
+            raise UserError(f"config file {path} must map sections (data:, model:, ...) to keys, got {shown(file_raw)}")
         raw = with_defaults(file_raw, raw)
     for text in overrides:
         if not isinstance(raw, dict):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from engine.errors import printable
+
 
 class ImageError(ValueError):
     """A file or upload that cannot be used as an image."""
@@ -77,7 +79,10 @@ def image_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+            found = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files += found
+            if not found:
+                errors.append(f"{path} holds no files to predict")
         elif path.is_file():
             files.append(path)
         else:
@@ -100,7 +105,7 @@ def read_inputs(inputs: list[str], channels: int, size: int,
         except ImageError as err:
             errors.append(str(err))
     for message in errors:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {printable(message)}", file=sys.stderr)
     return good, np.stack(images) if images else np.zeros((0, channels, size, size), np.uint8), len(errors)
 
 
@@ -110,12 +115,16 @@ def ranked(probs: np.ndarray, class_names: list[str], top_k: int) -> list[list[t
     return [[(class_names[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
 
 
-def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int) -> str:
-    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`); returns the same predictions as CSV text."""
+def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int,
+                       model: str = "") -> str:
+    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`) after a line naming the model that answered;
+    returns the same predictions as CSV text, with the model in its last column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file"] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")])
+    writer.writerow(["file"] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")] + ["model"])
+    if files:
+        print(f"predictions of {printable(model)}:")
     for file, pairs in zip(files, predictions):
-        print(f"{file}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in pairs))
-        writer.writerow([str(file)] + [v for name, p in pairs for v in (name, f"{p:.6f}")])
+        print(f"{printable(file)}: " + ", ".join(f"{printable(name)} {100 * p:.1f}%" for name, p in pairs))
+        writer.writerow([str(file)] + [v for name, p in pairs for v in (name, f"{p:.6f}")] + [model])
     return buffer.getvalue()

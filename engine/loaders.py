@@ -15,7 +15,7 @@ from torch import nn
 from engine.augment import Augmentation, augment_images, augment_normalised, generator_for
 from engine.config import Config, DataConfig, TrainConfig
 from engine.datasets import (DataInfo, cache_path, describe, folder_files, folder_size, load_split,
-                             read_image, write_cache)
+                             read_cache, read_image, write_cache)
 from engine.distributed import local_main_first, rank_and_world
 from engine.errors import UserError
 
@@ -276,12 +276,21 @@ def normalisation(cfg: Config, images: Images, train_idx: torch.Tensor) -> dict:
     if cache is not None:
         cache = cache.with_name(f"{cache.stem}-stats-{cfg.run.seed}-{cfg.data.val_fraction}.pt")
     with local_main_first():
-        if cache is not None and cache.is_file():
-            return torch.load(cache, weights_only=True)
+        cached = read_cache(cache, lambda c: valid_stats(c, images)) if cache is not None and cache.is_file() else None
+        if cached is not None:
+            return cached
         mean, std = channel_stats(decoded(subset(images, sample.sort().values)))
         if cache is not None:
             write_cache({"mean": mean, "std": std}, cache)
         return {"mean": mean, "std": std}
+
+
+def valid_stats(content: dict, images: Images) -> bool:
+    """Cached normalisation statistics: a finite, positive std and a mean per channel of the images."""
+    channels = images[0].shape[0]
+    mean, std = content["mean"], content["std"]
+    return (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == channels
+            and all(isinstance(v, float) and math.isfinite(v) for v in mean + std) and min(std) > 0)
 
 
 def augmentation(cfg: Config, num_classes: int) -> Augmentation:

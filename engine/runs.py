@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from engine import distributed
-from engine.checkpoint import load_checkpoint, resolve
+from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
 from engine.config import (Config, apply_override, changed_keys, config_from_dict, load_config, read_yaml, to_yaml,
                            with_defaults)
 from engine.datasets import DataInfo
@@ -38,7 +38,7 @@ def claim(run_dir: Path) -> RunLock:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists()
+    return bool(run_checkpoints(run_dir))
 
 
 def make_run_dir(cfg: Config, explicit_name: bool = False) -> tuple[Path, RunLock]:
@@ -120,6 +120,7 @@ def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Co
     which starts again from its config.yaml."""
     path = resolve(resume or None, load_config(config, []).run.output_dir, "last.pt")
     if resume and Path(resume).is_dir() and not path.exists():
+        refuse_overwriting(path.parent)
         if not (path.parent / "config.yaml").is_file():
             raise UserError(f"{path.parent} holds no checkpoint and no config.yaml: it was stopped before its "
                             "first file was written, so there is nothing to resume; start the run again with "
@@ -129,8 +130,29 @@ def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Co
     if distributed.is_torchrun() and not path.is_file():
         raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
                         "run.output_dir must be storage that every machine sees (e.g. NFS)")
+    if path.name != "last.pt" and (path.parent / "last.pt").is_file():
+        raise UserError(f"{path} is not the last.pt of its run: resuming it would overwrite {path.parent / 'last.pt'}; "
+                        f"continue the run with python train.py --resume {path.parent}, or start a new one from it "
+                        f"with model.pretrained={path}")
     ckpt = load_checkpoint(path)
     return resumed_config(ckpt, overrides), ckpt, path.parent
+
+
+def refuse_overwriting(run_dir: Path) -> None:
+    """A run folder without last.pt that still holds checkpoints: starting it again would overwrite them."""
+    found = run_checkpoints(run_dir)
+    if not found:
+        return
+    described = []
+    for name in found:
+        try:
+            described.append(f"{name} (epoch {load_checkpoint(run_dir / name)['epoch']})")
+        except UserError:
+            described.append(f"{name} (unreadable)")
+    continue_from = run_dir / ("best.pt" if "best.pt" in found else found[0])
+    raise UserError(f"{run_dir} holds {', '.join(described)} but no last.pt, so --resume will not start it again "
+                    f"over them; continue from that checkpoint with python train.py --resume {continue_from}, or "
+                    "start a new run")
 
 
 def write_metrics(history: list[dict], run_dir: Path) -> None:

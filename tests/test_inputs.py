@@ -119,7 +119,8 @@ def test_predict_names_a_decompression_bomb_and_predicts_the_rest(tiny_run, tmp_
                                  cwd=tmp_path)
     assert code == 1
     assert err.startswith("error: bomb.png is 10000x10000") and "over data.max_pixels" in err
-    assert out.startswith("digit.png: ")
+    assert out.splitlines()[0].startswith(f"predictions of {tiny_run.run_dir / 'best.pt'} (cnn on digits, epoch")
+    assert out.splitlines()[1].startswith("digit.png: ")
 
 
 def test_the_pixel_limit_is_a_config_key(tmp_path):
