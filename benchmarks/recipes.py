@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.entry import Parser, run_cli  # noqa: E402
+
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "finetune")  # one per data set
 
 
@@ -63,14 +66,14 @@ def device_name(device: str) -> str:
     return f"cpu ({model[1].strip() if model else 'unknown'}, {os.cpu_count()} cores)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=RECIPES, help="run this recipe only")
     parser.add_argument("--root", default="data", help="data.root for the torchvision data sets")
     parser.add_argument("--cifar10-folder", help="train cifar10 from this JPEG folder copy (train/, test/)")
     parser.add_argument("--output-dir", default="checkpoints/recipes", help="run.output_dir for the runs")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every recipe, e.g. run.threads=1")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = [run_recipe(name, args) for name in ([args.only] if args.only else RECIPES)]
     print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, "
           f"overrides: {' '.join(args.overrides) or 'none'}")
@@ -82,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

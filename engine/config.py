@@ -201,6 +201,9 @@ def config_from_dict(raw: Any) -> Config:
     if cfg.train.freeze_epochs and cfg.model.pretrained == "none":
         raise UserError("train.freeze_epochs trains only the layers that model.pretrained did not provide; "
                         "set model.pretrained (imagenet or a PATH) or train.freeze_epochs=0")
+    if isinstance(cfg.train.class_weights, list) and not any(w > 0 for w in cfg.train.class_weights):
+        raise UserError(f"train.class_weights: {shown(cfg.train.class_weights)} gives every class weight 0, so no "
+                        "image counts in the loss; give the classes that should count a weight above 0, or balanced")
     check_device_name(cfg.run.device, "run.device")
     check_plain_name(cfg.run.name, "run.name")
     return cfg
@@ -289,10 +292,42 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+YAML_NODES_MAX = 100_000  # values a config may hold once its aliases (*name) are expanded; config.yaml has ~100
+
+
+def expanded_size(node: yaml.Node, limit: int, sizes: dict[int, int]) -> int:
+    """How many values node holds with every alias expanded, counted without expanding (each node once), or
+    more than limit as soon as that is certain: a 1 kB alias bomb would expand to billions."""
+    if id(node) not in sizes:
+        sizes[id(node)] = limit + 1  # a node that contains itself expands forever
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        total = 1
+        for child in children:
+            total += expanded_size(child, limit, sizes)
+            if total > limit:
+                break
+        sizes[id(node)] = total
+    return sizes[id(node)]
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """yaml.load with UniqueKeyLoader, refusing a document whose aliases expand beyond YAML_NODES_MAX values."""
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and expanded_size(node, YAML_NODES_MAX, {}) > YAML_NODES_MAX:
+            raise UserError(f"{where} holds more than {YAML_NODES_MAX:,} values once its aliases (*name) are "
+                            "expanded; a config needs a few hundred at most")
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str, where: str) -> Any:
     """YAML text -> plain data; where names the file or override in messages."""
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)
+        return load_yaml(text, where)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -341,7 +376,38 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
         if not isinstance(raw, dict):
             break
         apply_override(raw, text)
-    return config_from_dict(raw)
+    cfg = config_from_dict(raw)
+    for note in without_effect(cfg, set_keys(file_raw if path is not None else {}, overrides)):
+        print(f"note: {note}")
+    return cfg
+
+
+def set_keys(file_raw: dict, overrides: list[str]) -> list[str]:
+    """The keys the user set: overrides, and the keys of a --config file whose value differs from config.yaml's."""
+    defaults = flatten(read_yaml(DEFAULT_CONFIG))
+    keys = [key for key, value in flatten(file_raw).items() if key in defaults and value != defaults[key]]
+    keys += [".".join(text.partition("=")[0].split(".")[:2]) for text in overrides]  # model.conv_blocks.0.x
+    return list(dict.fromkeys(keys))
+
+
+def without_effect(cfg: Config, keys: list[str]) -> list[str]:
+    """A note for each key the user set that the chosen model or data set does not read."""
+    model, data, train = cfg.model.name, cfg.data, cfg.train
+    reads = settings_of(model)
+    unread = {
+        **{f"model.{key}": f"model.name={model} does not read it (it reads model.{', model.'.join(reads)})"
+           for key in (f.name for f in dataclasses.fields(ModelConfig)) if key not in reads},
+        "data.root": "data.name=digits is embedded and reads no folder; set data.name=folder for your images"
+        if data.name == "digits" else "",
+        "data.image_size": f"data.name={data.name} has its own size" if data.name != "folder" else "",
+        "data.channels": f"data.name={data.name} has its own channels" if data.name != "folder" else "",
+        "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
+        "train.momentum": f"train.optimizer={train.optimizer} has no momentum" if train.optimizer != "sgd" else "",
+        "train.step_epochs": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
+        "train.step_gamma": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
+        "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
+    }
+    return [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
 
 
 def to_dict(cfg: Config) -> dict:

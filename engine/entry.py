@@ -103,9 +103,12 @@ def fail_for(err: Exception, script: str, user_errors: tuple[type, ...]) -> NoRe
     if is_out_of_memory(err):
         fail(f"out of memory ({message_of(err).splitlines()[0][:120] if str(err) else type(err).__name__}); lower "
              "train.batch_size or train.eval_batch_size, the model's widths, or data.image_size")
-    if isinstance(err, OSError):  # a file the user named or a folder they chose: theirs to fix
-        fail(f"{err.filename or 'a file'}: {err.strerror or message_of(err)}; check that it exists, is readable, "
+    if isinstance(err, OSError) and err.filename:  # a file the user named or a folder they chose: theirs to fix
+        fail(f"{err.filename}: {err.strerror or message_of(err)}; check that it exists, is readable, "
              "and that its folder is writable with free space")
+    if isinstance(err, OSError):  # the machine's: a port in use, a network or device error
+        fail(f"{message_of(err) or type(err).__name__} ({type(err).__name__}); check the files, ports and network "
+             "this command uses")
     report_unexpected(err, script)
 
 

@@ -293,6 +293,14 @@ def valid_stats(content: dict, images: Images) -> bool:
             and all(isinstance(v, float) and math.isfinite(v) for v in mean + std) and min(std) > 0)
 
 
+def check_crop(cfg: DataConfig, image_size: int) -> None:
+    """A crop shifted by up to data.crop_padding pixels: at the image's size or more most crops would be blank."""
+    if cfg.augment != "none" and cfg.crop_padding >= image_size:
+        raise UserError(f"data.crop_padding={cfg.crop_padding} is at least the {image_size}x{image_size} image, so "
+                        f"most random crops would be blank; use at most {max(0, image_size // 2)} "
+                        "(4 is usual for 32x32)")
+
+
 def augmentation(cfg: Config, num_classes: int) -> Augmentation:
     return Augmentation(cfg.data.augment, cfg.data.crop_padding, cfg.data.random_erasing, cfg.train.mixup_alpha,
                         cfg.train.cutmix_alpha, num_classes)
@@ -314,6 +322,7 @@ def make_train_loaders(cfg: Config, device: torch.device,
         stats = tuple([sum(values) / len(values)] * info.in_channels for values in stats)
     counts = torch.bincount(labels[train_idx], minlength=len(info.class_names)).tolist()
     info = replace(info, mean=stats[0], std=stats[1], class_counts=counts)
+    check_crop(cfg.data, info.image_size)
     workers = num_workers(cfg.data)
     shuffled = Batching(cfg.train.batch_size, cfg.run.seed, augmentation(cfg, len(info.class_names)), workers,
                         drop_last=cfg.run.compile, balanced=cfg.data.sampler == "balanced")
