@@ -68,9 +68,9 @@ WORKER_WRAPPING = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nO
 def message_of(err: BaseException) -> str:
     """The exception's own message; for one raised in a DataLoader worker, the original's, not the traceback."""
     text = str(err)
-    if WORKER_WRAPPING.match(text):
-        last = text.rstrip().splitlines()[-1]
-        text = re.sub(r"^[\w.]+: ", "", last, count=1)  # 'engine.errors.UserError: <message>'
+    if WORKER_WRAPPING.match(text):  # the traceback ends with '<module>.<type>: <message>', which may span lines
+        starts = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(type(err).__name__)}: ", text, re.M))
+        text = text[starts[-1].end():].rstrip() if starts else text.rstrip().splitlines()[-1]
     return text
 
 
