@@ -311,8 +311,26 @@ def expanded_size(node: yaml.Node, limit: int, sizes: dict[int, int]) -> int:
     return sizes[id(node)]
 
 
+YAML_DEPTH_MAX = 50  # levels of nesting; config.yaml has 3, and PyYAML's recursive parser dies near 1,000
+
+
+def check_depth(text: str, where: str) -> None:
+    """Refuse a document nested deeper than YAML_DEPTH_MAX, found by PyYAML's scanner (which does not recurse)."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
+                              yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
+            depth += 1
+            if depth > YAML_DEPTH_MAX:
+                raise UserError(f"{where} is nested more than {YAML_DEPTH_MAX} levels deep; a config needs a few "
+                                "levels at most")
+        elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
+            depth -= 1
+
+
 def load_yaml(text: str, where: str) -> Any:
     """yaml.load with UniqueKeyLoader, refusing a document whose aliases expand beyond YAML_NODES_MAX values."""
+    check_depth(text, where)
     loader = UniqueKeyLoader(text)
     try:
         node = loader.get_single_node()

@@ -221,7 +221,7 @@ def test_a_folder_set_with_one_class_is_refused(tmp_path):
 @pytest.mark.parametrize("text,message", [
     ("train:\n  lr: 0.1\n  lr: 0.2\n", "line 3 \\(key 'lr' appears twice\\)"),
     ("run: {}\nrun: {}\n", "key 'run' appears twice"),
-    ("[" * 5000 + "]" * 5000, "nested too deeply|not valid YAML"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply|nested more than|not valid YAML"),
 ])
 def test_yaml_that_would_be_misread_is_refused(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
