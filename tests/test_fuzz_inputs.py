@@ -29,21 +29,12 @@ import test as test_script  # noqa: E402
 from tools import summary  # noqa: E402
 
 EXPLORE = int(os.environ.get("FUZZ_EXAMPLES", "0"))
-CASES = {"count": 0}  # generated cases run, for benchmarks/fuzz.py
 
 
 def fuzz(examples: int):
     """Bounded, repeatable examples in CI; FUZZ_EXAMPLES=N for N random ones per property."""
     return settings(max_examples=EXPLORE or examples, derandomize=not EXPLORE, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
-
-
-def counted(check):
-    """check, counting each call in CASES."""
-    def run(*args, **kwargs):
-        CASES["count"] += 1
-        return check(*args, **kwargs)
-    return run
 
 
 def short_message(err: Exception) -> str:
@@ -99,7 +90,7 @@ DOCUMENTS = st.one_of(
 @fuzz(15)
 @given(DOCUMENTS)
 def test_yaml_of_any_shape_loads_or_gives_one_short_line(tmp_path_factory, document):
-    counted(check_yaml)(tmp_path_factory.mktemp("yaml") / "c.yaml", document)
+    check_yaml(tmp_path_factory.mktemp("yaml") / "c.yaml", document)
 
 
 def check_yaml(path, document: str) -> None:
@@ -129,7 +120,7 @@ def predict_dir(tiny_run, tmp_path_factory):
 @fuzz(12)
 @given(st.lists(NAMES, min_size=1, max_size=3, unique=True), st.lists(st.booleans(), min_size=3, max_size=3))
 def test_any_file_name_is_predicted_or_named_on_one_line(predict_dir, names, readable):
-    counted(check_names)(predict_dir, names, readable)
+    check_names(predict_dir, names, readable)
 
 
 def check_names(root, names: list[str], readable: list[bool]) -> None:
@@ -180,7 +171,7 @@ def image_bytes(mode: str, fmt: str, size: tuple[int, int], seed: int) -> bytes 
 @given(st.sampled_from(sorted(FORMATS)), st.sampled_from(MODES), st.tuples(st.integers(1, 40), st.integers(1, 40)),
        st.integers(0, 2 ** 16), st.floats(0, 1), st.sampled_from([1, 3]))
 def test_any_image_truncated_anywhere_decodes_or_is_named(tmp_path_factory, fmt, mode, size, seed, cut, channels):
-    counted(check_image)(tmp_path_factory.mktemp("img"), fmt, mode, size, seed, cut, channels)
+    check_image(tmp_path_factory.mktemp("img"), fmt, mode, size, seed, cut, channels)
 
 
 def check_image(folder, fmt, mode, size, seed, cut, channels) -> None:
@@ -228,7 +219,7 @@ def edited(ckpt: dict, edits) -> dict:
 @fuzz(12)
 @given(EDITS)
 def test_any_checkpoint_dict_is_used_or_refused_on_one_line(predict_dir, edits):
-    counted(check_checkpoint)(predict_dir, edits)
+    check_checkpoint(predict_dir, edits)
 
 
 def check_checkpoint(root, edits) -> None:
@@ -279,7 +270,7 @@ TEXT = st.one_of(st.sampled_from(['["a", "b"]', '["0","1","2"]', "1", "3", "8", 
        st.sampled_from([8, 4, 1]), st.integers(1, 4), st.dictionaries(
            st.sampled_from(["class_names", "channels", "image_size"]), TEXT, max_size=3))
 def test_any_onnx_file_predicts_or_is_named_on_one_line(predict_dir, name, dtype, channels, size, classes, meta):
-    counted(check_onnx)(predict_dir, name, dtype, channels, size, classes, meta)
+    check_onnx(predict_dir, name, dtype, channels, size, classes, meta)
 
 
 def check_onnx(root, name, dtype, channels, size, classes, meta) -> None:
