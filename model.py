@@ -46,7 +46,7 @@ class ModelConfig:
     conv_blocks: list[ConvBlock]
     hidden: list[int] = field(metadata=AT_LEAST_1)  # checked per item
     dropout: float = field(metadata={"min": 0.0, "max": 1.0})
-    widths: list[int] = field(metadata=AT_LEAST_1)  # resnet only: channels of each stage
+    widths: list[int] = field(metadata={"min": 1, "min_items": 1})  # resnet only: channels of each stage
     sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (engine/devices.py converts)
 
 

@@ -182,8 +182,7 @@ def check_finite(loss_sum: float, epoch: int, batch: int, optimizer: torch.optim
     if not math.isfinite(loss_sum):
         lr = optimizer.param_groups[0]["lr"]
         raise UserError(f"the loss became NaN or infinite in epoch {epoch} by batch {batch} (lr {lr:.2e}); "
-                        "lower train.lr or set train.grad_clip; "
-                        + ("a new run keeps no folder" if epoch == 1 else "the checkpoints of earlier epochs are unchanged"))
+                        f"lower train.lr or set train.grad_clip; nothing of epoch {epoch} was saved")
 
 
 def main(argv: list[str] | None = None) -> None:

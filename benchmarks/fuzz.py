@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "checkpoints" / "fuzz"
     out.mkdir(parents=True, exist_ok=True)
     total, findings = collections.Counter(), []
-    print(f"| pass | examples per property | cases | seconds | findings |\n| --- | --- | --- | --- | --- |")
+    print("| pass | examples per property | cases | seconds | findings |\n| --- | --- | --- | --- | --- |")
     for name, expression, examples in (("quick", QUICK, args.quick), ("slow", SLOW, args.slow)):
         found, problems, seconds = run_pass(expression, examples, out)
         total.update(found)

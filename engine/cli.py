@@ -7,7 +7,7 @@ from typing import Callable
 from engine import entry
 from engine.checkpoint import resolve, run_checkpoints
 from engine.config import Config, key_help, load_config
-from engine.entry import EXIT_UNEXPECTED, EXIT_USER_ERROR, Parser, Terminated, check_interrupted, fail  # noqa: F401
+from engine.entry import Parser, check_interrupted  # noqa: F401 (the scripts import them from here)
 from engine.errors import UserError
 from model import ShapeError
 

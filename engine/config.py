@@ -118,6 +118,8 @@ def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
     if get_origin(tp) is list:
         if not isinstance(value, list):
             raise UserError(f"{path}: expected a list, got {shown(value)}")
+        if len(value) < meta.get("min_items", 0):
+            raise UserError(f"{path}: needs at least {meta['min_items']} item(s), got {shown(value)}")
         return [convert(get_args(tp)[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
     if get_origin(tp) in (Union, UnionType):  # e.g. Literal["auto"] | int: the first alternative that fits
         for option in get_args(tp):
@@ -195,6 +197,7 @@ def config_from_dict(raw: Any) -> Config:
     if isinstance(data, dict) and isinstance(data.get("augment"), bool):  # saved when augment was true/false
         raw = {**raw, "data": {**data, "augment": "flip_crop" if data["augment"] else "none"}}
     cfg = build(Config, with_unread_model_keys(raw))
+    check_model_name(cfg.model.name)  # also when YAML read it as a number (model.name=0)
     if cfg.model.pretrained == "imagenet" and cfg.model.name in MODELS:
         raise UserError(f"model.pretrained: {cfg.model.name} has no ImageNet weights; use a torchvision model "
                         "such as resnet18, a PATH of your own weights, or none")
@@ -223,18 +226,23 @@ def check_plain_name(name: str, key: str) -> None:
 
 
 def with_unread_model_keys(raw: Any) -> Any:
-    """raw with the model.* keys that the chosen model does not read filled in from config.yaml, so that
-    a config names only the settings of its own architecture (see settings_of in model.py)."""
+    """raw with the model.* keys that the chosen model does not read taken from config.yaml, so that a config
+    names only the settings of its own architecture (see settings_of in model.py) and saves what it ran."""
     model = raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         return raw
-    if model_class(model["name"]) is None:
-        raise UserError(f"model.name: {shown(model['name'])} is not a registered model; use one of "
-                        f"{' | '.join(MODELS)}, a torchvision model name (resnet18, efficientnet_b0, ...; "
-                        "torchvision.models.list_models()) or add yours to MODELS in model.py")
+    check_model_name(model["name"])
     unread = {key: value for key, value in read_yaml(DEFAULT_CONFIG)["model"].items()
               if key not in settings_of(model["name"])}
-    return {**raw, "model": {**unread, **model}}
+    return {**raw, "model": {**model, **unread}}  # a value set for an unread key has no effect (load_config notes it)
+
+
+def check_model_name(name: str) -> None:
+    """model.name must name a model of MODELS or of torchvision."""
+    if model_class(name) is None:
+        raise UserError(f"model.name: {shown(name)} is not a registered model; use one of "
+                        f"{' | '.join(MODELS)}, a torchvision model name (resnet18, efficientnet_b0, ...; "
+                        "torchvision.models.list_models()) or add yours to MODELS in model.py")
 
 
 def check_device_name(name: str, key: str) -> None:

@@ -56,7 +56,7 @@ def read_metadata(path: Path, meta: dict[str, str]) -> tuple[list[str], int, int
     except ValueError:
         names = channels = size = None
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
-            and channels in (1, 3) and isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 65535):
+            and type(channels) is int and channels in (1, 3) and type(size) is int and 0 < size <= 65535):
         raise ModelError(f"{path}: its metadata class_names, channels, image_size are not a list of names, 1 or 3 and "
                          f"a size (got {shown(meta['class_names'])}, {shown(meta['channels'])}, "
                          f"{shown(meta['image_size'])}); export it again with python tools/export.py")
