@@ -56,15 +56,18 @@ def run_pass(expression: str, examples: int, out: Path) -> tuple[dict, list[str]
     env = {**os.environ, "FUZZ_EXAMPLES": str(examples), COUNTS_FILE: str(counts_file),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)])}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "fuzz", "-p", "no:cacheprovider",
-                             "-k", expression, "tests/test_fuzz.py", "tests/test_fuzz_inputs.py"],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "-p", "fuzz", "-p",
+                             "no:cacheprovider", "-p", "no:warnings", "-k", expression, "tests/test_fuzz.py",
+                             "tests/test_fuzz_inputs.py"], cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     found = json.loads(counts_file.read_text()) if counts_file.is_file() else {}
-    findings = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR", "Falsifying"))]
+    lines = result.stdout.splitlines()
+    findings = [line for line in lines if line.startswith(("FAILED", "ERROR"))]  # one per failing property
     if result.returncode not in (0, 5) and not findings:
-        findings = [f"pytest exited {result.returncode}: {result.stdout.strip().splitlines()[-1:]}"]
-    return found, findings + [line for line in result.stdout.splitlines() if line.startswith("E ")][:20], seconds
+        findings = [f"pytest exited {result.returncode}: {lines[-1:]}"]
+    cases = [f"{line.strip()} {lines[i + 1].strip()} {lines[i + 2].strip()}" for i, line in enumerate(lines[:-2])
+             if "Failing test case" in line]  # Hypothesis's smallest example of each
+    return found, findings + cases, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         found, problems, seconds = run_pass(expression, examples, out)
         total.update(found)
         findings += problems
-        print(f"| {name} | {examples:,} | {sum(found.values()):,} | {seconds:.0f} | {len(problems)} |")
+        failed = sum(p.startswith(("FAILED", "ERROR", "pytest exited")) for p in problems)
+        print(f"| {name} | {examples:,} | {sum(found.values()):,} | {seconds:.0f} | {failed} |")
     for check, cases in sorted(total.items()):
         print(f"{check}: {cases:,} cases")
-    print(f"total: {sum(total.values()):,} generated cases, {len(findings)} findings")
+    failed = [line for line in findings if line.startswith(("FAILED", "ERROR", "pytest exited"))]
+    print(f"total: {sum(total.values()):,} generated cases, {len(failed)} failing properties")
     for line in findings:
         print(f"  {line}")
     return 1 if findings else 0
