@@ -8,7 +8,7 @@ from engine import entry
 from engine.checkpoint import resolve, run_checkpoints
 from engine.config import Config, key_help, load_config
 from engine.entry import Parser, check_interrupted  # noqa: F401 (the scripts import them from here)
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from model import ShapeError
 
 
@@ -17,7 +17,7 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {shown(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -64,10 +64,10 @@ def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
     paths = [text for text in inputs if text not in overrides]
     for text in overrides:
         if text.partition("=")[0] not in CHECKPOINT_CONFIG_KEYS:
-            raise UserError(f"override {text!r}: only {', '.join(CHECKPOINT_CONFIG_KEYS)} are read from the "
+            raise UserError(f"override {shown(text)}: only {', '.join(CHECKPOINT_CONFIG_KEYS)} are read from the "
                             "config; the model and data come from the checkpoint")
     if len(paths) > 1:
-        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {' '.join(paths)}")
+        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {shown(paths)}")
     return (paths[0] if paths else None), overrides
 
 

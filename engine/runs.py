@@ -94,7 +94,7 @@ def overridden(saved: dict, overrides: list[str]) -> Config:
     for text in overrides:
         key = text.partition("=")[0]
         if key not in RESUMABLE:
-            raise UserError(f"override {key!r} cannot change on --resume (it would be a different run); "
+            raise UserError(f"override {shown(key)} cannot change on --resume (it would be a different run); "
                             f"allowed: {', '.join(RESUMABLE)}")
         apply_override(raw, text)
     cfg = config_from_dict(raw)
