@@ -239,3 +239,25 @@ def test_predict_on_an_empty_folder_says_so(run_dir, tmp_path):
 def test_config_errors_are_user_errors_not_crashes():
     with pytest.raises(UserError, match="must be at most 2,147,483,647"):
         load_config(None, [f"data.max_pixels={2 ** 40}"])
+
+
+def test_a_streamed_image_that_becomes_unreadable_is_one_line_from_the_worker(tmp_path, monkeypatch):
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / "set" / split / label).mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (8, 8), 40 * i).save(tmp_path / "set" / split / label / f"{i}.png")
+    from engine import runs
+    write_metrics = runs.write_metrics
+
+    def damaging(history, run_dir):  # after epoch 1: an image the DataLoader worker reads in epoch 2 breaks
+        write_metrics(history, run_dir)
+        (tmp_path / "set" / "train" / "a" / "0.png").write_bytes(b"damaged\n")
+    monkeypatch.setattr(runs, "write_metrics", damaging)
+    code, _, err = call_script(train.main, *TINY, "data.name=folder", "data.root=set", "data.channels=1",
+                               "data.image_size=8", "data.max_memory_mb=0", "data.num_workers=1",
+                               "data.val_fraction=0.25", "data.cache_dir=", "run.name=s", cwd=tmp_path)
+    assert code == 2
+    line = one_error_line(err)
+    assert line == f"error: {os.path.join('set', 'train', 'a', '0.png')} is not a readable image; remove it or " \
+                   "replace it with a PNG or JPEG"
