@@ -46,7 +46,7 @@ class ModelConfig:
     conv_blocks: list[ConvBlock]
     hidden: list[int] = field(metadata=AT_LEAST_1)  # checked per item
     dropout: float = field(metadata={"min": 0.0, "max": 1.0})
-    widths: list[int] = field(metadata=AT_LEAST_1)  # resnet only: channels of each stage
+    widths: list[int] = field(metadata={"min": 1, "min_items": 1})  # resnet only: channels of each stage
     sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (engine/devices.py converts)
 
 
@@ -191,12 +191,10 @@ class Residual(nn.Module):
 
 
 # torchvision's classifiers by name (resnet18, efficientnet_b0, ...), through one adapter.
-# Sizes below which a torchvision architecture fails (its feature map would vanish), by name prefix;
-# ViT and MaxViT take exactly 224. Smaller images are resized up to these inside the model.
-MIN_INPUT = {"alexnet": 64, "convnext": 32, "densenet": 32, "vgg": 32, "inception_v3": 75}
-
-
+# ViT and MaxViT take exactly 224; any other architecture takes images down to the smallest size it accepts
+# (smallest_input), and smaller images are resized up to that inside the model.
 EXACT_INPUT = {"vit_": 224, "maxvit_": 224}
+LARGEST_TRIED = 1024  # sides smallest_input tries at most
 
 
 # Constructor arguments some torchvision models need to return plain logits in training mode.
@@ -209,7 +207,38 @@ def input_size(name: str, image_size: int) -> int:
     for prefix, size in EXACT_INPUT.items():
         if name.startswith(prefix):
             return size
-    return max([image_size] + [size for prefix, size in MIN_INPUT.items() if name.startswith(prefix)])
+    return max(image_size, smallest_input(name))
+
+
+def accepts(model: nn.Module, size: int, device: str) -> bool:
+    """Whether model runs on one zero image of size x size (on the meta device: shapes only, no arithmetic)."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    except (RuntimeError, ValueError, AssertionError, IndexError):  # "Output size is too small" and the like
+        return False
+    return True
+
+
+@functools.cache
+def smallest_input(name: str) -> int:
+    """The smallest side the torchvision architecture `name` accepts, found by trying it: doubling, then bisecting."""
+    from torchvision import models
+
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            model, device = models.get_model(name, weights=None, **EXTRA_ARGS.get(name, {})).eval(), "meta"
+    except (NotImplementedError, RuntimeError):  # a few models (RegNet) read values while initialising
+        model, device = models.get_model(name, weights=None, **EXTRA_ARGS.get(name, {})).eval(), "cpu"
+    low, high = 0, 1  # low fails (or is 0), high is being tried
+    while not accepts(model, high, device):
+        if high >= LARGEST_TRIED:
+            return 1  # nothing tried works: leave the size as it is and let the model say why
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if accepts(model, middle, device) else (middle, high)
+    return high
 
 
 class TorchvisionModel(nn.Module):

@@ -24,9 +24,11 @@ from torch import nn
 from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
 from engine.card import write_card
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
-from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, positive_int, run_cli
+from engine.cli import (Parser, add_checkpoint_arguments, checkpoint_among, checkpoint_and_config,
+                        is_checkpoint_argument, positive_int, run_cli)
 from engine.datasets import read_image
 from engine.devices import autocast_dtype, select_device
+from engine.errors import UserError, shown
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
 from engine.imagefiles import min_confidence, read_inputs, report_predictions
 from engine.loaders import Batching, Loader
@@ -58,6 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-confidence", type=min_confidence, metavar="P",
                         help="with --predict: answer unknown when the top probability is below P, in (0, 1]")
     args = parser.parse_args(argv)
+    if args.predict:
+        args.predict, args.inputs = checkpoint_among(args.predict, args.inputs)
+        if not args.predict:
+            raise UserError(f"--predict names no image file or folder, only the checkpoint {shown(args.inputs[-1])}; "
+                            "add the images to predict")
+    for option, image in (("--feature-maps", args.feature_maps), ("--cam", args.cam)):
+        if image and is_checkpoint_argument(image):
+            raise UserError(f"{option} takes an image; {shown(image)} is a checkpoint or run folder: put it "
+                            f"before {option} (python test.py {image} {option} IMG)")
 
     path, cfg = checkpoint_and_config(args)
     device = select_device(cfg.run.device)
@@ -212,15 +223,16 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
         loader = Loader(torch.from_numpy(images), torch.zeros(len(files), dtype=torch.int64), Batching(256), info,
                         device)
         model = model_from_checkpoint(ckpt, device)
-        cfg = config_of(ckpt)
-        results = evaluate(model, loader, len(names), device, autocast_dtype(cfg.run.amp, device),
+        results = evaluate(model, loader, len(names), device, autocast_dtype(config_of(ckpt).run.amp, device),
                            temperature=temperature)
         predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
                        for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
-    table = report_predictions(files, predictions, top_k, getattr(args, "min_confidence", None))
+    cfg = config_of(ckpt)
+    table = report_predictions(files, predictions, top_k, f"{path} ({cfg.model.name} on {cfg.data.name}, epoch "
+                                                        f"{ckpt['epoch']})", getattr(args, "min_confidence", None))
     if args.output:
         write_text(args.output, table)
-        print(f"wrote {len(files)} predictions to {args.output}")
+        print(f"wrote {len(files)} predictions of {path} to {args.output}")
     return failures
 
 

@@ -53,6 +53,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
     state = RunState() if resume is None else restore(resume, model, step.optimizer, step.scheduler, step.scaler)
     step.ema = ema.make_ema(model, cfg.train, resume)  # an average of the weights, when train.ema_decay > 0
     # 3. record loss and accuracy: a run folder that this process alone writes into
+    is_new, is_started = run_dir is None, False  # a new run that stops before its first epoch leaves no folder
     cfg, run_dir, lock = runs.take_run_dir(cfg, run_dir, explicit_name)
     run = Run(cfg, run_dir, model, trained_model, step, info, state, new_layers)
     try:
@@ -61,15 +62,19 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
         runs.write_config(cfg, run_dir)
         for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
             run_epoch(run, train_loader, val_loader, epoch)
+            is_started = True
             if cfg.train.patience and run.state.bad_epochs >= cfg.train.patience:
                 print(f"early stop: no better val {cfg.train.best_metric} for {cfg.train.patience} epochs")
                 break
     except KeyboardInterrupt:
+        is_started = True  # stopped, not failed: --resume starts it again from its config.yaml
         runs.say_how_to_continue(run_dir, run.state.epoch)
         raise
     finally:
         if lock is not None:
             lock.release()
+        if is_new and not is_started:
+            runs.remove_unstarted(run_dir)
     return run_dir
 
 
@@ -199,7 +204,7 @@ def check_finite(loss_sum: float, epoch: int, batch: int, optimizer: torch.optim
     if not math.isfinite(loss_sum):
         lr = optimizer.param_groups[0]["lr"]
         raise UserError(f"the loss became NaN or infinite in epoch {epoch} by batch {batch} (lr {lr:.2e}); "
-                        "lower train.lr or set train.grad_clip; best.pt is unchanged")
+                        f"lower train.lr or set train.grad_clip; nothing of epoch {epoch} was saved")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{run_dir} already finished: {runs.finished(ckpt, cfg)}. Nothing was changed; "
               f"test it with python test.py {run_dir}")
         return
+    if ckpt is not None:
+        print(f"resuming {run_dir}: {ckpt['epoch']} of {cfg.train.epochs} epochs done, continuing with epoch "
+              f"{ckpt['epoch'] + 1}")
     if cfg.run.deterministic:  # before the process's first cuBLAS call
         require_deterministic_cublas()
     if args.print_config:

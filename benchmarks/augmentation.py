@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from engine.augment import Augmentation, augment_images, augment_normalised, generator_for  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.datasets import load_split  # noqa: E402
+from engine.entry import Parser, run_cli  # noqa: E402
 from model import build_model  # noqa: E402
 
 OPTIONS = {
@@ -44,14 +45,14 @@ def milliseconds(fn, repeats: int) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar10-folder", help="CIFAR-10 JPEG folder (train/<class>/); random images if absent")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per round")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = PyTorch's default")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "configs" / "cifar10.yaml", [])
@@ -97,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.entry import Parser, run_cli  # noqa: E402
 
 
 def link_copies(source: Path, work: Path, per_class: int) -> None:
@@ -59,12 +61,12 @@ def run(name: str, data: list[str], work: Path, overrides: list[str]) -> dict:
             "train s": seconds, "total s": time.perf_counter() - start}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="../shared/datasets/cifar10-jpg", help="a folder data set")
     parser.add_argument("--per-class", type=int, default=1000, help="training images per class")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=3")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         link_copies(Path(args.root), work, args.per_class)
@@ -81,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

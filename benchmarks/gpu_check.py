@@ -31,8 +31,8 @@ from engine.datasets import describe  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.loaders import (Batching, Loader, load_images, make_eval_loader, make_train_loaders,  # noqa: E402
                             num_workers)
-from model import build_model  # noqa: E402
 from engine.metrics import evaluate, evaluate_checkpoint  # noqa: E402
+from model import build_model  # noqa: E402
 import train as train_module  # noqa: E402
 
 SWITCHES = {

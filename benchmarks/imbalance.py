@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.config import load_config  # noqa: E402
 from engine.datasets import load_digits  # noqa: E402
 from engine.devices import select_device  # noqa: E402
+from engine.entry import Parser, run_cli  # noqa: E402
 from engine.metrics import evaluate_checkpoint, per_class  # noqa: E402
 from train import train  # noqa: E402
 
@@ -40,13 +41,13 @@ def write_digits(folder: Path, rare: list[int], keep: float) -> list[int]:
     return counts
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("checkpoints/imbalance-bench"))
     parser.add_argument("--rare", type=int, nargs="+", default=[3, 8])
     parser.add_argument("--keep", type=float, default=0.05, help="share of the rare classes' training images kept")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     counts = write_digits(args.work / "digits", args.rare, args.keep)
     print(f"training images per digit: {counts}")
     rows = []
@@ -68,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.config import load_config  # noqa: E402
 from engine.datasets import DataInfo  # noqa: E402
+from engine.entry import Parser, run_cli  # noqa: E402
 from engine.quantize import latency_ms, quantize, require_quantization  # noqa: E402
 from model import build_model  # noqa: E402
 from tools.export import deployable, export_program, require_extras, write_onnx  # noqa: E402
@@ -66,11 +67,11 @@ def measure(name: str, overrides: list[str], channels: int, size: int, args: arg
         print(f"| {name} | {params:,} | {runtime} | {ms_one:.3f} | {64 / ms_many * 1000:,.0f} |", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=0, help="threads for both runtimes; 0: their defaults")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     require_extras()
     require_quantization()
     import onnxruntime
@@ -86,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,6 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.entry import Parser, run_cli  # noqa: E402
 MODELS = {"cnn": [], "cifar10 recipe": ["--config", str(ROOT / "configs" / "cifar10.yaml")]}
 
 
@@ -56,13 +58,13 @@ def run(name: str, folder: Path, work: Path, overrides: list[str]) -> dict:
             "seconds": seconds}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="../shared/datasets/cifar10-jpg", help="CIFAR-10 as JPEG class folders")
     parser.add_argument("--train", type=int, default=5000, help="training mosaics")
     parser.add_argument("--test", type=int, default=1000, help="test mosaics")
     parser.add_argument("overrides", nargs="*", help="config overrides for both runs, e.g. train.epochs=3")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "mosaics"
         folder.mkdir()
@@ -76,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

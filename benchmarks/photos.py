@@ -19,6 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.entry import Parser, run_cli  # noqa: E402
 RUNS = {  # name -> train.py arguments after the data; the new user tried the last two
     "photos": ["--config", str(ROOT / "configs" / "photos.yaml")],
     "photos-resnet": ["--config", str(ROOT / "configs" / "photos.yaml"), "model.name=resnet", "train.epochs=25",
@@ -56,12 +58,12 @@ def run(name: str, folder: Path, output_dir: Path) -> dict:
             "test acc": float(re.search(r"^test .*accuracy ([\d.]+)%", out, re.M)[1]), "train s": seconds}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="../shared/datasets/cifar10-jpg", help="CIFAR-10 as JPEG class folders")
     parser.add_argument("--per-class", type=int, default=100, help="photos per class (default 100: 1,000 in all)")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
         print(f"{build_photos(Path(args.root), folder, args.per_class)} photos in {folder}; "
@@ -73,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from engine.config import load_config  # noqa: E402
 from engine.datasets import describe  # noqa: E402
+from engine.entry import Parser, run_cli  # noqa: E402
 from model import build_model  # noqa: E402
 
 FLOOR_SHARE = 0.6  # of the large conv's throughput: what a well-fed recipe can sustain
@@ -111,14 +112,14 @@ def device_name(device: str) -> str:
     return f"cpu ({model[1].strip() if model else 'unknown'}, {os.cpu_count()} cores)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=RECIPES, help="run this recipe only")
     parser.add_argument("--root", default="data", help="data.root for the torchvision data sets")
     parser.add_argument("--cifar10-folder", help="train cifar10 from this JPEG folder copy (train/, test/)")
     parser.add_argument("--output-dir", default="checkpoints/recipes", help="run.output_dir for the runs")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every recipe, e.g. run.threads=1")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     names = [args.only] if args.only else RECIPES
     throughput = conv_throughput()
     rows = [with_floor(run_recipe(name, args), forward_flops(name, args), throughput) for name in names]
@@ -135,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

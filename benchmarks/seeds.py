@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.entry import Parser, run_cli  # noqa: E402
 TEST_LINE = re.compile(r"^test \(best\.pt, epoch (\d+)\): loss [\d.]+ +accuracy ([\d.]+)%", re.M)
 
 
@@ -46,14 +48,14 @@ def spread(values: list[float]) -> str:
             f"{len(values)} seed{'s' if len(values) > 1 else ''})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds: run.seed = first, first + 1, ...")
     parser.add_argument("--first-seed", type=int, default=0, help="the first run.seed")
     parser.add_argument("--config", help="a config file or recipe for train.py (default: config.yaml)")
     parser.add_argument("--output-dir", default="checkpoints/seeds", help="run.output_dir for the runs")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. train.epochs=5")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.seeds < 1 or args.first_seed < 0:
         parser.error("--seeds must be at least 1 and --first-seed at least 0")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -66,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

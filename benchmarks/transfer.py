@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.config import load_config  # noqa: E402
 from engine.devices import select_device  # noqa: E402
+from engine.entry import Parser, run_cli  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
 from train import train  # noqa: E402
 
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace, data_root: Path, name: str, *overrides: str) -
     return test["accuracy"], seconds, run_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("../shared/datasets/cifar10-jpg"))
     parser.add_argument("--work", type=Path, default=Path("checkpoints/transfer-bench"))
     parser.add_argument("--model", default="cnn", help="cnn (the template's, fast on a CPU) or a torchvision name")
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--backbone-lr", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for all three runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     source, target = make_views(args.root, args.work, args.per_class, args.seed)
     target_cfg = [f"train.epochs={args.epochs}", "train.batch_size=64"]
 
@@ -97,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

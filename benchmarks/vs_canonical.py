@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as train_module  # noqa: E402
 from bench_mnist import MEAN, STD, CanonicalNet  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.entry import Parser, run_cli  # noqa: E402
 from engine.loaders import make_eval_loader  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
 
@@ -92,14 +93,14 @@ def time_to_target(curve: list[tuple[float, float]]) -> float | None:
     return next((seconds for seconds, accuracy in curve if accuracy >= TARGET), None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data", help="folder holding MNIST/raw/")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved runs of each")
     parser.add_argument("--max-epochs", type=int, default=14, help="the canonical run stops here or at 99.0%%")
     parser.add_argument("--output-dir", default="checkpoints/bench")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both; 0 = PyTorch's default")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     times = {"canonical": [], "ours": []}
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

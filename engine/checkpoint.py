@@ -25,7 +25,7 @@ from engine.config import Config, config_from_dict, to_dict, with_defaults
 from engine.datasets import DataInfo
 from engine.devices import AMP_NAMES
 from engine.distributed import gather, rank_and_world
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from engine.storage import RunLock, atomic_save
 from model import build_model
 
@@ -73,14 +73,31 @@ def check_contents(ckpt: dict, path: Path) -> None:
     data_keys = {f.name for f in fields(DataInfo)}
     needed = data_keys - {"class_counts", "held_out", "multilabel", "thresholds"}  # older checkpoints lack these
     if not needed <= set(ckpt["data"]) <= data_keys:
-        raise UserError(f"checkpoint {path} has a 'data' entry with keys {sorted(ckpt['data'])}, not "
-                        f"{sorted(data_keys)}; use another checkpoint")
+        raise UserError(f"checkpoint {path} has a 'data' entry with keys {shown(sorted(map(str, ckpt['data'])))}, "
+                        f"not {sorted(data_keys)}; use another checkpoint")
+    check_data(ckpt["data"], path)
     for name, weight in ckpt["model"].items():
         if not isinstance(weight, torch.Tensor):
             raise UserError(f"checkpoint {path}: model entry '{name}' is not a tensor; use another checkpoint")
         if weight.is_floating_point() and not torch.isfinite(weight).all():
             raise UserError(f"checkpoint {path} has NaN or infinite weights in '{name}': the run diverged before "
                             "it was saved; use an earlier checkpoint or train again with a lower train.lr")
+
+
+def check_data(data: dict, path: Path) -> None:
+    """The data description's types: what every reader indexes, sizes and normalises with."""
+    def numbers(values, count=None) -> bool:
+        return isinstance(values, list) and all(type(v) in (int, float) for v in values) and (
+            count is None or len(values) == count)
+    channels, names = data["in_channels"], data["class_names"]
+    fine = (type(channels) is int and channels in (1, 3) and type(data["image_size"]) is int
+            and 1 <= data["image_size"] <= 65535 and isinstance(names, list) and len(names) >= 2
+            and all(isinstance(n, str) for n in names) and numbers(data["mean"], channels)
+            and numbers(data["std"], channels) and all(v > 0 for v in data["std"])
+            and numbers(data.get("class_counts", []), None))
+    if not fine:
+        raise UserError(f"checkpoint {path} has a damaged 'data' entry (class names, channels, image size, mean "
+                        "and std); use another checkpoint, e.g. last.pt of the same run")
 
 
 def config_of(ckpt: dict) -> Config:
@@ -122,6 +139,13 @@ def latest_run(output_dir: str | Path) -> Path:
         raise UserError(f"no runs with a last.pt under {output_dir}/; train one with python train.py "
                         "or pass a checkpoint path")
     return max(runs, key=lambda run: (run / "last.pt").stat().st_mtime)
+
+
+def run_checkpoints(folder: str | Path) -> list[str]:
+    """The checkpoint files (*.pt) in folder: the one test of whether a folder holds a run, which nothing
+    may overwrite (train.py) and which a command line takes as the checkpoint (test.py --predict)."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.glob("*.pt") if p.is_file()) if folder.is_dir() else []
 
 
 def resolve(path: str | None, output_dir: str | Path, filename: str) -> Path:

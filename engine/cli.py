@@ -1,34 +1,15 @@
 """What every script shares: --config and overrides, the checkpoint argument, one-line errors and exit codes."""
 import argparse
-import os
 import re
-import signal
-import sys
-import tempfile
-import threading
-import time
-import traceback
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable
 
-import torch
-
-from engine.checkpoint import resolve
+from engine import entry
+from engine.checkpoint import resolve, run_checkpoints
 from engine.config import Config, key_help, load_config
-from engine.errors import UserError
+from engine.entry import Parser, check_interrupted  # noqa: F401 (the scripts import them from here)
+from engine.errors import UserError, shown
 from model import ShapeError
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C but exiting with 143."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, like every other error here."""
-
-    def error(self, message: str) -> None:
-        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
-        sys.exit(2)
 
 
 def positive_int(text: str) -> int:
@@ -36,7 +17,7 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {shown(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -50,79 +31,9 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-# Exit statuses, also listed in docs/troubleshooting.md.
-EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
-EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
-SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
-received: list[int] = []  # Ctrl-C / SIGTERM seen during this run_cli call
-
-
-def on_signal(signum: int, frame) -> None:
-    """Ctrl-C and SIGTERM: remember the signal, then interrupt whatever runs now."""
-    received.append(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def check_interrupted() -> None:
-    """Raise again a Ctrl-C or SIGTERM that was swallowed: an exception raised inside a finalizer or a
-    weakref callback (matplotlib runs many during garbage collection) is printed and dropped by Python."""
-    if received:
-        raise Terminated() if received[-1] == signal.SIGTERM else KeyboardInterrupt()
-
-
-def fail(message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
-
-
-def report_unexpected(err: BaseException, script: str) -> NoReturn:
-    """One line naming the exception and where it was raised; the full traceback goes to a file."""
-    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
-    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-    text = str(err).splitlines()[0][:200] if str(err) else ""
-    name = f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-traceback.txt"
-    path = Path(tempfile.gettempdir()) / name
-    try:
-        path.write_text("".join(traceback.format_exception(err)))
-        saved = f"the full traceback is in {path}; please report it with that file"
-    except OSError:
-        saved = "the traceback could not be written to the temporary folder"
-    fail(f"unexpected {type(err).__name__}{where}: {text}; this is a bug in the template, not in your input; "
-         f"{saved}", EXIT_UNEXPECTED)
-
-
-def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a script's main on argv (default: the command line) and turn every way it can end into an exit
-    status: 0 done, 2 with one `error:` line for a problem the user can fix, 3 with one line and a
-    traceback file for a bug, 130 Ctrl-C, 143 SIGTERM."""
-    received.clear()
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS} if in_main_thread else {}
-    try:
-        main(argv)
-    except (UserError, ShapeError) as err:
-        fail(str(err))
-    except KeyboardInterrupt as err:
-        sys.exit(143 if isinstance(err, Terminated) else 130)
-    except BrokenPipeError:  # e.g. `python test.py | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    except Exception as err:
-        if is_out_of_memory(err):
-            fail(f"out of memory ({str(err).splitlines()[0][:120]}); lower train.batch_size or "
-                 "train.eval_batch_size, the model's widths, or data.image_size")
-        if isinstance(err, OSError):  # a file the user named or a folder they chose: theirs to fix
-            fail(f"{err.filename or 'a file'}: {err.strerror or err}; check that it exists, is readable, "
-                 "and that its folder is writable with free space")
-        report_unexpected(err, getattr(main, "__module__", "script"))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
+    """engine/entry.py's run_cli, with model.py's ShapeError (a config the image is too small for) a user error."""
+    entry.run_cli(main, argv, (ShapeError,))
 
 
 # The only settings test.py and the tools that read a checkpoint take from the config; the model and data
@@ -153,8 +64,20 @@ def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
     paths = [text for text in inputs if text not in overrides]
     for text in overrides:
         if text.partition("=")[0] not in CHECKPOINT_CONFIG_KEYS:
-            raise UserError(f"override {text!r}: only {', '.join(CHECKPOINT_CONFIG_KEYS)} are read from the "
+            raise UserError(f"override {shown(text)}: only {', '.join(CHECKPOINT_CONFIG_KEYS)} are read from the "
                             "config; the model and data come from the checkpoint")
     if len(paths) > 1:
-        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {' '.join(paths)}")
+        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {shown(paths)}")
     return (paths[0] if paths else None), overrides
+
+
+def is_checkpoint_argument(text: str) -> bool:
+    """A .pt file or a folder that holds a run: what the checkpoint argument names, never an image."""
+    return Path(text).suffix == ".pt" or bool(run_checkpoints(text))
+
+
+def checkpoint_among(images: list[str], inputs: list[str]) -> tuple[list[str], list[str]]:
+    """(images, inputs) with any checkpoint or run folder among images moved to inputs, where it is taken as
+    the checkpoint (`--predict photos/ checkpoints/<run>`, as `--cam IMG checkpoints/<run>`)."""
+    found = [text for text in images if is_checkpoint_argument(text)]
+    return [text for text in images if text not in found], inputs + found

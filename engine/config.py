@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from model import MODELS, ModelConfig, model_class, settings_of
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -118,7 +118,7 @@ class Config:
 def fail_unknown(key: str, known: list[str], path: str) -> None:
     guess = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(known)}"
-    raise UserError(f"unknown config key '{path}{key}'; {hint}")
+    raise UserError(f"unknown config key {shown(path + key)}; {hint}")
 
 
 def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
@@ -127,7 +127,9 @@ def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
         return build(tp, value, path + ".")
     if get_origin(tp) is list:
         if not isinstance(value, list):
-            raise UserError(f"{path}: expected a list, got {value!r}")
+            raise UserError(f"{path}: expected a list, got {shown(value)}")
+        if len(value) < meta.get("min_items", 0):
+            raise UserError(f"{path}: needs at least {meta['min_items']} item(s), got {shown(value)}")
         return [convert(get_args(tp)[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
     if get_origin(tp) in (Union, UnionType):  # e.g. Literal["auto"] | int: the first alternative that fits
         for option in get_args(tp):
@@ -137,19 +139,19 @@ def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
                 pass
         allowed = [" | ".join(map(str, get_args(o))) if get_origin(o) is Literal else o.__name__ for o in get_args(tp)]
         low = f" >= {meta['min']}" if "min" in meta else ""
-        raise UserError(f"{path}: expected {' or '.join(allowed)}{low}, got {value!r}")
+        raise UserError(f"{path}: expected {' or '.join(allowed)}{low}, got {shown(value)}")
     if get_origin(tp) is Literal:
         if value not in get_args(tp):
             choices = " | ".join(str(c) for c in get_args(tp))
-            raise UserError(f"{path}: {value!r} is not allowed; use one of {choices}")
+            raise UserError(f"{path}: {shown(value)} is not allowed; use one of {choices}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{path}: expected true or false, got {value!r}")
+            raise UserError(f"{path}: expected true or false, got {shown(value)}")
         return value
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise UserError(f"{path}: expected a string, got {value!r}")
+            raise UserError(f"{path}: expected a string, got {shown(value)}")
         return str(value)
     return check_range(number(tp, value, path), path, meta)
 
@@ -158,33 +160,36 @@ def number(tp: type, value: Any, path: str) -> float:
     """An int or float; accepts strings such as '1e-3', which PyYAML does not read as floats."""
     kind = "an integer" if tp is int else "a number"
     if isinstance(value, bool):
-        raise UserError(f"{path}: expected {kind}, got {value!r}")
+        raise UserError(f"{path}: expected {kind}, got {shown(value)}")
     try:
         converted = tp(float(value)) if tp is float else int(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-        raise UserError(f"{path}: expected {kind}, got {value!r}") from None
+        raise UserError(f"{path}: expected {kind}, got {shown(value)}") from None
     if tp is int and isinstance(value, float) and value != converted:
-        raise UserError(f"{path}: expected an integer, got {value!r}")
+        raise UserError(f"{path}: expected an integer, got {shown(value)}")
     if converted != converted or converted in (float("inf"), float("-inf")):
-        raise UserError(f"{path}: expected a finite number, got {value!r}")
+        raise UserError(f"{path}: expected a finite number, got {shown(value)}")
     return converted
+
+
+INT_MAX = 2 ** 31 - 1  # the upper bound of every integer key without its own: sizes and counts PyTorch can index
 
 
 def check_range(value: float, path: str, meta: dict) -> float:
     if "gt" in meta and not value > meta["gt"]:
-        raise UserError(f"{path}: must be greater than {meta['gt']}, got {value}")
-    if "min" in meta and value < meta["min"]:
+        raise UserError(f"{path}: must be greater than {meta['gt']}, got {shown(value)}")
+    if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
         limit = f"between {meta['min']} and {meta['max']}" if "max" in meta else f"at least {meta['min']}"
-        raise UserError(f"{path}: must be {limit}, got {value}")
-    if "max" in meta and value > meta["max"]:
-        raise UserError(f"{path}: must be between {meta['min']} and {meta['max']}, got {value}")
+        raise UserError(f"{path}: must be {limit}, got {shown(value)}")
+    if isinstance(value, int) and "max" not in meta and value > INT_MAX:
+        raise UserError(f"{path}: must be at most {INT_MAX:,}, got {shown(value)}")
     return value
 
 
 def build(cls: type, raw: Any, path: str = "") -> Any:
     """Turn a dict into the dataclass cls, naming any unknown, missing or ill-typed key."""
     if not isinstance(raw, dict):
-        raise UserError(f"{path.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+        raise UserError(f"{path.rstrip('.') or 'config'}: expected a mapping of keys, got {shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -202,9 +207,13 @@ def config_from_dict(raw: Any) -> Config:
     if isinstance(data, dict) and isinstance(data.get("augment"), bool):  # saved when augment was true/false
         raw = {**raw, "data": {**data, "augment": "flip_crop" if data["augment"] else "none"}}
     cfg = build(Config, with_unread_model_keys(raw))
+    check_model_name(cfg.model.name)  # also when YAML read it as a number (model.name=0)
     if cfg.model.pretrained == "imagenet" and cfg.model.name in MODELS:
         raise UserError(f"model.pretrained: {cfg.model.name} has no ImageNet weights; use a torchvision model "
                         "such as resnet18, a PATH of your own weights, or none")
+    if isinstance(cfg.train.class_weights, list) and not any(w > 0 for w in cfg.train.class_weights):
+        raise UserError(f"train.class_weights: {shown(cfg.train.class_weights)} gives every class weight 0, so no "
+                        "image counts in the loss; give the classes that should count a weight above 0, or balanced")
     check_device_name(cfg.run.device, "run.device")
     check_plain_name(cfg.run.name, "run.name")
     return cfg
@@ -224,31 +233,36 @@ def check_plain_name(name: str, key: str) -> None:
 
 
 def with_unread_model_keys(raw: Any) -> Any:
-    """raw with the model.* keys that the chosen model does not read filled in from config.yaml, so that
-    a config names only the settings of its own architecture (see settings_of in model.py)."""
+    """raw with the model.* keys that the chosen model does not read taken from config.yaml, so that a config
+    names only the settings of its own architecture (see settings_of in model.py) and saves what it ran."""
     model = raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         return raw
-    if model_class(model["name"]) is None:
-        raise UserError(f"model.name: {model['name']!r} is not a registered model; use one of "
-                        f"{' | '.join(MODELS)}, a torchvision model name (resnet18, efficientnet_b0, ...; "
-                        "torchvision.models.list_models()) or add yours to MODELS in model.py")
+    check_model_name(model["name"])
     unread = {key: value for key, value in read_yaml(DEFAULT_CONFIG)["model"].items()
               if key not in settings_of(model["name"])}
-    return {**raw, "model": {**unread, **model}}
+    return {**raw, "model": {**model, **unread}}  # a value set for an unread key has no effect (load_config notes it)
+
+
+def check_model_name(name: str) -> None:
+    """model.name must name a model of MODELS or of torchvision."""
+    if model_class(name) is None:
+        raise UserError(f"model.name: {shown(name)} is not a registered model; use one of "
+                        f"{' | '.join(MODELS)}, a torchvision model name (resnet18, efficientnet_b0, ...; "
+                        "torchvision.models.list_models()) or add yours to MODELS in model.py")
 
 
 def check_device_name(name: str, key: str) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise UserError(f"{key}: {name!r} is not allowed; use auto | cpu | cuda | cuda:N | mps")
+        raise UserError(f"{key}: {shown(name)} is not allowed; use auto | cpu | cuda | cuda:N | mps")
 
 
 def apply_override(raw: dict, text: str) -> None:
     """Set one dotted key in the raw config: 'train.lr=0.01', 'model.conv_blocks.0.out_channels=8'."""
     key, sep, value_text = text.partition("=")
     if not sep or not key:
-        raise UserError(f"override {text!r} is not of the form key=value, e.g. train.lr=0.01")
-    value = parse_yaml(value_text, f"override {text!r}: the value") if value_text else ""
+        raise UserError(f"override {shown(text)} is not of the form key=value, e.g. train.lr=0.01")
+    value = parse_yaml(value_text, f"override {shown(text)}: the value") if value_text else ""
     *parents, last = key.split(".")
     node: Any = raw
     for part in parents:
@@ -258,7 +272,7 @@ def apply_override(raw: dict, text: str) -> None:
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise UserError(f"override {text!r}: '{key}' goes below a value that has no keys")
+        raise UserError(f"override {shown(text)}: '{key}' goes below a value that has no keys")
 
 
 def child(node: Any, part: str, key: str) -> Any:
@@ -293,10 +307,60 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+YAML_NODES_MAX = 100_000  # values a config may hold once its aliases (*name) are expanded; config.yaml has ~100
+
+
+def expanded_size(node: yaml.Node, limit: int, sizes: dict[int, int]) -> int:
+    """How many values node holds with every alias expanded, counted without expanding (each node once), or
+    more than limit as soon as that is certain: a 1 kB alias bomb would expand to billions."""
+    if id(node) not in sizes:
+        sizes[id(node)] = limit + 1  # a node that contains itself expands forever
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        total = 1
+        for child in children:
+            total += expanded_size(child, limit, sizes)
+            if total > limit:
+                break
+        sizes[id(node)] = total
+    return sizes[id(node)]
+
+
+YAML_DEPTH_MAX = 50  # levels of nesting; config.yaml has 3, and PyYAML's recursive parser dies near 1,000
+
+
+def check_depth(text: str, where: str) -> None:
+    """Refuse a document nested deeper than YAML_DEPTH_MAX, found by PyYAML's scanner (which does not recurse)."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
+                              yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
+            depth += 1
+            if depth > YAML_DEPTH_MAX:
+                raise UserError(f"{where} is nested more than {YAML_DEPTH_MAX} levels deep; a config needs a few "
+                                "levels at most")
+        elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
+            depth -= 1
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """yaml.load with UniqueKeyLoader, refusing a document whose aliases expand beyond YAML_NODES_MAX values."""
+    check_depth(text, where)
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and expanded_size(node, YAML_NODES_MAX, {}) > YAML_NODES_MAX:
+            raise UserError(f"{where} holds more than {YAML_NODES_MAX:,} values once its aliases (*name) are "
+                            "expanded; a config needs a few hundred at most")
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str, where: str) -> Any:
     """YAML text -> plain data; where names the file or override in messages."""
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)
+        return load_yaml(text, where)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -339,13 +403,44 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
     if path is not None:
         file_raw = read_yaml(path)
         if not isinstance(file_raw, dict):
-            raise UserError(f"config file {path} must map sections (data:, model:, ...) to keys, got {file_raw!r}")
+            raise UserError(f"config file {path} must map sections (data:, model:, ...) to keys, got {shown(file_raw)}")
         raw = with_defaults(file_raw, raw)
     for text in overrides:
         if not isinstance(raw, dict):
             break
         apply_override(raw, text)
-    return config_from_dict(raw)
+    cfg = config_from_dict(raw)
+    for note in without_effect(cfg, set_keys(file_raw if path is not None else {}, overrides)):
+        print(f"note: {note}")
+    return cfg
+
+
+def set_keys(file_raw: dict, overrides: list[str]) -> list[str]:
+    """The keys the user set: overrides, and the keys of a --config file whose value differs from config.yaml's."""
+    defaults = flatten(read_yaml(DEFAULT_CONFIG))
+    keys = [key for key, value in flatten(file_raw).items() if key in defaults and value != defaults[key]]
+    keys += [".".join(text.partition("=")[0].split(".")[:2]) for text in overrides]  # model.conv_blocks.0.x
+    return list(dict.fromkeys(keys))
+
+
+def without_effect(cfg: Config, keys: list[str]) -> list[str]:
+    """A note for each key the user set that the chosen model or data set does not read."""
+    model, data, train = cfg.model.name, cfg.data, cfg.train
+    reads = settings_of(model)
+    unread = {
+        **{f"model.{key}": f"model.name={model} does not read it (it reads model.{', model.'.join(reads)})"
+           for key in (f.name for f in dataclasses.fields(ModelConfig)) if key not in reads},
+        "data.root": "data.name=digits is embedded and reads no folder; set data.name=folder for your images"
+        if data.name == "digits" else "",
+        "data.image_size": f"data.name={data.name} has its own size" if data.name != "folder" else "",
+        "data.channels": f"data.name={data.name} has its own channels" if data.name != "folder" else "",
+        "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
+        "train.momentum": f"train.optimizer={train.optimizer} has no momentum" if train.optimizer != "sgd" else "",
+        "train.step_epochs": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
+        "train.step_gamma": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
+        "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
+    }
+    return [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
 
 
 def to_dict(cfg: Config) -> dict:

@@ -5,7 +5,6 @@ and cached; engine/loaders.py batches them.
 import hashlib
 import math
 import os
-import pickle
 import struct
 import time
 from dataclasses import dataclass, field
@@ -97,17 +96,37 @@ def read_or_decode(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Ten
     start = time.perf_counter()
     cache = cache_path(cfg, split)
     if cache is not None and cache.is_file():
-        try:
-            cached = torch.load(cache, weights_only=True)
+        cached = read_cache(cache, lambda c: valid_split(c, cfg))
+        if cached is not None:
             print(f"data: {cfg.name} {split} read from {cache} in {time.perf_counter() - start:.1f}s")
             return cached["images"], cached["labels"]
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError):
-            pass  # a damaged cache is rebuilt below
     images, labels = load_folder(cfg, split) if cfg.name in FILE_SETS else load_torchvision(cfg, split)
     message = f"data: {cfg.name} {split} decoded in {time.perf_counter() - start:.1f}s"
     cache = cache or cache_path(cfg, split)  # the files exist now, even if they were just downloaded
     print(message + (write_cache({"images": images, "labels": labels}, cache) if cache else ""))
     return images, labels
+
+
+def read_cache(cache: Path, is_valid) -> dict | None:
+    """A cache file's content if it loads and is_valid(content) holds; None (rebuild it) for anything else."""
+    try:
+        content = torch.load(cache, weights_only=True)
+    except Exception:  # truncated, damaged or foreign: the unpickler raises almost any type
+        return None
+    try:
+        return content if isinstance(content, dict) and is_valid(content) else None
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+
+
+def valid_split(content: dict, cfg: DataConfig) -> bool:
+    """A decoded split's layout: uint8 images (N, C, H, W) of the configured channels and size, N int64 labels."""
+    images, labels = content["images"], content["labels"]
+    return (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor) and images.dtype == torch.uint8
+            and images.ndim == 4 and labels.dtype == torch.int64 and labels.shape == (len(images),)
+            and len(images) > 0 and (cfg.name not in FILE_SETS or images.shape[1:] == (cfg.channels, folder_size(cfg),
+                                                                                folder_size(cfg)))
+            and int(labels.min()) >= 0)
 
 
 def write_cache(content: dict, cache: Path) -> str:
@@ -153,7 +172,13 @@ def cache_path(cfg: DataConfig, split: str) -> Path | None:
 def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not DIGITS_PATH.is_file():
         raise UserError(f"{DIGITS_PATH} is missing; restore it with git checkout or run data/make_digits.py")
-    digits = torch.load(DIGITS_PATH, weights_only=True)
+    digits = read_cache(DIGITS_PATH, lambda c: c["images"].shape[1:] == (8, 8) and c["images"].dtype == torch.uint8
+                        and len(c["labels"]) == len(c["images"]) and len(c["train_idx"]) and len(c["test_idx"]))
+    if digits is None:
+        lfs = DIGITS_PATH.read_bytes()[:100].startswith(b"version https://git-lfs")
+        raise UserError(f"{DIGITS_PATH} is {'a Git LFS pointer, not the data' if lfs else 'damaged'}; "
+                        f"{'run git lfs pull, or ' if lfs else ''}restore it with git checkout or run "
+                        "data/make_digits.py")
     idx = digits[f"{split}_idx"]
     return digits["images"][idx].unsqueeze(1), digits["labels"][idx]  # (N, 1, 8, 8), (N,)
 

@@ -1,5 +1,51 @@
-"""The error a user can fix: scripts print it as one `error:` line and exit 2 (engine/cli.py run_cli)."""
+"""The error a user can fix: scripts print it as one `error:` line and exit 2 (engine/entry.py run_cli), and
+the two ways every message shows what the user gave: abbreviated (shown) and on one line (printable)."""
 
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, without a traceback."""
+
+
+SHOWN_CHARS = 60  # of a value quoted in a message: enough to recognise it, never a screenful
+SHOWN_ITEMS = 3  # of a list or mapping
+
+
+def printable(text: object) -> str:
+    """text on one line: control characters (a newline in a file name, an escape sequence) written as escapes."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A user's value for a message, abbreviated: its repr if short, else its type, length and first items."""
+    if isinstance(value, (list, tuple, dict)) and limit < 20:
+        return f"[{len(value):,} items]" if not isinstance(value, dict) else f"{{{len(value):,} keys}}"
+    if isinstance(value, (list, tuple, dict)):
+        whole = repr_limited(value, limit)
+        if whole is not None:
+            return whole
+        first = ", ".join(shown(v, limit // 4) for v in list(value)[:SHOWN_ITEMS])
+        return (f"a mapping of {len(value):,} keys ({first}, ...)" if isinstance(value, dict)
+                else f"a list of {len(value):,} items [{first}, ...]")
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # str() of a huge int is slow, or refused
+        return f"an integer of {value.bit_length():,} bits"
+    text = printable(repr(value) if isinstance(value, str) else value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
+
+
+def repr_limited(value: list | tuple | dict, limit: int) -> str | None:
+    """The repr of a container if it fits in limit characters, else None, known as soon as the parts overflow
+    (so a value that an alias repeats a million times is never written out)."""
+    parts, used = [], 2
+    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+    for key, item in items:
+        part = shown(item, limit - 2) if key is None else f"{shown(key, limit - 2)}: {shown(item, limit - 2)}"
+        used += len(part) + 2
+        if used > limit + 2 or "..." in part or " items" in part or " keys" in part:
+            return None
+        parts.append(part)
+    text = ", ".join(parts)
+    return "[" + text + "]" if isinstance(value, list) else "(" + text + ")" if isinstance(value, tuple) else (
+        "{" + text + "}")

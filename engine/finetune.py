@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.checkpoint import FORMAT_VERSION, data_of
+from engine.checkpoint import FORMAT_VERSION, check_contents, data_of
 from engine.config import Config, TrainConfig
 from engine.datasets import DEFAULT_SIZE, FILE_SETS, DataInfo
 from engine.devices import sync_batchnorm, wrap
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from engine.loaders import Loader, make_train_loaders
 from model import ModelConfig, TorchvisionModel, build_model, model_class
 
@@ -46,12 +46,17 @@ def read_pretrained(cfg: ModelConfig) -> Pretrained | None:
         raise UserError(f"model.pretrained: {path} is not a state dict or checkpoint readable with "
                         "weights_only=True; save one with torch.save(model.state_dict(), path)") from None
     if isinstance(loaded, dict) and loaded.get("format_version") == FORMAT_VERSION:  # a run of this template
+        check_contents(loaded, path)  # what test.py checks: entries, data description, finite weights
         info = data_of(loaded)
         return Pretrained(loaded["model"], str(path), info.mean, info.std, info.image_size, info.class_names)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):  # e.g. Lightning's
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise UserError(f"model.pretrained: {path} holds no state dict (a mapping of layer names to tensors)")
+    bad = next((str(k) for k, v in loaded.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"model.pretrained: {path} has NaN or infinite weights in {shown(bad)}; use weights "
+                        "saved before the run that made them diverged")
     return Pretrained(loaded, str(path))
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from engine.errors import printable
+
 
 class ImageError(ValueError):
     """A file or upload that cannot be used as an image."""
@@ -78,7 +80,10 @@ def image_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+            found = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files += found
+            if not found:
+                errors.append(f"{path} holds no files to predict")
         elif path.is_file():
             files.append(path)
         else:
@@ -101,7 +106,7 @@ def read_inputs(inputs: list[str], channels: int, size: int,
         except ImageError as err:
             errors.append(str(err))
     for message in errors:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {printable(message)}", file=sys.stderr)
     return good, np.stack(images) if images else np.zeros((0, channels, size, size), np.uint8), len(errors)
 
 
@@ -131,19 +136,23 @@ def answer(pairs: list[tuple[str, float]], min_confidence: float | None) -> str:
 
 
 def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int,
-                       min_confidence: float | None = None) -> str:
-    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`); returns the same predictions as CSV text.
+                       model: str = "", min_confidence: float | None = None) -> str:
+    """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`) after a line naming the model that answered;
+    returns the same predictions as CSV text, with the model in its last column.
 
     With min_confidence an image whose top probability is below it is answered UNKNOWN, its classes and
     probabilities still listed (`file: unknown (below 90%): 3 62.1%, ...`), and the CSV gains an answer column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     chosen = [] if min_confidence is None else ["answer"]
-    writer.writerow(["file", *chosen] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")])
+    writer.writerow(["file", *chosen] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")]
+                    + ["model"])
+    if files:
+        print(f"predictions of {printable(model)}:")
     for file, pairs in zip(files, predictions):
         said, doubtful = answer(pairs, min_confidence), min_confidence is not None and pairs[0][1] < min_confidence
         unknown = f"{UNKNOWN} (below {100 * min_confidence:g}%): " if doubtful else ""
-        print(f"{file}: {unknown}" + ", ".join(f"{name} {100 * p:.1f}%" for name, p in pairs))
+        print(f"{printable(file)}: {unknown}" + ", ".join(f"{printable(name)} {100 * p:.1f}%" for name, p in pairs))
         row = [str(file), *([said] if chosen else [])]
-        writer.writerow(row + [v for name, p in pairs for v in (name, f"{p:.6f}")])
+        writer.writerow(row + [v for name, p in pairs for v in (name, f"{p:.6f}")] + [model])
     return buffer.getvalue()

@@ -15,7 +15,7 @@ from torch import nn
 from engine.augment import Augmentation, augment_images, augment_normalised, generator_for
 from engine.config import Config, DataConfig, TrainConfig
 from engine.datasets import (FILE_SETS, DataInfo, cache_path, check_held_out, describe, folder_files, folder_size,
-                             held_out_names, load_split, read_image, write_cache)
+                             held_out_names, load_split, read_cache, read_image, write_cache)
 from engine.distributed import local_main_first, rank_and_world
 from engine.errors import UserError
 
@@ -278,12 +278,29 @@ def normalisation(cfg: Config, images: Images, train_idx: torch.Tensor) -> dict:
     if cache is not None:
         cache = cache.with_name(f"{cache.stem}-stats-{cfg.run.seed}-{cfg.data.val_fraction}.pt")
     with local_main_first():
-        if cache is not None and cache.is_file():
-            return torch.load(cache, weights_only=True)
+        cached = read_cache(cache, lambda c: valid_stats(c, images)) if cache is not None and cache.is_file() else None
+        if cached is not None:
+            return cached
         mean, std = channel_stats(decoded(subset(images, sample.sort().values)))
         if cache is not None:
             write_cache({"mean": mean, "std": std}, cache)
         return {"mean": mean, "std": std}
+
+
+def valid_stats(content: dict, images: Images) -> bool:
+    """Cached normalisation statistics: a finite, positive std and a mean per channel of the images."""
+    channels = images[0].shape[0]
+    mean, std = content["mean"], content["std"]
+    return (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == channels
+            and all(isinstance(v, float) and math.isfinite(v) for v in mean + std) and min(std) > 0)
+
+
+def check_crop(cfg: DataConfig, image_size: int) -> None:
+    """A crop shifted by up to data.crop_padding pixels: at the image's size or more most crops would be blank."""
+    if cfg.augment != "none" and cfg.crop_padding >= image_size:
+        raise UserError(f"data.crop_padding={cfg.crop_padding} is at least the {image_size}x{image_size} image, so "
+                        f"most random crops would be blank; use at most {max(0, image_size // 2)} "
+                        "(4 is usual for 32x32)")
 
 
 def augmentation(cfg: Config, num_classes: int) -> Augmentation:
@@ -308,6 +325,7 @@ def make_train_loaders(cfg: Config, device: torch.device,
     counts = label_counts(labels[train_idx], len(info.class_names)).tolist()
     info = replace(info, mean=stats[0], std=stats[1], class_counts=counts, held_out=held_out_names(cfg.data))
     note_small_val(labels[val_idx], info.class_names, cfg.data.val_fraction)
+    check_crop(cfg.data, info.image_size)
     workers = num_workers(cfg.data)
     shuffled = Batching(cfg.train.batch_size, cfg.run.seed, augmentation(cfg, len(info.class_names)), workers,
                         drop_last=cfg.run.compile, balanced=cfg.data.sampler == "balanced")

@@ -1,23 +1,26 @@
 """Run folders: where a run goes, the lock that keeps one writer per folder, what --resume continues, and
 the files that record each epoch (metrics.csv, curves.png, the epoch line).
 """
+import contextlib
 import csv
 import itertools
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
 from torch import nn
 
 from engine import distributed
-from engine.checkpoint import load_checkpoint, resolve
-from engine.config import (Config, apply_override, changed_keys, config_from_dict, load_config, read_yaml, to_yaml,
-                           with_defaults)
+from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
+from engine.config import (Config, apply_override, changed_keys, config_from_dict, flatten, load_config, read_yaml,
+                           to_yaml, with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from engine.loaders import Loader
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
@@ -38,7 +41,7 @@ def claim(run_dir: Path) -> RunLock:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists()
+    return bool(run_checkpoints(run_dir))
 
 
 def make_run_dir(cfg: Config, explicit_name: bool = False) -> tuple[Path, RunLock]:
@@ -91,7 +94,7 @@ def overridden(saved: dict, overrides: list[str]) -> Config:
     for text in overrides:
         key = text.partition("=")[0]
         if key not in RESUMABLE:
-            raise UserError(f"override {key!r} cannot change on --resume (it would be a different run); "
+            raise UserError(f"override {shown(key)} cannot change on --resume (it would be a different run); "
                             f"allowed: {', '.join(RESUMABLE)}")
         apply_override(raw, text)
     cfg = config_from_dict(raw)
@@ -101,6 +104,39 @@ def overridden(saved: dict, overrides: list[str]) -> Config:
     if overrides:
         print(f"resuming with {' '.join(overrides)} (recorded in the run's config.yaml)")
     return cfg
+
+
+def config_edits(ckpt: dict, run_dir: Path, overrides: list[str]) -> list[str]:
+    """Hand edits of the run's config.yaml, which --resume rewrites from the checkpoint: the keys a resumed run may
+    change become overrides (named), any other is refused (a resumed run continues its checkpoint's settings)."""
+    if not (run_dir / "config.yaml").is_file():
+        return []
+    try:
+        saved = read_yaml(run_dir / "config.yaml")
+    except UserError:
+        saved = None
+    if not isinstance(saved, dict):
+        print(f"note: {run_dir / 'config.yaml'} is not a config; it is rewritten from the checkpoint")
+        return []
+    given = {text.partition("=")[0] for text in overrides}
+    ours, theirs = flatten(ckpt["config"]), flatten(saved)
+    edited = [key for key in ours if key in theirs and theirs[key] != ours[key] and key != "run.name"
+              and key not in given]
+    refused = [key for key in edited if key not in RESUMABLE]
+    if refused:
+        raise UserError(f"{run_dir / 'config.yaml'} was edited: {', '.join(refused[:3])} differ from the checkpoint "
+                        f"({shown(theirs[refused[0]])} vs {shown(ours[refused[0]])}); a resumed run continues its "
+                        "checkpoint's settings, so undo the edit, or start a new run with --config "
+                        f"{run_dir / 'config.yaml'}")
+    edits = [f"{key}={yaml_value(theirs[key])}" for key in edited]
+    if edits:
+        print(f"note: taking {' '.join(edits)} from the edited {run_dir / 'config.yaml'}")
+    return edits
+
+
+def yaml_value(value: object) -> str:
+    """A value as the text of a key=value override."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def finished(ckpt: dict, cfg: Config) -> str:
@@ -119,7 +155,9 @@ def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Co
     """What --resume continues: a run's last.pt, or a run folder killed before its first epoch ended,
     which starts again from its config.yaml."""
     path = resolve(resume or None, load_config(config, []).run.output_dir, "last.pt")
-    if resume and Path(resume).is_dir() and not path.exists():
+    if resume and Path(resume).is_dir() and not path.exists() and run_checkpoints(path.parent):
+        path = last_state(path.parent)
+    elif resume and Path(resume).is_dir() and not path.exists():
         if not (path.parent / "config.yaml").is_file():
             raise UserError(f"{path.parent} holds no checkpoint and no config.yaml: it was stopped before its "
                             "first file was written, so there is nothing to resume; start the run again with "
@@ -129,8 +167,33 @@ def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Co
     if distributed.is_torchrun() and not path.is_file():
         raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
                         "run.output_dir must be storage that every machine sees (e.g. NFS)")
+    if path.name != "last.pt" and (path.parent / "last.pt").is_file():
+        raise UserError(f"{path} is not the last.pt of its run: resuming it would overwrite {path.parent / 'last.pt'}; "
+                        f"continue the run with python train.py --resume {path.parent}, or start a new one from it "
+                        f"with model.pretrained={path}")
     ckpt = load_checkpoint(path)
-    return resumed_config(ckpt, overrides), ckpt, path.parent
+    return resumed_config(ckpt, config_edits(ckpt, path.parent, overrides) + overrides), ckpt, path.parent
+
+
+def last_state(run_dir: Path) -> Path:
+    """The checkpoint --resume continues in a run folder without last.pt: best.pt when it holds the one epoch
+    metrics.csv records (kill -9 between best.pt and last.pt of epoch 1); anything else would be overwritten by
+    starting again, so it is refused, naming what the folder holds and the command that continues from it."""
+    best, described = run_dir / "best.pt", []
+    for name in run_checkpoints(run_dir):
+        try:
+            described.append(f"{name} (epoch {load_checkpoint(run_dir / name)['epoch']})")
+        except UserError:
+            described.append(f"{name} (unreadable)")
+    rows = (run_dir / "metrics.csv").read_text(errors="replace").count("\n") - 1 if (
+        run_dir / "metrics.csv").is_file() else -1
+    if rows == 1 and "best.pt (epoch 1)" in described:  # later epochs always leave a last.pt: it was deleted
+        print(f"note: {run_dir} has no last.pt; its best.pt holds its one epoch, continuing from it")
+        return best
+    continue_from = best if best.is_file() else run_dir / run_checkpoints(run_dir)[0]
+    raise UserError(f"{run_dir} holds {', '.join(described)} but no last.pt, so --resume will not start it again "
+                    f"over them; continue from that checkpoint with python train.py --resume {continue_from}, or "
+                    "start a new run")
 
 
 def write_metrics(history: list[dict], run_dir: Path) -> None:
@@ -203,6 +266,17 @@ def log_tensorboard(writer, row: dict) -> None:
         for key, value in row.items():
             writer.add_scalar(key, value, row["epoch"])
         writer.flush()
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """The folder of a new run that failed before its first epoch ended, with the files it wrote (rank 0)."""
+    if not is_main() or run_checkpoints(run_dir):
+        return
+    for name in ("config.yaml", "metrics.csv", "curves.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: it held files of the user's before
+        run_dir.rmdir()
 
 
 def say_how_to_continue(run_dir: Path, epoch: int) -> None:

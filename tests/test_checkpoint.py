@@ -148,8 +148,9 @@ def test_resuming_a_run_from_before_the_balanced_metrics_keeps_its_rows(tiny_cfg
     for row in ckpt["history"]:
         del row["val_balanced_acc"], row["val_macro_f1"]  # as a version without these columns saved it
     torch.save(ckpt, run_dir / "last.pt")
-    code, _, err = call_script(train_main, "--resume", str(run_dir), "train.epochs=3", cwd=tmp_path)
+    code, out, err = call_script(train_main, "--resume", str(run_dir), "train.epochs=3", cwd=tmp_path)
     assert code == 0, err
+    assert f"resuming {run_dir}: 2 of 3 epochs done, continuing with epoch 3" in out  # says where it continues
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]

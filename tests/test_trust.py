@@ -1,6 +1,7 @@
 """How far to trust a model: calibration (ECE, the temperature fit, what it must not change), the unknown
 answer of --min-confidence, the checked int8 export, MODEL_CARD.md and benchmarks/seeds.py's numbers."""
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -151,13 +152,13 @@ def test_min_confidence_answers_unknown_with_the_probability_shown(run_dir, tmp_
     out = tmp_path / "p.csv"
     args = argparse.Namespace(predict=[str(folder)], top_k=2, output=str(out), min_confidence=None)
     test_script.predict(run_dir / "best.pt", args, CPU, MAX_PIXELS)
-    top = sorted(float(line.split(",")[2]) for line in out.read_text().splitlines()[1:])
+    top = sorted(float(row[2]) for row in list(csv.reader(out.read_text().splitlines()))[1:])
     threshold = (top[0] + top[-1]) / 2  # some images below, some above
     code, stdout, stderr = call_script(test_script.main, str(run_dir), "--predict", str(folder), "--top-k", "2",
                                        "--min-confidence", f"{threshold}", "--output", str(out), cwd=tmp_path)
     assert code == 0, stderr
-    rows = [line.split(",") for line in out.read_text().splitlines()]
-    assert rows[0] == ["file", "answer", "class_1", "prob_1", "class_2", "prob_2"]
+    rows = list(csv.reader(out.read_text().splitlines()))
+    assert rows[0] == ["file", "answer", "class_1", "prob_1", "class_2", "prob_2", "model"]
     for row in rows[1:]:
         assert row[1] == ("unknown" if float(row[3]) < threshold else row[2])
         line = next(text for text in stdout.splitlines() if text.startswith(row[0]))

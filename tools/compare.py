@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 from engine.cli import Parser, run_cli  # noqa: E402
 from engine.config import flatten, read_yaml  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from engine.errors import UserError, shown  # noqa: E402
 from engine.plots import plot_comparison  # noqa: E402
 from engine.storage import make_folder  # noqa: E402
 
@@ -28,7 +28,11 @@ def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
     for name in ("config.yaml", "metrics.csv"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} has no {name}; pass run folders written by train.py")
-    config = {key: str(value) for key, value in flatten(read_yaml(run_dir / "config.yaml")).items()}
+    raw = read_yaml(run_dir / "config.yaml")
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"{run_dir / 'config.yaml'} is not a run's config (a mapping of sections such as data:, "
+                        f"model:), got {shown(raw)}; leave this run out or train it again")
+    config = {key: str(value) for key, value in flatten(raw).items()}
     return config, read_metrics(run_dir / "metrics.csv")
 
 
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output)
     make_folder(output.parent, "--output")
     shared = [f"{key}={configs[0][key]}" for key in ("data.name", "model.name", "run.seed")
-              if len({config.get(key) for config in configs}) == 1]
+              if len({config.get(key) for config in configs}) == 1 and key in configs[0]]
     plot_comparison(list(zip(labels, histories)), output, f"{len(run_dirs)} runs, all with {', '.join(shared)}")
     for label, history in zip(labels, histories):
         best = max(history, key=lambda row: row["val_acc"])

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of  # noqa: E402
 from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
 from engine.devices import select_device  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from engine.errors import UserError, shown  # noqa: E402
 from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
 from engine.imagefiles import DAMAGED, UNKNOWN, min_confidence, to_array  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402
@@ -146,11 +146,18 @@ def build_page(demo: Demo):
     return page
 
 
+def port_number(text: str) -> int:
+    """argparse type for --port: a TCP port, 1 to 65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {shown(text)}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--port", type=port_number, default=7860, help="port to serve on (1 to 65535)")
     parser.add_argument("--min-confidence", type=min_confidence, metavar="P",
                         help="answer unknown when the top probability is below P, in (0, 1]")
     args = parser.parse_args(argv)

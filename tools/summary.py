@@ -70,9 +70,10 @@ def summary(model: nn.Module, in_channels: int, image_size: int) -> str:
     lines = [f"input: {in_channels}x{image_size}x{image_size} (C x H x W)",
              f"{'layer':<{width}}{'output (C x H x W)':>20}{'parameters':>12}"]
     lines += [f"{name:<{width}}{shape:>20}{params:>12,}" for name, shape, params in rows]
-    lines += [f"{'total':<{width}}{'':>20}{total:>12,}",
-              f"Fully connected layers with the same number of units in place of the convolutions "
-              f"would need {fc_params:,} parameters ({ratio}): a conv kernel is shared across all positions."]
+    lines.append(f"{'total':<{width}}{'':>20}{total:>12,}")
+    if any(isinstance(m, nn.Conv2d) for m in leaves):  # the comparison is about convolutions: only where there are some
+        lines.append(f"Fully connected layers with the same number of units in place of the convolutions "
+                     f"would need {fc_params:,} parameters ({ratio}): a conv kernel is shared across all positions.")
     return "\n".join(lines)
 
 

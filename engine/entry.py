@@ -1,0 +1,137 @@
+"""The one entry point of every script (train.py, test.py, tools/, benchmarks/): run_cli turns every way a
+script can end into an exit status and at most one short `error:` line. Free of PyTorch, so that
+tools/predict_onnx.py, which runs where PyTorch is not installed, ends the same way.
+
+Exit statuses, also listed in docs/troubleshooting.md: 0 done, 1 (test.py --predict, predict_onnx.py) some
+files could not be read, 2 a problem with the input or the machine, 3 a bug, 130 Ctrl-C, 143 SIGTERM.
+"""
+import argparse
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, NoReturn
+
+from engine.errors import UserError, printable
+
+EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
+EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
+SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+LINE_MAX = 600  # characters of an error line; messages abbreviate what they quote (errors.shown) to stay below
+received: list[int] = []  # Ctrl-C / SIGTERM seen during this run_cli call
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C but exiting with 143."""
+
+
+def on_signal(signum: int, frame) -> None:
+    """Ctrl-C and SIGTERM: remember the signal, then interrupt whatever runs now."""
+    received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def check_interrupted() -> None:
+    """Raise again a Ctrl-C or SIGTERM that was swallowed: an exception raised inside a finalizer or a
+    weakref callback (matplotlib runs many during garbage collection) is printed and dropped by Python."""
+    if received:
+        raise Terminated() if received[-1] == signal.SIGTERM else KeyboardInterrupt()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message}; see {self.prog} --help")
+
+
+def one_line(message: str) -> str:
+    """The message as one short line: control characters escaped, cut at LINE_MAX as a last guard."""
+    line = printable(message)
+    return line if len(line) <= LINE_MAX else f"{line[:LINE_MAX - 30]}... ({len(line):,} characters in all)"
+
+
+def fail(message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(status)
+
+
+# A DataLoader worker's exception reaches the main process as its type with this text around the original.
+WORKER_WRAPPING = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback", re.S)
+
+
+def message_of(err: BaseException) -> str:
+    """The exception's own message; for one raised in a DataLoader worker, the original's, not the traceback."""
+    text = str(err)
+    if WORKER_WRAPPING.match(text):  # the traceback ends with '<module>.<type>: <message>', which may span lines
+        starts = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(type(err).__name__)}: ", text, re.M))
+        text = text[starts[-1].end():].rstrip() if starts else text.rstrip().splitlines()[-1]
+    return text
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """MemoryError, torch.OutOfMemoryError (by name: no torch here), or the CPU allocator's RuntimeError."""
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
+def report_unexpected(err: BaseException, script: str) -> NoReturn:
+    """One line naming the exception and where it was raised; the full traceback goes to a file."""
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    text = message_of(err).splitlines()[0][:200] if message_of(err).strip() else ""
+    name = f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-traceback.txt"
+    path = Path(tempfile.gettempdir()) / name
+    try:
+        path.write_text("".join(traceback.format_exception(err)))
+        saved = f"the full traceback is in {path}; please report it with that file"
+    except OSError:
+        saved = "the traceback could not be written to the temporary folder"
+    fail(f"unexpected {type(err).__name__}{where}: {text}; this is a bug in the template, not in your input; "
+         f"{saved}", EXIT_UNEXPECTED)
+
+
+def fail_for(err: Exception, script: str, user_errors: tuple[type, ...]) -> NoReturn:
+    """The exit status and line for an exception that ended main."""
+    if isinstance(err, (UserError, *user_errors)):  # a worker's UserError is re-raised as one
+        fail(message_of(err))
+    if is_out_of_memory(err):
+        fail(f"out of memory ({message_of(err).splitlines()[0][:120] if str(err) else type(err).__name__}); lower "
+             "train.batch_size or train.eval_batch_size, the model's widths, or data.image_size")
+    if isinstance(err, OSError) and err.filename:  # a file the user named or a folder they chose: theirs to fix
+        fail(f"{err.filename}: {err.strerror or message_of(err)}; check that it exists, is readable, "
+             "and that its folder is writable with free space")
+    if isinstance(err, OSError):  # the machine's: a port in use, a network or device error
+        fail(f"{message_of(err) or type(err).__name__} ({type(err).__name__}); check the files, ports and network "
+             "this command uses")
+    report_unexpected(err, script)
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None,
+            user_errors: tuple[type, ...] = ()) -> None:
+    """Run a script's main on argv (default: the command line) and turn every way it can end into an exit
+    status: 0 done (or main's integer result), 2 with one `error:` line for a problem the user can fix (a
+    UserError or one of user_errors, also when raised in a DataLoader worker), 3 with one line and a
+    traceback file for a bug, 130 Ctrl-C, 143 SIGTERM."""
+    received.clear()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS} if in_main_thread else {}
+    try:
+        status = main(argv)
+    except KeyboardInterrupt as err:
+        sys.exit(143 if isinstance(err, Terminated) else 130)
+    except BrokenPipeError:  # e.g. `python test.py | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except Exception as err:
+        fail_for(err, getattr(main, "__module__", "script"), user_errors)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if isinstance(status, int) and status:
+        sys.exit(status)
