@@ -21,18 +21,18 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from engine import distributed, ema, runs
-from engine.calibration import calibrate, describe_fit
-from engine.card import code_version, write_card
+from engine.card import finish_run
 from engine.checkpoint import RunState, checkpoint_dict, restore, save_checkpoint
-from engine.cli import check_interrupted, make_parser, run_cli
+from engine.cli import make_parser, run_cli
 from engine.config import Config, TrainConfig, to_yaml
 from engine.datasets import DataInfo
 from engine.devices import apply_switches, autocast, require_deterministic_cublas, seed_everything, select_device
 from engine.distributed import all_reduce_sum, broadcast_buffers, is_main, rank_and_world
+from engine.entry import check_interrupted
 from engine.errors import UserError
 from engine.finetune import load_data, param_groups, setup_model, unfreeze
 from engine.loaders import Loader
-from engine.metrics import LossFn, class_weights, evaluate, evaluate_checkpoint, make_loss
+from engine.metrics import LossFn, class_weights, evaluate, make_loss
 from engine.multilabel import evaluate_multilabel
 from engine.optim import make_optimizer, make_scheduler
 from engine.tta import with_tta
@@ -218,9 +218,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{run_dir} already finished: {runs.finished(ckpt, cfg)}. Nothing was changed; "
               f"test it with python test.py {run_dir}")
         return
-    if ckpt is not None:
-        print(f"resuming {run_dir}: {ckpt['epoch']} of {cfg.train.epochs} epochs done, continuing with epoch "
-              f"{ckpt['epoch'] + 1}")
     if cfg.run.deterministic:  # before the process's first cuBLAS call
         require_deterministic_cublas()
     if args.print_config:
@@ -232,26 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         distributed.barrier()
     finally:
         distributed.teardown()
-    if show_test:  # one process: best.pt's temperature on the validation split, then the full test split
-        device = select_device(cfg.run.device)
-        if not cfg.data.multilabel:  # a temperature calibrates softmax probabilities over exclusive classes
-            print(describe_fit(calibrate(run_dir / "best.pt", device)))
-        best, test = print_test(run_dir / "best.pt", device, cfg.train.tta)
-        if not cfg.data.multilabel:
-            print(f"wrote {write_card(run_dir, best, test, code_version())}")
-
-
-def print_test(path: Path, device: torch.device, tta: str) -> tuple[dict, dict]:
-    """The test split's loss and accuracy (mAP for multi-label), and with train.tta the accuracy averaged over
-    its views too; returns the checkpoint and the results without the views."""
-    best, _, test = evaluate_checkpoint(path, device, tta="none")
-    line = f"test ({path.name}, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%"
-    line += f"  mAP {100 * test['map']:.2f}%" if "map" in test else ""  # data.multilabel: accuracy is subset accuracy
-    if tta != "none":
-        line += f"  with tta {tta} {100 * evaluate_checkpoint(path, device, tta=tta)[2]['accuracy']:.2f}%"
-    print(line)
-    return best, test
-
+    if show_test:  # one process: best.pt's temperature, test split and model card
+        finish_run(run_dir, cfg, select_device(cfg.run.device))
 
 if __name__ == "__main__":
     run_cli(main)

@@ -25,9 +25,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.cli import Parser, run_cli  # noqa: E402
+from engine.cli import run_cli  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.datasets import DataInfo, load_split  # noqa: E402
+from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402

@@ -25,9 +25,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from engine.cli import Parser, run_cli  # noqa: E402
+from engine.cli import run_cli  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.datasets import describe  # noqa: E402
+from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.loaders import (Batching, Loader, load_images, make_eval_loader, make_train_loaders,  # noqa: E402
                             num_workers)

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         build_mosaics(Path(args.root), folder, {"train": args.train, "test": args.test})
         rows = [run(name, folder, Path(tmp) / "runs", args.overrides) for name in MODELS]
     print(f"{time.strftime('%Y-%m-%d %H:%M')}: {args.train} training / {args.test} test mosaics, {args.overrides}")
-    print("| model | test mAP | micro F1 | macro F1 | subset accuracy | time (s) |\n| --- | --- | --- | --- | --- | --- |")
+    print("| model | test mAP | micro F1 | macro F1 | subset accuracy | time (s) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['model']} | {100 * row['map']:.2f}% | {100 * row['micro_f1']:.2f}% | "
               f"{100 * row['macro_f1']:.2f}% | {100 * row['subset_accuracy']:.2f}% | {row['seconds']:.0f} |")

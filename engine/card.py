@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from engine.calibration import describe_thresholds, split_calibration
+from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
 from engine.checkpoint import config_of, data_of, model_from_checkpoint, temperature_of
-from engine.config import Config, Dumper, changed_keys, to_dict
+from engine.config import Config, changed_keys, to_dict
 from engine.datasets import DIGITS_PATH, folder_files, scan, source_folder
 from engine.errors import UserError
-from engine.metrics import per_class
+from engine.metrics import evaluate_checkpoint, per_class
 from engine.storage import write_text
+from engine.yamlfile import Dumper
 
 CARD_NAME = "MODEL_CARD.md"
 EXPORTS_NAME = "exports.json"  # export.py: each exported file's checkpoint, size, sha256 and check
@@ -267,3 +268,25 @@ def write_card(run_dir: Path, ckpt: dict, results: dict | None = None, code: str
     parts.append(previous.get(USER_SECTION, default_use(cfg, ckpt)))
     write_text(path, "\n".join(parts).rstrip("\n") + "\n")
     return path
+
+
+def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> None:
+    """What train.py does after the last epoch: fit best.pt's temperature on the validation split, print its
+    test results (with and without train.tta's views), and write MODEL_CARD.md."""
+    if not cfg.data.multilabel:  # a temperature calibrates softmax probabilities over exclusive classes
+        print(describe_fit(calibrate(run_dir / "best.pt", device)))
+    best, test = print_test(run_dir / "best.pt", device, cfg.train.tta)
+    if not cfg.data.multilabel:
+        print(f"wrote {write_card(run_dir, best, test, code_version())}")
+
+
+def print_test(path: Path, device: torch.device, tta: str) -> tuple[dict, dict]:
+    """The test split's loss and accuracy (mAP for multi-label), and with tta the accuracy averaged over its views
+    too; returns the checkpoint and the results without the views."""
+    best, _, test = evaluate_checkpoint(path, device, tta="none")
+    line = f"test ({path.name}, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%"
+    line += f"  mAP {100 * test['map']:.2f}%" if "map" in test else ""  # data.multilabel: accuracy is subset accuracy
+    if tta != "none":
+        line += f"  with tta {tta} {100 * evaluate_checkpoint(path, device, tta=tta)[2]['accuracy']:.2f}%"
+    print(line)
+    return best, test

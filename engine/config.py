@@ -16,6 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from engine.errors import UserError, shown
+from engine.yamlfile import dump_yaml, parse_yaml, read_yaml
 from model import MODELS, ModelConfig, model_class, settings_of
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -291,102 +292,6 @@ def index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not the last value."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # unhashable keys are refused by PyYAML itself
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-YAML_NODES_MAX = 100_000  # values a config may hold once its aliases (*name) are expanded; config.yaml has ~100
-
-
-def expanded_size(node: yaml.Node, limit: int, sizes: dict[int, int]) -> int:
-    """How many values node holds with every alias expanded, counted without expanding (each node once), or
-    more than limit as soon as that is certain: a 1 kB alias bomb would expand to billions."""
-    if id(node) not in sizes:
-        sizes[id(node)] = limit + 1  # a node that contains itself expands forever
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
-            node.value if isinstance(node, yaml.SequenceNode) else [])
-        total = 1
-        for child in children:
-            total += expanded_size(child, limit, sizes)
-            if total > limit:
-                break
-        sizes[id(node)] = total
-    return sizes[id(node)]
-
-
-YAML_DEPTH_MAX = 50  # levels of nesting; config.yaml has 3, and PyYAML's recursive parser dies near 1,000
-
-
-def check_depth(text: str, where: str) -> None:
-    """Refuse a document nested deeper than YAML_DEPTH_MAX, found by PyYAML's scanner (which does not recurse)."""
-    depth = 0
-    for token in yaml.scan(text, Loader=yaml.SafeLoader):
-        if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
-                              yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
-            depth += 1
-            if depth > YAML_DEPTH_MAX:
-                raise UserError(f"{where} is nested more than {YAML_DEPTH_MAX} levels deep; a config needs a few "
-                                "levels at most")
-        elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
-            depth -= 1
-
-
-def load_yaml(text: str, where: str) -> Any:
-    """yaml.load with UniqueKeyLoader, refusing a document whose aliases expand beyond YAML_NODES_MAX values."""
-    check_depth(text, where)
-    loader = UniqueKeyLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None and expanded_size(node, YAML_NODES_MAX, {}) > YAML_NODES_MAX:
-            raise UserError(f"{where} holds more than {YAML_NODES_MAX:,} values once its aliases (*name) are "
-                            "expanded; a config needs a few hundred at most")
-        return None if node is None else loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """YAML text -> plain data; where names the file or override in messages."""
-    try:
-        return load_yaml(text, where)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or ""
-        detail = f" ({problem})" if "twice" in problem else "; check indentation and colons"
-        raise UserError(f"{where} is not valid YAML{line}{detail}") from None
-    except RecursionError:
-        raise UserError(f"{where} is nested too deeply to read; a config needs a few levels at most") from None
-
-
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} not found; pass an existing file with --config")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
-    except OSError as err:
-        raise UserError(f"config file {path} cannot be read ({err.strerror}); check its permissions") from None
-    raw = parse_yaml(text, f"config file {path}")
-    if raw is None:
-        raise UserError(f"config file {path} is empty; start from a copy of config.yaml")
-    return raw
-
-
 def with_defaults(raw: dict, defaults: dict | None = None) -> dict:
     """raw with any key it lacks taken from config.yaml (for configs saved before a key was added)."""
     merged = copy.deepcopy(read_yaml(DEFAULT_CONFIG) if defaults is None else defaults)
@@ -469,28 +374,8 @@ def changed_keys(cfg: Config) -> list[str]:
             else f"{key}={value}" for key, value in changed.items()]
 
 
-class FlowDict(dict):
-    """A mapping written on one line, as conv blocks are in config.yaml."""
-
-
-class Dumper(yaml.SafeDumper):
-    """Block style for sections, one line per list and per conv block, like config.yaml."""
-
-    def represent_list(self, data: list) -> yaml.Node:
-        items = [FlowDict(x) if isinstance(x, dict) else x for x in data]
-        return self.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=not any(
-            isinstance(x, dict) for x in data))
-
-    def represent_flow_dict(self, data: FlowDict) -> yaml.Node:
-        return self.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=True)
-
-
-Dumper.add_representer(list, Dumper.represent_list)
-Dumper.add_representer(FlowDict, Dumper.represent_flow_dict)
-
-
 def to_yaml(cfg: Config) -> str:
-    return yaml.dump(to_dict(cfg), Dumper=Dumper, sort_keys=False, width=120)
+    return dump_yaml(to_dict(cfg))
 
 
 def key_help(path: Path = DEFAULT_CONFIG) -> str:

@@ -16,14 +16,15 @@ from torch import nn
 
 from engine import distributed
 from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
-from engine.config import (Config, apply_override, changed_keys, config_from_dict, flatten, load_config, read_yaml,
-                           to_yaml, with_defaults)
+from engine.config import (Config, apply_override, changed_keys, config_from_dict, flatten, load_config, to_yaml,
+                           with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
 from engine.errors import UserError, shown
 from engine.loaders import Loader
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
+from engine.yamlfile import read_yaml
 
 
 # Keys a resumed run may change; anything else would make it a different experiment.
@@ -235,7 +236,11 @@ def what_to_train(resume: str | None, config: str | None,
     """train.py's command line -> (config, checkpoint to continue or None, its run folder or None)."""
     if resume is None:
         return load_config(config, overrides), None, None
-    return to_resume(resume, config, overrides)
+    cfg, ckpt, run_dir = to_resume(resume, config, overrides)
+    if ckpt is not None and not finished(ckpt, cfg):
+        print(f"resuming {run_dir}: {ckpt['epoch']} of {cfg.train.epochs} epochs done, continuing with epoch "
+              f"{ckpt['epoch'] + 1}")
+    return cfg, ckpt, run_dir
 
 
 def header(cfg: Config, info: DataInfo, model: nn.Module, run_dir: Path, loaders: tuple[Loader, Loader]) -> str:

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-import test as test_script
-import train as train_module
 from conftest import call_script, copy_run
 from engine import ema
 from engine.checkpoint import load_checkpoint
 from engine.metrics import evaluate_checkpoint
 from engine.tta import TTA, VIEWS, shifted, views
+import test as test_script
+import train as train_module
 
 
 def test_ema_weights_are_the_average_of_the_trained_weights_every_n_steps(tiny_cfg, monkeypatch):

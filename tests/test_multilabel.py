@@ -12,8 +12,8 @@ from engine.datasets import describe
 from engine.errors import UserError
 from engine.multilabel import average_precision, bce, best_thresholds, scores_at
 import test as test_script
-import train
 from tools import export
+import train
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 

@@ -15,12 +15,12 @@ from conftest import ROOT, call_script, copy_run, snapshot
 from engine import calibration
 from engine.card import USER_SECTION, write_card
 from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint, temperature_of
+from engine.checkpoint import config_of
 from engine.datasets import load_digits
 from engine.errors import UserError
 from engine.imagefiles import MAX_PIXELS
 from engine.loaders import make_eval_loader
 from engine.metrics import evaluate
-from engine.checkpoint import config_of
 import test as test_script
 
 CPU = torch.device("cpu")

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
-from engine.cli import Parser, run_cli  # noqa: E402
-from engine.config import flatten, read_yaml  # noqa: E402
+from engine.cli import run_cli  # noqa: E402
+from engine.config import flatten  # noqa: E402
+from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
 from engine.plots import plot_comparison  # noqa: E402
 from engine.storage import make_folder  # noqa: E402
+from engine.yamlfile import read_yaml  # noqa: E402
 
 IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without changing the experiment
 

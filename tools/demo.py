@@ -22,8 +22,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of  # noqa: E402
-from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
+from engine.cli import add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
 from engine.devices import select_device  # noqa: E402
+from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
 from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
 from engine.imagefiles import DAMAGED, UNKNOWN, min_confidence, to_array  # noqa: E402

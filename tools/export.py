@@ -34,13 +34,14 @@ from engine.calibration import TemperatureScale  # noqa: E402
 from engine.card import record_export, write_card  # noqa: E402
 from engine.checkpoint import (FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint,  # noqa: E402
                                temperature_of)
-from engine.cli import Parser, add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
+from engine.cli import add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
 from engine.datasets import DataInfo  # noqa: E402
+from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, load_images, make_eval_loader,  # noqa: E402
                             subset)
-from engine.metrics import evaluate  # noqa: E402
 from engine import quantize  # noqa: E402
+from engine.metrics import evaluate  # noqa: E402
 from engine.multilabel import refuse as refuse_multilabel  # noqa: E402
 from engine.tta import VIEWS, with_tta  # noqa: E402
 

@@ -56,7 +56,7 @@ def open_model(path: Path):
 def read_metadata(path: Path, meta: dict[str, str]) -> tuple[list[str], int, int]:
     """class_names (a JSON list of strings), channels (1 or 3) and image_size (a positive integer)."""
     try:
-        names, channels, size = json.loads(meta["class_names"]), json.loads(meta["channels"]), json.loads(meta["image_size"])
+        names, channels, size = (json.loads(meta[key]) for key in ("class_names", "channels", "image_size"))
     except ValueError:
         names = channels = size = None
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
