@@ -120,8 +120,8 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
     """One epoch: 2. train, then 3. validate and record (one line, metrics.csv, last.pt and best.pt)."""
     start = time.perf_counter()
     if run.cfg.train.freeze_epochs and epoch == run.cfg.train.freeze_epochs + 1:
-        run.step.frozen_norms, run.trained_model = unfreeze(run.model, run.new_layers, run.cfg,
-                                                                  val_loader.device, epoch)
+        run.step.frozen_norms, run.trained_model = unfreeze(run.model, run.new_layers, run.cfg, val_loader.device,
+                                                            epoch)
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run, train_loader, epoch)
     model = ema.evaluated(run.model, run.step.ema)
