@@ -1,4 +1,5 @@
-"""Image files for prediction, without PyTorch: finding and decoding them, and the predictions table and CSV.
+"""Image files for prediction, without PyTorch: finding and decoding them, and the predictions table and CSV
+(multi-label: every label at or above its threshold).
 
 test.py --predict, demo.py and predict_onnx.py (which must run where PyTorch is not installed) all
 decode images and print predictions through these functions, so they agree on both.
