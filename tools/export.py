@@ -216,20 +216,25 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
     print(f"exported {path} ({meta['model']} on {meta['data']}, epoch {ckpt['epoch']}) in "
           f"{time.perf_counter() - start:.1f}s: {onnx_path} ({onnx_path.stat().st_size / 1e3:.0f} kB), "
           f"{pt2_path} ({pt2_path.stat().st_size / 1e3:.0f} kB)")
-    kind, score = ("per-label probabilities", "mAP") if info.multilabel else ("probabilities", "accuracy")
-    print(f"input: uint8 images (N, {info.in_channels}, {info.image_size}, {info.image_size}); "
-          f"output: {kind} (N, {len(info.class_names)}); classes: {', '.join(info.class_names)}")
-    if check:
-        print(f"checked on the test split ({len(images)} images, PyTorch {score} {100 * results[score.lower()]:.2f}%): "
-              + "; ".join(checks))
-    else:
-        print("not checked on the test split (--no-verify)")
+    print_checks(info, results, checks, len(images) if check else 0)
     for final, check_text in zip((onnx_path, pt2_path), checks or ["not checked (--no-verify)"] * 2):
         record_export(final, path, ckpt["epoch"], check_text)
     if int8:
         export_int8(path, ckpt, meta, (images, results), max_drop)
     refresh_card(path.parent)
     return onnx_path, pt2_path
+
+
+def print_checks(info: DataInfo, results: dict | None, checks: list[str], num_images: int) -> None:
+    """The files' input and output, and what the check on the test split found (results None: not checked)."""
+    kind, score = ("per-label probabilities", "mAP") if info.multilabel else ("probabilities", "accuracy")
+    print(f"input: uint8 images (N, {info.in_channels}, {info.image_size}, {info.image_size}); "
+          f"output: {kind} (N, {len(info.class_names)}); classes: {', '.join(info.class_names)}")
+    if results is None:
+        print("not checked on the test split (--no-verify)")
+        return
+    print(f"checked on the test split ({num_images} images, PyTorch {score} {100 * results[score.lower()]:.2f}%): "
+          + "; ".join(checks))
 
 
 def refuse_for_multilabel(tta: str, int8: bool) -> None:
