@@ -31,10 +31,10 @@ from engine.devices import autocast_dtype, select_device
 from engine.entry import Parser
 from engine.errors import UserError, shown
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
-from engine.imagefiles import min_confidence, read_inputs, report_predictions
+from engine.imagefiles import NO_MIN_CONFIDENCE, min_confidence, read_inputs, report_labels, report_predictions
 from engine.loaders import Batching, Loader
 from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
-from engine.multilabel import above_thresholds, evaluate_multilabel, per_label, print_report as print_multilabel
+from engine.multilabel import evaluate_multilabel, per_label, print_report as print_multilabel
 from engine.plots import (plot_cam, plot_confusion, plot_label_scores, plot_maps, plot_misclassified,
                           plot_reliability)
 from engine.storage import replacing, write_text
@@ -208,29 +208,32 @@ def most_confident_mistakes(results: dict, count: int) -> torch.Tensor:
 
 
 def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixels: int) -> int:
-    """Print the top-k classes of every image in args.predict; returns the number of files that could not be read."""
+    """Print the top-k classes (multi-label: every label at or above its threshold) of every image in
+    args.predict; returns the number of files that could not be read."""
     ckpt = load_checkpoint(path)
-    info, temperature = data_of(ckpt), temperature_of(ckpt, path)
+    info, temperature, cfg = data_of(ckpt), temperature_of(ckpt, path), config_of(ckpt)
+    threshold = getattr(args, "min_confidence", None)
+    if info.multilabel and threshold is not None:
+        raise UserError(NO_MIN_CONFIDENCE)
     names, top_k = info.class_names, min(args.top_k, len(info.class_names))
     files, images, failures = read_inputs(args.predict, info.in_channels, info.image_size, max_pixels)
-    predictions = []
-    if len(files) and info.multilabel:  # every label at or above its threshold
-        loader = Loader(torch.from_numpy(images), torch.zeros(len(files), len(names)), Batching(256), info, device)
-        model, amp = model_from_checkpoint(ckpt, device), autocast_dtype(config_of(ckpt).run.amp, device)
-        probs = evaluate_multilabel(model, loader, device, amp, thresholds=info.thresholds)["probs"]
-        predictions = above_thresholds(probs, info.thresholds, names)
-        top_k = max([len(labels) for labels in predictions] + [1])
-    elif len(files):
-        loader = Loader(torch.from_numpy(images), torch.zeros(len(files), dtype=torch.int64), Batching(256), info,
-                        device)
-        model = model_from_checkpoint(ckpt, device)
-        results = evaluate(model, loader, len(names), device, autocast_dtype(config_of(ckpt).run.amp, device),
-                           temperature=temperature)
-        predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
-                       for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
-    cfg = config_of(ckpt)
-    table = report_predictions(files, predictions, top_k, f"{path} ({cfg.model.name} on {cfg.data.name}, epoch "
-                                                        f"{ckpt['epoch']})", getattr(args, "min_confidence", None))
+    model, amp = model_from_checkpoint(ckpt, device), autocast_dtype(cfg.run.amp, device)
+    model_name = f"{path} ({cfg.model.name} on {cfg.data.name}, epoch {ckpt['epoch']})"
+    if info.multilabel:
+        probs = torch.zeros(0, len(names))  # (N, K) sigmoids
+        if len(files):
+            loader = Loader(torch.from_numpy(images), torch.zeros(len(files), len(names)), Batching(256), info, device)
+            probs = evaluate_multilabel(model, loader, device, amp, thresholds=info.thresholds)["probs"]
+        table = report_labels(files, probs, info.thresholds, names, model_name)
+    else:
+        predictions = []
+        if len(files):
+            loader = Loader(torch.from_numpy(images), torch.zeros(len(files), dtype=torch.int64), Batching(256),
+                            info, device)
+            results = evaluate(model, loader, len(names), device, amp, temperature=temperature)
+            predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
+                           for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
+        table = report_predictions(files, predictions, top_k, model_name, threshold)
     if args.output:
         write_text(args.output, table)
         print(f"wrote {len(files)} predictions of {path} to {args.output}")

@@ -1,4 +1,5 @@
-"""Image files for prediction, without PyTorch: finding and decoding them, and the predictions table and CSV.
+"""Image files for prediction, without PyTorch: finding and decoding them, and the predictions table and CSV
+(multi-label: every label at or above its threshold).
 
 test.py --predict, demo.py and predict_onnx.py (which must run where PyTorch is not installed) all
 decode images and print predictions through these functions, so they agree on both.
@@ -135,13 +136,34 @@ def answer(pairs: list[tuple[str, float]], min_confidence: float | None) -> str:
     return UNKNOWN if min_confidence is not None and pairs[0][1] < min_confidence else pairs[0][0]
 
 
+NO_LABEL = "no label at or above its threshold"  # a multi-label image with none
+NO_MIN_CONFIDENCE = ("--min-confidence does not apply to a multi-label model: each label has its own threshold "
+                     "(chosen on the validation split, stored with the model); leave it out")
+
+
+def above_thresholds(probs: np.ndarray, thresholds: list[float], class_names: list[str]) -> list[list[tuple]]:
+    """Per image, every (label, probability) at or above its threshold, most probable first; probs (N, K) is a
+    numpy array or a tensor (anything with tolist)."""
+    return [sorted(((name, p) for name, p, t in zip(class_names, row, thresholds) if p >= t),
+                   key=lambda pair: -pair[1]) for row in probs.tolist()]
+
+
+def report_labels(files: list[Path], probs: np.ndarray, thresholds: list[float], class_names: list[str],
+                  model: str = "") -> str:
+    """Multi-label: report_predictions of every label at or above its threshold, as many CSV columns as the
+    image with the most labels has."""
+    predictions = above_thresholds(probs, thresholds, class_names)
+    return report_predictions(files, predictions, max([len(labels) for labels in predictions] + [1]), model)
+
+
 def report_predictions(files: list[Path], predictions: list[list[tuple[str, float]]], top_k: int,
                        model: str = "", min_confidence: float | None = None) -> str:
     """Print one line per image (`file: 3 97.1%, 8 1.2%, ...`) after a line naming the model that answered;
     returns the same predictions as CSV text, with the model in its last column.
 
     With min_confidence an image whose top probability is below it is answered UNKNOWN, its classes and
-    probabilities still listed (`file: unknown (below 90%): 3 62.1%, ...`), and the CSV gains an answer column."""
+    probabilities still listed (`file: unknown (below 90%): 3 62.1%, ...`), and the CSV gains an answer column.
+    A multi-label image may have fewer than top_k pairs (NO_LABEL when none): its CSV row is padded."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     chosen = [] if min_confidence is None else ["answer"]
@@ -150,9 +172,11 @@ def report_predictions(files: list[Path], predictions: list[list[tuple[str, floa
     if files:
         print(f"predictions of {printable(model)}:")
     for file, pairs in zip(files, predictions):
-        said, doubtful = answer(pairs, min_confidence), min_confidence is not None and pairs[0][1] < min_confidence
+        said = answer(pairs, min_confidence) if pairs else ""
+        doubtful = min_confidence is not None and pairs[0][1] < min_confidence
         unknown = f"{UNKNOWN} (below {100 * min_confidence:g}%): " if doubtful else ""
-        print(f"{printable(file)}: {unknown}" + ", ".join(f"{printable(name)} {100 * p:.1f}%" for name, p in pairs))
-        row = [str(file), *([said] if chosen else [])]
-        writer.writerow(row + [v for name, p in pairs for v in (name, f"{p:.6f}")] + [model])
+        listed = ", ".join(f"{printable(name)} {100 * p:.1f}%" for name, p in pairs) or NO_LABEL
+        print(f"{printable(file)}: {unknown}{listed}")
+        row = [str(file), *([said] if chosen else [])] + [v for name, p in pairs for v in (name, f"{p:.6f}")]
+        writer.writerow(row + [""] * 2 * (top_k - len(pairs)) + [model])
     return buffer.getvalue()

@@ -15,7 +15,6 @@ from torch import nn
 
 from engine.devices import autocast
 from engine.distributed import all_reduce_sum, gather
-from engine.errors import UserError
 
 
 def bce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
@@ -116,16 +115,3 @@ def print_report(report: dict) -> None:
         ap = "-" if row["ap"] is None else f"{100 * row['ap']:.2f}%"
         print(f"{row['class'][:15]:<16}{ap:>8}{100 * row['f1']:>7.2f}%{100 * row['precision']:>10.2f}%"
               f"{100 * row['recall']:>7.2f}%{row['threshold']:>11.3f}{row['support']:>9}")
-
-
-def above_thresholds(probs: torch.Tensor, thresholds: list[float], class_names: list[str]) -> list[list[tuple]]:
-    """Per image, every (label, probability) at or above its threshold, most probable first."""
-    return [sorted(((name, p) for name, p, t in zip(class_names, row, thresholds) if p >= t),
-                   key=lambda pair: -pair[1]) for row in probs.tolist()]
-
-
-def refuse(ckpt: dict, path, what: str) -> None:
-    """Scripts that read outputs as softmax classes refuse multi-label checkpoints rather than mislead."""
-    if ckpt["data"].get("multilabel"):
-        raise UserError(f"{path} is a multi-label model (data.multilabel); {what} handles one label per image "
-                        "so far; use python test.py --predict, which shows every label above its threshold")

@@ -1,4 +1,5 @@
 """A web page to try a trained model: upload or draw an image; see the top classes, Grad-CAM and feature maps.
+A multi-label model (data.multilabel) shows every label at or above its threshold, and Grad-CAM of the most probable.
 
     python tools/demo.py                              # best.pt of the most recent run, on http://127.0.0.1:7860
     python tools/demo.py checkpoints/<run> --port 8000
@@ -27,10 +28,10 @@ from engine.devices import select_device  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
 from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
-from engine.imagefiles import DAMAGED, UNKNOWN, min_confidence, to_array  # noqa: E402
+from engine.imagefiles import (DAMAGED, NO_LABEL, NO_MIN_CONFIDENCE, UNKNOWN, above_thresholds,  # noqa: E402
+                               min_confidence, to_array)
 from engine.loaders import Batching, Loader  # noqa: E402
 from engine.metrics import TOP_K, evaluate_checkpoint  # noqa: E402
-from engine.multilabel import refuse as refuse_multilabel  # noqa: E402
 from engine.plots import plot_maps  # noqa: E402
 
 DISPLAY = 224  # pixels across the Grad-CAM overlay
@@ -49,14 +50,16 @@ class Demo:
 
 
 def load_demo(path: Path, device: torch.device, max_pixels: int, min_confidence: float | None = None) -> Demo:
-    """The checkpoint's model, and its test accuracy when the test split is on this machine."""
+    """The checkpoint's model, and its test accuracy (multi-label: mAP) when the test split is on this machine."""
     ckpt = load_checkpoint(path)
-    refuse_multilabel(ckpt, path, "the demo")
-    cfg, temperature = config_of(ckpt), temperature_of(ckpt, path)
+    cfg, temperature, multilabel = config_of(ckpt), temperature_of(ckpt, path), data_of(ckpt).multilabel
+    if multilabel and min_confidence is not None:
+        raise UserError(NO_MIN_CONFIDENCE)
+    score = "test mAP" if multilabel else "test accuracy"
     try:
-        accuracy = f"test accuracy {100 * evaluate_checkpoint(path, device)[2]['accuracy']:.2f}%"
+        accuracy = f"{score} {100 * evaluate_checkpoint(path, device)[2]['map' if multilabel else 'accuracy']:.2f}%"
     except UserError:
-        accuracy = "test accuracy unknown (the test split is not on this machine)"
+        accuracy = f"{score} unknown (the test split is not on this machine)"
     title = (f"**{path.parent.name}/{path.name}**: {cfg.model.name} trained on {cfg.data.name} "
              f"(epoch {ckpt['epoch']}), {accuracy}")
     return Demo(ckpt, model_from_checkpoint(ckpt, device).eval(), title, device, max_pixels, temperature,
@@ -102,27 +105,45 @@ def feature_map_image(conv: nn.Conv2d, maps: torch.Tensor) -> Image.Image:
 
 
 def analyse(demo: Demo, img: Image.Image) -> tuple[dict, np.ndarray, Image.Image, str]:
-    """Top classes, Grad-CAM overlay, first-layer feature maps and a one-line verdict for one image."""
+    """Top classes (multi-label: the labels at or above their thresholds), Grad-CAM overlay of the most probable,
+    first-layer feature maps and a one-line verdict for one image."""
     info = data_of(demo.ckpt)
-    names = info.class_names
     image = torch.from_numpy(to_array(img, info.in_channels, info.image_size))  # uint8 (C, H, W)
     images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info,
                                   demo.device)))
-    heat, probs = grad_cam(demo.model, images, temperature=demo.temperature)
-    top = probs[0].topk(min(TOP_K, len(names)))
-    scores = {names[c]: p for p, c in zip(top.values.tolist(), top.indices.tolist())}
+    heat, probs = grad_cam(demo.model, images, temperature=demo.temperature)  # the argmax of the logits
     conv, _, maps = conv_outputs(demo.model, images)[0]
+    scores, verdict = labels_found(demo, images) if info.multilabel else top_classes(demo, probs[0])
+    return scores, overlay(image, heat[0], max(1, DISPLAY // image.shape[-1])), feature_map_image(conv, maps), verdict
+
+
+def top_classes(demo: Demo, probs: torch.Tensor) -> tuple[dict, str]:
+    """The TOP_K most probable classes of the softmax probs (num_classes,) and the verdict."""
+    names = data_of(demo.ckpt).class_names
+    top = probs.topk(min(TOP_K, len(names)))
+    scores = {names[c]: p for p, c in zip(top.values.tolist(), top.indices.tolist())}
     verdict = f"prediction: {names[top.indices[0]]} ({100 * top.values[0]:.1f}%)"
     if demo.min_confidence is not None and top.values[0] < demo.min_confidence:
         verdict = (f"prediction: {UNKNOWN} (the most probable, {names[top.indices[0]]} at {100 * top.values[0]:.1f}%, "
                    f"is below the minimum of {100 * demo.min_confidence:g}%)")
-    return scores, overlay(image, heat[0], max(1, DISPLAY // image.shape[-1])), feature_map_image(conv, maps), verdict
+    return scores, verdict
+
+
+def labels_found(demo: Demo, images: torch.Tensor) -> tuple[dict, str]:
+    """Multi-label: every label at or above its threshold with its sigmoid probability, and the verdict."""
+    info = data_of(demo.ckpt)
+    with torch.inference_mode():
+        probs = demo.model(images).float().sigmoid().cpu()  # (1, K)
+    (found,) = above_thresholds(probs, info.thresholds, info.class_names)
+    verdict = "labels: " + (", ".join(f"{name} ({100 * p:.1f}%)" for name, p in found) or NO_LABEL)
+    return dict(found), verdict
 
 
 def build_page(demo: Demo):
     """The Gradio page: inputs on the left, what the model makes of them on the right."""
     import gradio as gr
 
+    info = data_of(demo.ckpt)
     with gr.Blocks(title="CNN template demo", analytics_enabled=False) as page:
         gr.Markdown(f"# Try the model\n{demo.title}. Digits and MNIST are light strokes on a dark background.")
         with gr.Row():
@@ -136,7 +157,8 @@ def build_page(demo: Demo):
                     classify = gr.Button("Classify the drawing")
             with gr.Column():
                 verdict = gr.Markdown(elem_id="verdict")
-                scores = gr.Label(num_top_classes=TOP_K, label="top classes")
+                scores = gr.Label(num_top_classes=len(info.class_names) if info.multilabel else TOP_K,
+                                  label="labels at or above their thresholds" if info.multilabel else "top classes")
                 cam = gr.Image(label="Grad-CAM: where the last conv layer's evidence for the prediction lies")
                 maps = gr.Image(label="first conv layer's feature maps")
         outputs = [scores, cam, maps, verdict]

@@ -2,7 +2,8 @@
 
 Both take what a deployment has, uint8 images (N, C, H, W) at the checkpoint's channels and size
 with any N, normalise them inside and return probabilities (N, num_classes), divided by the
-checkpoint's temperature before the softmax. The class names, image size, channels, mean/std,
+checkpoint's temperature before the softmax; a multi-label model (data.multilabel) returns per-label
+sigmoids instead, and its metadata adds the thresholds. The class names, image size, channels, mean/std,
 temperature and the template's format version are in each file's metadata. Before the files
 replace earlier ones, both are checked against the PyTorch model on the checkpoint's test split;
 --int8 adds model.int8.onnx (engine/quantize.py), refused if its test accuracy drops more than
@@ -42,32 +43,41 @@ from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, load_im
                             subset)
 from engine import quantize  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
-from engine.multilabel import refuse as refuse_multilabel  # noqa: E402
+from engine.multilabel import evaluate_multilabel  # noqa: E402
 from engine.tta import VIEWS, with_tta  # noqa: E402
 
 CPU = torch.device("cpu")
 TORCH_DIR = os.path.dirname(torch.__file__)
 VERIFY_BATCH = 256  # images per onnxruntime / .pt2 call during the check
 SPEED_SECONDS = 0.5  # --int8: timed seconds for each of batch 1 and batch 64, float and int8
+# multi-label: the largest probability difference the check accepts; a label set can only flip where a
+# probability lies within that difference of its threshold, so the agreement is reported, not required
+LABEL_TOLERANCE = 1e-4
 
 
 def deployable(model: nn.Module, info: DataInfo, temperature: float = 1.0) -> nn.Module:
     """uint8 images (N, C, H, W) -> normalised with info's mean/std -> model -> logits / temperature ->
-    probabilities (N, num_classes)."""
-    parts = OrderedDict(normalise=Normalise(info.mean, info.std), model=model,
-                        temperature=TemperatureScale(temperature), softmax=nn.Softmax(dim=1))
-    return nn.Sequential(parts).eval()
+    probabilities (N, num_classes); multi-label: logits -> per-label sigmoids (N, K), no temperature."""
+    head = (dict(sigmoid=nn.Sigmoid()) if info.multilabel
+            else dict(temperature=TemperatureScale(temperature), softmax=nn.Softmax(dim=1)))
+    return nn.Sequential(OrderedDict(normalise=Normalise(info.mean, info.std), model=model, **head)).eval()
 
 
-def metadata(ckpt: dict, path: Path, accuracy: float | None, tta: str) -> dict[str, str]:
-    """What a deployment needs to feed the model and read its output; ONNX metadata values are strings."""
+def metadata(ckpt: dict, path: Path, score: float | None, tta: str) -> dict[str, str]:
+    """What a deployment needs to feed the model and read its output; ONNX metadata values are strings.
+    score: the test accuracy, or a multi-label model's test mAP."""
     info, cfg = data_of(ckpt), config_of(ckpt)
     meta = {"format_version": FORMAT_VERSION, "class_names": info.class_names, "image_size": info.image_size,
             "channels": info.in_channels, "mean": info.mean, "std": info.std,
             "input": "uint8 images (N, channels, image_size, image_size), 0..255",
             "output": "probabilities (N, len(class_names)), rows sum to 1",
             "model": cfg.model.name, "data": cfg.data.name, "checkpoint": f"{path.parent.name}/{path.name}",
-            "epoch": ckpt["epoch"], "test_accuracy": accuracy, "temperature": temperature_of(ckpt, path), "tta": tta}
+            "epoch": ckpt["epoch"], "test_accuracy": score, "temperature": temperature_of(ckpt, path), "tta": tta}
+    if info.multilabel:  # label k is present when its probability reaches thresholds[k]
+        del meta["test_accuracy"], meta["temperature"]
+        meta.update(output="per-label probabilities (N, len(class_names)), each a sigmoid in 0..1; a label is "
+                    "present when its probability is at or above its entry in thresholds",
+                    multilabel=True, thresholds=info.thresholds, test_map=score)
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in meta.items()}
 
 
@@ -116,9 +126,12 @@ def write_onnx(program: torch.export.ExportedProgram, example: torch.Tensor, met
 
 
 def compare(name: str, run, images: torch.Tensor, results: dict) -> str:
-    """Run `run` (uint8 numpy batch -> probabilities) over the images and compare with evaluate()'s results."""
+    """Run `run` (uint8 numpy batch -> probabilities) over the images and compare with evaluate()'s results
+    (or evaluate_multilabel()'s)."""
     probs = np.concatenate([run(batch.numpy()) for batch in images.split(VERIFY_BATCH)])  # (N, num_classes)
     probs = torch.from_numpy(probs).float()
+    if "thresholds" in results:
+        return compare_labels(name, probs, results)
     agree = (probs.argmax(1) == results["top_classes"][:, 0]).double().mean().item()
     diff = (probs.gather(1, results["top_classes"]) - results["top_probs"]).abs().max().item()
     if agree < 1:
@@ -127,8 +140,22 @@ def compare(name: str, run, images: torch.Tensor, results: dict) -> str:
     return f"{name}: top-1 agreement {100 * agree:.2f}%, largest probability difference {diff:.1e}"
 
 
+def compare_labels(name: str, probs: torch.Tensor, results: dict) -> str:
+    """Multi-label: the largest difference from PyTorch's probabilities (N, K), at most LABEL_TOLERANCE, and the
+    share of images whose set of labels at or above their thresholds is PyTorch's."""
+    thresholds = torch.tensor(results["thresholds"])
+    diff = (probs - results["probs"]).abs().max().item()
+    agree = ((probs >= thresholds) == (results["probs"] >= thresholds)).all(1).double().mean().item()
+    if not diff <= LABEL_TOLERANCE:
+        raise UserError(f"{name}'s probabilities differ from PyTorch's by up to {diff:.1e} on the test split (more "
+                        f"than {LABEL_TOLERANCE:g}); the earlier exported files were kept")
+    return (f"{name}: label sets above threshold agree on {100 * agree:.2f}% of images, largest probability "
+            f"difference {diff:.1e}")
+
+
 def verify(onnx_path: Path, pt2_path: Path, images: torch.Tensor, results: dict) -> list[str]:
-    """Both files reloaded from disk must give PyTorch's top-1 class on every test image."""
+    """Both files reloaded from disk must give PyTorch's top-1 class on every test image (multi-label: its
+    probabilities within LABEL_TOLERANCE)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
@@ -144,6 +171,8 @@ def reference(ckpt: dict, tta: str, temperature: float = 1.0) -> tuple[Loader, d
     cfg, info = config_of(ckpt), data_of(ckpt)
     loader = make_eval_loader(cfg, info, "test", eval_batch_size(cfg.train, CPU), CPU)
     model = with_tta(model_from_checkpoint(ckpt, CPU), tta)
+    if info.multilabel:  # at the thresholds stored in the checkpoint
+        return loader, evaluate_multilabel(model, loader, CPU, thresholds=info.thresholds)
     return loader, evaluate(model, loader, len(info.class_names), CPU, temperature=temperature)
 
 
@@ -160,17 +189,18 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
                             "--no-verify; export on a machine that has the data set")
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
-    refuse_multilabel(ckpt, path, "the export (softmax outputs)")
     info, results, images, temperature = data_of(ckpt), None, None, temperature_of(ckpt, path)
+    if info.multilabel:
+        refuse_for_multilabel(tta, int8)
     if check:
         try:
             loader, results = reference(ckpt, tta, temperature)
         except UserError as err:
             raise UserError(f"{err} (needed to check the export; pass --no-verify to skip the check)") from None
-        images = loader.raw_images(torch.arange(len(results["labels"])))  # uint8 (N, C, H, W)
+        images = loader.raw_images(torch.arange(len(loader.labels)))  # uint8 (N, C, H, W)
     example = torch.zeros(2, info.in_channels, info.image_size, info.image_size, dtype=torch.uint8)
     program = export_program(deployable(with_tta(model_from_checkpoint(ckpt, CPU), tta), info, temperature), example)
-    meta = metadata(ckpt, path, results and results["accuracy"], tta)
+    meta = metadata(ckpt, path, results and results["map" if info.multilabel else "accuracy"], tta)
     onnx_path, pt2_path = path.with_name("model.onnx"), path.with_name("model.pt2")
     # Written under temporary names (torch.export.load wants the .pt2 suffix) and renamed once checked.
     tmp = {final: final.with_name(f"{final.stem}.{os.getpid()}.tmp{final.suffix}") for final in (onnx_path, pt2_path)}
@@ -186,19 +216,35 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
     print(f"exported {path} ({meta['model']} on {meta['data']}, epoch {ckpt['epoch']}) in "
           f"{time.perf_counter() - start:.1f}s: {onnx_path} ({onnx_path.stat().st_size / 1e3:.0f} kB), "
           f"{pt2_path} ({pt2_path.stat().st_size / 1e3:.0f} kB)")
-    print(f"input: uint8 images (N, {info.in_channels}, {info.image_size}, {info.image_size}); "
-          f"output: probabilities (N, {len(info.class_names)}); classes: {', '.join(info.class_names)}")
-    if check:
-        print(f"checked on the test split ({len(images)} images, PyTorch accuracy {100 * results['accuracy']:.2f}%): "
-              + "; ".join(checks))
-    else:
-        print("not checked on the test split (--no-verify)")
+    print_checks(info, results, checks, len(images) if check else 0)
     for final, check_text in zip((onnx_path, pt2_path), checks or ["not checked (--no-verify)"] * 2):
         record_export(final, path, ckpt["epoch"], check_text)
     if int8:
         export_int8(path, ckpt, meta, (images, results), max_drop)
     refresh_card(path.parent)
     return onnx_path, pt2_path
+
+
+def print_checks(info: DataInfo, results: dict | None, checks: list[str], num_images: int) -> None:
+    """The files' input and output, and what the check on the test split found (results None: not checked)."""
+    kind, score = ("per-label probabilities", "mAP") if info.multilabel else ("probabilities", "accuracy")
+    print(f"input: uint8 images (N, {info.in_channels}, {info.image_size}, {info.image_size}); "
+          f"output: {kind} (N, {len(info.class_names)}); classes: {', '.join(info.class_names)}")
+    if results is None:
+        print("not checked on the test split (--no-verify)")
+        return
+    print(f"checked on the test split ({num_images} images, PyTorch {score} {100 * results[score.lower()]:.2f}%): "
+          + "; ".join(checks))
+
+
+def refuse_for_multilabel(tta: str, int8: bool) -> None:
+    """--tta averages softmax probabilities and --int8 is judged by top-1 accuracy: neither fits per-label sigmoids."""
+    if tta != "none":
+        raise UserError(f"--tta {tta} averages softmax probabilities over views, and a multi-label model's outputs "
+                        "are per-label sigmoids; export it without --tta")
+    if int8:
+        raise UserError("--int8 is checked by top-1 accuracy, which a multi-label model does not have; export it "
+                        "without --int8 (model.onnx is float32)")
 
 
 def calibration_images(ckpt: dict) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Needs only onnxruntime, numpy and Pillow (pip install onnxruntime numpy pillow), reads the class
 names and image size from the file's metadata, and prints the same table and CSV as
-`python test.py --predict`.
+`python test.py --predict`; for a multi-label model (its metadata says multilabel), every label
+at or above its threshold, with its probability.
 
     python tools/predict_onnx.py checkpoints/<run>/model.onnx my_digit.png more_images/
     python tools/predict_onnx.py checkpoints/<run>/model.onnx more_images/ --top-k 3 \
@@ -22,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 from engine.entry import Parser, run_cli  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
-from engine.imagefiles import min_confidence, ranked, read_inputs, report_predictions  # noqa: E402
+from engine.imagefiles import (NO_MIN_CONFIDENCE, min_confidence, ranked, read_inputs, report_labels,  # noqa: E402
+                               report_predictions)
 
 BATCH = 256  # images per onnxruntime call
 REQUIRED = ("class_names", "image_size", "channels")  # metadata keys written by export.py
@@ -33,7 +35,8 @@ class ModelError(UserError):
 
 
 def open_model(path: Path):
-    """An onnxruntime session for path, and the class names, channels and image size from its metadata."""
+    """An onnxruntime session for path, and the class names, channels, image size and (multi-label models only)
+    thresholds from its metadata."""
     try:
         import onnxruntime
     except ImportError:
@@ -50,7 +53,7 @@ def open_model(path: Path):
         raise ModelError(f"{path} has no {', '.join(missing)} in its metadata; it was not written by export.py")
     names, channels, size = read_metadata(path, meta)
     check_input(session, path, channels, size)
-    return session, names, channels, size
+    return session, names, channels, size, read_thresholds(path, meta, len(names))
 
 
 def read_metadata(path: Path, meta: dict[str, str]) -> tuple[list[str], int, int]:
@@ -65,6 +68,22 @@ def read_metadata(path: Path, meta: dict[str, str]) -> tuple[list[str], int, int
                          f"a size (got {shown(meta['class_names'])}, {shown(meta['channels'])}, "
                          f"{shown(meta['image_size'])}); export it again with python tools/export.py")
     return names, channels, size
+
+
+def read_thresholds(path: Path, meta: dict[str, str], num_classes: int) -> list[float] | None:
+    """A multi-label model's thresholds (a JSON list of one probability per class); None for a softmax model."""
+    if meta.get("multilabel") != "true":
+        return None
+    try:
+        thresholds = json.loads(meta.get("thresholds", ""))
+    except ValueError:
+        thresholds = None
+    if not (isinstance(thresholds, list) and len(thresholds) == num_classes
+            and all(type(t) in (int, float) and 0 <= t <= 1 for t in thresholds)):
+        raise ModelError(f"{path}: its metadata marks it multi-label but its thresholds "
+                         f"{shown(meta.get('thresholds'))} are not {num_classes} probabilities; export it again "
+                         "with python tools/export.py")
+    return thresholds
 
 
 def check_input(session, path: Path, channels: int, size: int) -> None:
@@ -130,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         threshold = None if args.min_confidence is None else min_confidence(args.min_confidence)
     except argparse.ArgumentTypeError as err:
         raise ModelError(f"--min-confidence {err}") from None
-    session, names, channels, size = open_model(Path(args.model))
+    session, names, channels, size, thresholds = open_model(Path(args.model))
+    if thresholds is not None and threshold is not None:
+        raise ModelError(NO_MIN_CONFIDENCE)
     top_k = min(args.top_k, len(names))
     files, images, failures = read_inputs(args.inputs, channels, size)  # uint8 (N, C, H, W)
     probs = predict(session, Path(args.model), images, len(names))
-    predictions = ranked(probs, names, top_k) if len(probs) else []
-    table = report_predictions(files, predictions, top_k, model_name(Path(args.model), session), threshold)
+    if thresholds is not None:  # multi-label: every label at or above its threshold, as test.py --predict
+        table = report_labels(files, probs, thresholds, names, model_name(Path(args.model), session))
+    else:
+        predictions = ranked(probs, names, top_k) if len(probs) else []
+        table = report_predictions(files, predictions, top_k, model_name(Path(args.model), session), threshold)
     if args.output:
         write_csv(Path(args.output), table)
         print(f"wrote {len(files)} predictions of {args.model} to {args.output}")
