@@ -88,12 +88,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
     """Metrics, confusion matrices, the misclassified grid and the reliability diagram for one split (args.split)."""
-    split, top_k = args.split, args.top_k
+    split = args.split
     ckpt, loader, results = evaluate_checkpoint(path, device, split, args.batch_size, tta=args.tta)
     if data_of(ckpt).multilabel:
         report_multilabel(path, ckpt, split, results)
         return
     names, confusion = data_of(ckpt).class_names, results["confusion"]
+    top_k = min(args.top_k, len(names))  # top-5 of 3 classes would be trivially 100 %
     summary = {"checkpoint": str(path), "epoch": ckpt["epoch"], "data": ckpt["config"]["data"]["name"],
                "split": split, **tta_summary(path, args, device, ckpt),
                "num_images": int(confusion.sum()), "loss": results["loss"],
@@ -234,7 +235,7 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
             predictions = [[(names[c], p) for c, p in zip(classes[:top_k], probs[:top_k])]
                            for probs, classes in zip(results["top_probs"].tolist(), results["top_classes"].tolist())]
         table = report_predictions(files, predictions, top_k, model_name, threshold)
-    if args.output:
+    if args.output and files:  # nothing predicted: an earlier CSV stays as it was
         write_text(args.output, table)
         print(f"wrote {len(files)} predictions of {path} to {args.output}")
     return failures

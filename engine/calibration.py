@@ -22,6 +22,7 @@ from engine.metrics import evaluate_checkpoint
 BINS = 15  # equal-width bins of the top-1 confidence, as in Guo et al.
 THRESHOLDS = (0.5, 0.9)  # confidences the report counts the images below (and --min-confidence's usual values)
 T_RANGE = (0.05, 20.0)  # the fit stays inside; beyond it the softmax is a hard argmax or nearly uniform
+FEW_ERRORS = 10  # misclassified validation images below which a fitted temperature gets a note
 
 
 class TemperatureScale(nn.Module):
@@ -113,9 +114,14 @@ def describe_fit(entry: dict) -> str:
     if entry["errors"] == 0:
         return (f"calibration: no misclassified image among the {entry['images']} of the {entry['split']} split, "
                 "so it cannot tell how far to trust the probabilities; temperature 1 kept")
-    return (f"calibration: temperature {entry['temperature']:.3f} fitted on the {entry['split']} split "
+    line = (f"calibration: temperature {entry['temperature']:.3f} fitted on the {entry['split']} split "
             f"({entry['images']} images): NLL {entry['nll_before']:.4f} -> {entry['nll_after']:.4f}, "
             f"ECE {100 * entry['ece_before']:.2f}% -> {100 * entry['ece_after']:.2f}%")
+    if entry["temperature"] in T_RANGE or entry["errors"] < FEW_ERRORS:  # the fit rests on too little to trust
+        line += (f"\nnote: the temperature rests on {entry['errors']} misclassified validation image(s)"
+                 f"{' and stopped at its bound' if entry['temperature'] in T_RANGE else ''}; a larger "
+                 "data.val_fraction gives a fit to trust")
+    return line
 
 
 def calibrate(path: Path, device: torch.device, batch_size: int | None = None) -> dict:

@@ -276,7 +276,9 @@ def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> None:
     if not cfg.data.multilabel:  # a temperature calibrates softmax probabilities over exclusive classes
         print(describe_fit(calibrate(run_dir / "best.pt", device)))
     best, test = print_test(run_dir / "best.pt", device, cfg.train.tta)
-    if not cfg.data.multilabel:
+    if cfg.data.multilabel:
+        print(f"note: no {CARD_NAME} for a multi-label run yet (its tables are per class)")
+    else:
         print(f"wrote {write_card(run_dir, best, test, code_version())}")
 
 

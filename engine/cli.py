@@ -8,7 +8,7 @@ from engine import entry
 from engine.checkpoint import resolve, run_checkpoints
 from engine.config import Config, key_help, load_config
 from engine.entry import Parser, check_interrupted  # noqa: F401 (the scripts import them from here)
-from engine.errors import UserError, shown
+from engine.errors import UserError, printable, shown
 from model import ShapeError
 
 
@@ -67,7 +67,8 @@ def split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
             raise UserError(f"override {shown(text)}: only {', '.join(CHECKPOINT_CONFIG_KEYS)} are read from the "
                             "config; the model and data come from the checkpoint")
     if len(paths) > 1:
-        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: {shown(paths)}")
+        raise UserError(f"give at most one checkpoint or run folder, got {len(paths)}: "
+                        f"{', '.join(printable(shown(path, 60)) for path in paths[:3])}{', ...' if len(paths) > 3 else ''}")
     return (paths[0] if paths else None), overrides
 
 

@@ -237,3 +237,12 @@ def test_the_check_finds_mistakes(tmp_path):
         assert expected in found
     assert "my_photos" not in found and "checkpoints" not in found and "#somewhere" not in found
     assert len(found.splitlines()) == 7
+
+
+def test_the_config_reference_lists_every_key():
+    """docs/config.md's table names every key of config.yaml in its section's row (it drifted once)."""
+    rows = {line.split("|")[1].strip(" `"): line for line in (ROOT / "docs" / "config.md").read_text().splitlines()
+            if line.startswith("| `")}
+    for section, keys in yaml.safe_load((ROOT / "config.yaml").read_text()).items():
+        missing = [key for key in keys if f"`{key}`" not in rows.get(section, "")]
+        assert not missing, f"docs/config.md's {section} row lacks {missing}"

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         predictions = ranked(probs, names, top_k) if len(probs) else []
         table = report_predictions(files, predictions, top_k, model_name(Path(args.model), session), threshold)
-    if args.output:
+    if args.output and files:  # nothing predicted: an earlier CSV stays as it was
         write_csv(Path(args.output), table)
         print(f"wrote {len(files)} predictions of {args.model} to {args.output}")
     return 1 if failures else 0
