@@ -105,14 +105,14 @@ def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
     print_report(summary)
     print_calibration(summary["calibration"], ckpt, path)
 
-    run_dir, prefix = path.parent, "" if split == "test" else f"{split}_"
-    title = f"{summary['data']} {split}: accuracy {100 * summary['accuracy']:.2f}%"
-    write_text(run_dir / f"{split}_report.json", json.dumps(summary, indent=2))
+    run_dir, prefix, report_name = output_names(path, split)
+    title = f"{summary['data']} {split} ({path.name}): accuracy {100 * summary['accuracy']:.2f}%"
+    write_text(run_dir / report_name, json.dumps(summary, indent=2))
     write_confusion_csv(confusion, names, run_dir / f"{prefix}confusion_matrix.csv")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix.png", title + " (counts)")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix_normalised.png",
                    title + " (share of each true class)", normalise=True)
-    written = [f"{split}_report.json", f"{prefix}confusion_matrix.csv", f"{prefix}confusion_matrix.png",
+    written = [report_name, f"{prefix}confusion_matrix.csv", f"{prefix}confusion_matrix.png",
                f"{prefix}confusion_matrix_normalised.png"]
     mistakes = most_confident_mistakes(results, NUM_MISCLASSIFIED)
     if len(mistakes):
@@ -126,6 +126,15 @@ def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
     if split == "test" and path.name == "best.pt":  # the card describes the run's best.pt
         written.append(write_card(run_dir, ckpt, results).name)
     print(f"wrote to {run_dir}/: {', '.join(written)}")
+
+
+def output_names(path: Path, split: str) -> tuple[Path, str, str]:
+    """Where a report goes and how its files are named: best.pt's test split plainly (test_report.json,
+    confusion_matrix.png, ...), another split or checkpoint with its name in front (val_..., last_...), so
+    that evaluating last.pt never replaces best.pt's files."""
+    checkpoint = "" if path.name == "best.pt" else f"{path.stem}_"
+    prefix = checkpoint + ("" if split == "test" else f"{split}_")
+    return path.parent, prefix, f"{checkpoint}{split}_report.json"
 
 
 def tta_summary(path: Path, args: argparse.Namespace, device: torch.device, ckpt: dict) -> dict:
@@ -170,12 +179,12 @@ def report_multilabel(path: Path, ckpt: dict, split: str, results: dict) -> None
                **{key: results[key] for key in ("loss", "map", "micro_f1", "macro_f1", "subset_accuracy")},
                "per_label": per_label(results, names)}
     print_multilabel(summary)
-    run_dir, prefix = path.parent, "" if split == "test" else f"{split}_"
-    write_text(run_dir / f"{split}_report.json", json.dumps(summary, indent=2))
-    title = f"{summary['data']} {split}: mAP {100 * summary['map']:.2f}%"
+    run_dir, prefix, report_name = output_names(path, split)
+    write_text(run_dir / report_name, json.dumps(summary, indent=2))
+    title = f"{summary['data']} {split} ({path.name}): mAP {100 * summary['map']:.2f}%"
     plot_label_scores(names, results["probs"], results["targets"], summary["per_label"],
                       run_dir / f"{prefix}label_scores.png", title)
-    print(f"wrote to {run_dir}/: {split}_report.json, {prefix}label_scores.png")
+    print(f"wrote to {run_dir}/: {report_name}, {prefix}label_scores.png")
 
 
 def print_report(report: dict) -> None:

@@ -56,6 +56,18 @@ def test_val_split_reproduces_the_logged_val_accuracy(trained):
     assert (run_dir / "val_confusion_matrix.png").is_file()
 
 
+def test_another_checkpoints_report_never_replaces_best_pts(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path)
+    assert call_script(test_script.main, str(run_dir), cwd=tmp_path)[0] == 0
+    best_files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.suffix in (".json", ".png", ".csv")}
+    code, stdout, stderr = call_script(test_script.main, str(run_dir / "last.pt"), cwd=tmp_path)
+    assert code == 0, stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name in best_files} == best_files
+    last = json.loads((run_dir / "last_test_report.json").read_text())
+    assert last["checkpoint"].endswith("last.pt") and (run_dir / "last_confusion_matrix.png").is_file()
+    assert "last_test_report.json" in stdout
+
+
 def test_evaluate_checkpoint_matches_test_script_numbers(trained):
     root, _ = trained
     code, _, stderr = call_script(test_script.main, "checkpoints/r", cwd=root)
