@@ -328,6 +328,9 @@ def set_keys(file_raw: dict, overrides: list[str]) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+FILE_SETS = ("folder", "csv")  # data sets of image files, decoded by read_image; the others are built in
+
+
 def without_effect(cfg: Config, keys: list[str]) -> list[str]:
     """A note for each key the user set that the chosen model or data set does not read."""
     model, data, train = cfg.model.name, cfg.data, cfg.train
@@ -337,15 +340,19 @@ def without_effect(cfg: Config, keys: list[str]) -> list[str]:
            for key in (f.name for f in dataclasses.fields(ModelConfig)) if key not in reads},
         "data.root": "data.name=digits is embedded and reads no folder; set data.name=folder for your images"
         if data.name == "digits" else "",
-        "data.image_size": f"data.name={data.name} has its own size" if data.name != "folder" else "",
-        "data.channels": f"data.name={data.name} has its own channels" if data.name != "folder" else "",
+        "data.image_size": f"data.name={data.name} has its own size" if data.name not in FILE_SETS else "",
+        "data.channels": f"data.name={data.name} has its own channels" if data.name not in FILE_SETS else "",
         "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
         "train.momentum": f"train.optimizer={train.optimizer} has no momentum" if train.optimizer != "sgd" else "",
         "train.step_epochs": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
         "train.step_gamma": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
         "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
     }
-    return [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
+    notes = [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
+    if train.tta != "none" and data.name in ("digits", "mnist"):  # a recipe's choice, but rarely a good one here
+        notes.append(f"train.tta={train.tta} mirrors the images, and a mirrored digit is another glyph or none: "
+                     "expect a lower accuracy with it (the last line shows both); train.tta=none is the usual choice")
+    return notes
 
 
 def to_dict(cfg: Config) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from engine import csvdata
-from engine.config import DataConfig
+from engine.config import FILE_SETS, DataConfig
 from engine.distributed import local_main_first
 from engine.errors import UserError
 from engine.imagefiles import ImageError, decode_image
@@ -31,7 +31,6 @@ CLASS_NAMES = {
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
 DEFAULT_SIZE = 32  # folder images' side for data.image_size=auto without pretrained weights
-FILE_SETS = ("folder", "csv")  # data sets of image files, decoded by read_image; the others are built in
 HELD_OUT_SEED = 0  # data.test_fraction's split hashes it with each file name: every run.seed tests the same images
 
 

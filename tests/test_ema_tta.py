@@ -88,3 +88,13 @@ def test_export_bakes_the_views_into_the_graph(tiny_run, tmp_path):
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["tta"] == "flip_shift" and json.loads(meta["test_accuracy"]) == pytest.approx(
         evaluate_checkpoint(run_dir / "best.pt", torch.device("cpu"), tta="flip_shift")[2]["accuracy"], abs=0.01)
+
+
+def test_mirrored_views_on_digits_get_a_note(capsys):
+    from engine.config import load_config
+
+    load_config(None, ["train.tta=flip"])  # digits by default
+    assert "note: train.tta=flip mirrors the images" in capsys.readouterr().out
+    load_config(None, ["train.tta=flip", "data.name=cifar10"])
+    load_config(None, ["data.name=csv", "data.image_size=16", "data.channels=3"])  # both read by CSV data sets
+    assert "note:" not in capsys.readouterr().out
