@@ -66,7 +66,7 @@ def loads_or_refuses(load) -> None:
     assert config_from_dict(to_dict(cfg)) == cfg  # and what a checkpoint stores
 
 
-@fuzz(80)
+@fuzz(50)
 @given(st.lists(OVERRIDES, max_size=4))
 def test_random_overrides_load_or_give_one_user_error(overrides):
     loads_or_refuses(lambda: load_config(None, overrides))
@@ -96,7 +96,7 @@ DOCUMENTS = st.one_of(
     st.text(max_size=60))
 
 
-@fuzz(50)
+@fuzz(30)
 @given(DOCUMENTS, st.sampled_from([b"", b"\xff\xfe", b"\xe9"]))
 def test_random_yaml_documents_load_or_give_one_user_error(tmp_path_factory, document, prefix):
     path = tmp_path_factory.mktemp("yaml") / "config.yaml"
