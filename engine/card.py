@@ -20,7 +20,7 @@ import yaml
 from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
 from engine.checkpoint import config_of, data_of, model_from_checkpoint, temperature_of
 from engine.config import Config, changed_keys, to_dict
-from engine.datasets import DIGITS_PATH, folder_files, scan, source_folder
+from engine.datasets import DIGITS_PATH, FILE_SETS, folder_files, scan, source_folder
 from engine.errors import UserError
 from engine.metrics import evaluate_checkpoint, per_class
 from engine.storage import write_text
@@ -42,7 +42,7 @@ def file_list_digest(cfg: Config) -> tuple[str, int] | None:
         for split in ("train", "test"):
             folder = source_folder(cfg.data, split)
             try:
-                found = folder_files(cfg.data, split)[0] if cfg.data.name == "folder" else [
+                found = folder_files(cfg.data, split)[0] if cfg.data.name in FILE_SETS else [
                     f for f in scan(folder) if f.is_file()]
             except (UserError, OSError):
                 return None

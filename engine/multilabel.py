@@ -82,10 +82,10 @@ def evaluate_multilabel(model: nn.Module, loader: Iterable, device: torch.device
         for images, labels in loader:
             logits = model(images).float()  # (B, K)
             loss_sum += bce(logits, labels, weight, reduction="sum").double()
-            probs.append(logits.sigmoid().cpu())
-            targets.append(labels.float().cpu())
+            probs.append(logits.sigmoid())  # kept where they are: no host sync inside the loop
+            targets.append(labels.float())
     all_reduce_sum(loss_sum)
-    shares = gather((torch.cat(probs), torch.cat(targets)))
+    shares = gather((torch.cat(probs).cpu(), torch.cat(targets).cpu()))
     probs, targets = torch.cat([p for p, _ in shares]), torch.cat([t for _, t in shares])
     ap = [average_precision(probs[:, k], targets[:, k]) for k in range(probs.shape[1])]
     present = [a for a in ap if a == a]

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 from conftest import TINY, call_script, copy_run, snapshot  # noqa: E402
 from engine.config import DEFAULT_CONFIG, config_from_dict, flatten, load_config, to_dict, to_yaml  # noqa: E402
-from engine.errors import UserError
+from engine.errors import UserError  # noqa: E402
 import test as test_script  # noqa: E402
 from tools import compare  # noqa: E402
 from tools import summary  # noqa: E402

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 hypothesis = pytest.importorskip("hypothesis", reason="Hypothesis is an extra: pip install -r requirements-extras.txt")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import given, strategies as st  # noqa: E402
 
 from conftest import call_script, copy_run, snapshot  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
@@ -26,16 +26,8 @@ from engine.entry import LINE_MAX  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.imagefiles import ImageError, decode_image  # noqa: E402
 import test as test_script  # noqa: E402
+from test_fuzz import fuzz  # noqa: E402  (bounded in CI; FUZZ_EXAMPLES=N explores)
 from tools import summary  # noqa: E402
-
-EXPLORE = int(os.environ.get("FUZZ_EXAMPLES", "0"))
-
-
-def fuzz(examples: int):
-    """Bounded, repeatable examples in CI; FUZZ_EXAMPLES=N for N random ones per property."""
-    return settings(max_examples=EXPLORE or examples, derandomize=not EXPLORE, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
-
 
 def short_message(err: Exception) -> str:
     """A UserError's message is one short line at its source (control characters are escaped when printed)."""
