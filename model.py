@@ -1,5 +1,5 @@
-"""The models: a configurable CNN, LeNet-5, a small ResNet and torchvision's classifiers, picked by `model.name`
-in config.yaml.
+"""The models: a configurable CNN, LeNet-5, a small ResNet, airbench's conv groups and torchvision's
+classifiers, picked by `model.name` in config.yaml.
 
 To try another architecture, write an nn.Module whose constructor takes
 (cfg: ModelConfig, in_channels, num_classes, image_size) and whose forward returns logits,
@@ -35,12 +35,12 @@ class ConvBlock:
 class ModelConfig:
     """The `model:` section of config.yaml; add fields here for a new architecture.
 
-    name, pretrained and sync_batchnorm apply to every model; the others only to the models that list
+    name, pretrained, sync_batchnorm, whiten and dirac apply to every model; the others only to the models that list
     them in their SETTINGS (a model without SETTINGS reads them all).
     """
     name: str
     pretrained: str  # none | imagenet | PATH of a state dict or checkpoint (read by engine/finetune.py)
-    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"]
+    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
     leaky_slope: float = field(metadata={"min": 0.0, "max": 1.0})
     batch_norm: bool
     conv_blocks: list[ConvBlock]
@@ -48,6 +48,8 @@ class ModelConfig:
     dropout: float = field(metadata={"min": 0.0, "max": 1.0})
     widths: list[int] = field(metadata={"min": 1, "min_items": 1})  # resnet only: channels of each stage
     sync_batchnorm: bool  # under torchrun: batch-norm statistics over all processes (engine/devices.py converts)
+    whiten: Literal["none", "init", "frozen"]  # the first conv from the training patches (engine/init.py)
+    dirac: bool  # size-preserving convs start as the identity (engine/init.py)
 
 
 class CNN(nn.Module):
@@ -127,12 +129,40 @@ class ResNet(nn.Module):
         return self.classifier(features)  # (B, num_classes)
 
 
+class Airbench(nn.Module):
+    """The conv groups of airbench94 (Jordan, 2024), the fastest published CIFAR-10 training:
+
+    2x2 conv (2 x 4 x in_channels filters; model.whiten=frozen makes it a patch-whitening filter) -> activation
+    -> per width in model.widths: conv -> 2x2 max pool -> norm -> act -> conv -> norm -> act
+    -> global max pool -> linear / 9. Reads model.widths and model.activation (airbench: [64, 256, 256], gelu).
+    """
+    SETTINGS = ("activation", "leaky_slope", "widths")
+
+    def __init__(self, cfg: ModelConfig, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        channels, size = 2 * 4 * in_channels, out_size(image_size, 2, 1, 0, "airbench's first 2x2 conv")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 2), make_activation(cfg)]
+        for i, width in enumerate(cfg.widths):
+            size = out_size(size, 2, 2, 0, f"model.widths[{i}] max pool")
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.MaxPool2d(2), ShiftNorm(width),
+                       make_activation(cfg), nn.Conv2d(width, width, 3, padding=1, bias=False), ShiftNorm(width),
+                       make_activation(cfg)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes, bias=False))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(images)  # (B, widths[-1], H', W'): H - 1 halved (floored) per width
+        return self.classifier(features) / 9  # airbench's output scale: softer early predictions
+
+
 # model.name -> class. A new architecture is one more line here; names not in MODELS that
 # torchvision.models lists go to TorchvisionModel (see model_class).
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": CNN,
     "lenet5": LeNet5,
     "resnet": ResNet,
+    "airbench": Airbench,
 }
 
 
@@ -157,10 +187,10 @@ def out_size(size: int, kernel: int, stride: int, padding: int, where: str) -> i
 
 
 def make_activation(cfg: ModelConfig) -> nn.Module:
-    """The activations from the notes."""
+    """The activations from the notes, and GELU (x * Phi(x), a smooth ReLU)."""
     if cfg.activation == "leaky_relu":
         return nn.LeakyReLU(cfg.leaky_slope)
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[cfg.activation]()
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}[cfg.activation]()
 
 
 def make_classifier(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Sequential:
@@ -188,6 +218,22 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+class ShiftNorm(nn.BatchNorm2d):
+    """Batch norm without a learned scale, whose shift learns 64x faster than the weights at the same weight
+    decay (airbench's batch norm: its optimizer gives the shifts 64 x lr; here the parameter is used x 8,
+    which moves the shift 8 x 8 = 64 times as far per step). Running statistics keep 60 % of their value per batch."""
+    SCALE = 8.0
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-12, momentum=0.4, affine=False)
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        is_batch = self.training or self.running_mean is None
+        return F.batch_norm(x, self.running_mean, self.running_var, None, self.SCALE * self.shift, is_batch,
+                            self.momentum, self.eps)
 
 
 # torchvision's classifiers by name (resnet18, efficientnet_b0, ...), through one adapter.
@@ -279,8 +325,11 @@ def model_class(name: str) -> type[nn.Module] | None:
     return TorchvisionModel if name in torchvision_names() else None
 
 
+SHARED_SETTINGS = ("name", "pretrained", "sync_batchnorm", "whiten", "dirac")  # read for every model
+
+
 def settings_of(name: str) -> tuple[str, ...]:
     """The model.* keys the model `name` reads: the shared ones and its SETTINGS (all keys if it has none)."""
     every = tuple(f.name for f in fields(ModelConfig))
     own = getattr(model_class(name), "SETTINGS", every)
-    return tuple(key for key in every if key in ("name", "pretrained", "sync_batchnorm") or key in own)
+    return tuple(key for key in every if key in SHARED_SETTINGS or key in own)

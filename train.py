@@ -31,6 +31,7 @@ from engine.distributed import all_reduce_sum, broadcast_buffers, is_main, rank_
 from engine.entry import check_interrupted
 from engine.errors import UserError
 from engine.finetune import load_data, param_groups, setup_model, unfreeze
+from engine.init import initialise
 from engine.loaders import Loader
 from engine.metrics import LossFn, class_weights, evaluate, make_loss
 from engine.multilabel import evaluate_multilabel
@@ -47,6 +48,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
     cfg, pretrained, train_loader, val_loader, info = load_data(cfg, resume, device)
     # 2. model training: the model, the loss J, and the optimizer that steps w <- w - a*dJ/dw
     model, new_layers, frozen_norms = setup_model(cfg, info, device, resume, pretrained)
+    initialise(model, cfg.model, train_loader, is_fresh=resume is None and pretrained is None)  # whiten, dirac
     trained_model, amp_dtype = apply_switches(model, cfg.run, device)  # compiled / DDP-wrapped, or model itself
     step = make_step(model, new_layers, cfg.train, info, amp_dtype, len(train_loader))
     step.frozen_norms = frozen_norms
@@ -124,6 +126,25 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
                                                             epoch)
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run, train_loader, epoch)
+    every = run.cfg.train.val_every
+    is_validated = epoch == run.cfg.train.epochs or (every > 0 and epoch % every == 0)
+    val = validate(run, val_loader) if is_validated else dict.fromkeys(runs.VAL_KEYS, math.nan)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+           "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+           "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2),
+           **({"val_map": val["map"]} if run.info.multilabel else {})}
+    score = row[runs.METRIC_COLUMNS[run.cfg.train.best_metric]]
+    improved = is_validated and score > run.state.best_score
+    bad_epochs = 0 if improved else run.state.bad_epochs + is_validated  # epochs not validated do not count
+    run.state = RunState(epoch, score if improved else run.state.best_score, bad_epochs, run.state.history + [row])
+    save_epoch(run, improved)
+    check_interrupted()
+    runs.log_tensorboard(run.writer, row)
+    print(runs.epoch_line(row, run.cfg.train.epochs, improved))
+
+
+def validate(run: "Run", val_loader: Loader) -> dict:
+    """3. The validation split's loss and metrics, of the average weights when train.ema_decay is on."""
     model = ema.evaluated(run.model, run.step.ema)
     broadcast_buffers(model)  # every process evaluates the weights rank 0 saves
     device = val_loader.device
@@ -131,21 +152,9 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
     if run.info.multilabel:  # per-label AP, F1 and thresholds (engine/multilabel.py)
         val = evaluate_multilabel(model, val_loader, device, run.step.amp_dtype, weight)
         run.info = replace(run.info, thresholds=val["thresholds"])  # stored with this epoch's weights
-    else:
-        val = evaluate(with_tta(model, run.cfg.train.tta), val_loader, len(run.info.class_names), device,
-                       run.step.amp_dtype, run.cfg.train.loss, weight)  # the loss test.py reports
-    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-           "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
-           "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2),
-           **({"val_map": val["map"]} if run.info.multilabel else {})}
-    score = row[runs.METRIC_COLUMNS[run.cfg.train.best_metric]]
-    improved = score > run.state.best_score
-    run.state = RunState(epoch, max(score, run.state.best_score),
-                         0 if improved else run.state.bad_epochs + 1, run.state.history + [row])
-    save_epoch(run, improved)
-    check_interrupted()
-    runs.log_tensorboard(run.writer, row)
-    print(runs.epoch_line(row, run.cfg.train.epochs, improved))
+        return val
+    return evaluate(with_tta(model, run.cfg.train.tta), val_loader, len(run.info.class_names), device,
+                    run.step.amp_dtype, run.cfg.train.loss, weight)  # the loss test.py reports
 
 
 def save_epoch(run: "Run", improved: bool) -> None:

@@ -51,6 +51,7 @@ class Augmentation:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     num_classes: int = 0  # of the targets MixUp and CutMix return
+    flip: str = "random"  # data.flip: random | alternate (the loader passes which images to mirror)
 
 
 def generator_for(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
@@ -74,13 +75,16 @@ def integers(n: int, high: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, high, (n,), generator=generator, device=generator.device)
 
 
-def augment_images(images: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
-    """Crop, flip and the policy's ops, per image, on float images (B, C, H, W) on the 0..255 scale."""
+def augment_images(images: torch.Tensor, aug: Augmentation, generator: torch.Generator,
+                   flipped: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop, flip and the policy's ops, per image, on float images (B, C, H, W) on the 0..255 scale;
+    flipped (B,) says which images to mirror with data.flip=alternate (else half of them at random)."""
     if aug.policy == "none":
         return images
     images = crop(images, aug.crop_padding, generator)
     if aug.policy != "crop":
-        images = flip(images, generator)
+        is_flipped = uniform(len(images), generator) < 0.5 if flipped is None else flipped
+        images = torch.where(is_flipped.view(-1, 1, 1, 1), images.flip(3), images)
     if aug.policy == "trivialaugment":
         n = len(images)
         images = apply_ops(images, integers(n, len(OPS), generator), integers(n, NUM_BINS, generator) / (NUM_BINS - 1),
@@ -106,12 +110,6 @@ def augment_normalised(images: torch.Tensor, labels: torch.Tensor, aug: Augmenta
 
 def random_signs(n: int, generator: torch.Generator) -> torch.Tensor:
     return integers(n, 2, generator) * 2.0 - 1
-
-
-def flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image mirrored left-right with probability 1/2."""
-    is_flipped = uniform(len(images), generator) < 0.5
-    return torch.where(is_flipped.view(-1, 1, 1, 1), images.flip(3), images)
 
 
 def crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

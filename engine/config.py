@@ -42,6 +42,7 @@ class DataConfig:
     val_fraction: float = field(metadata=between(0.01, 0.9))
     augment: Literal["none", "crop", "flip_crop", "trivialaugment", "randaugment"]
     crop_padding: int = field(metadata=at_least(0))
+    flip: Literal["random", "alternate"]
     random_erasing: float = field(metadata=between(0.0, 1.0))
     sampler: Literal["shuffle", "balanced"]
     max_memory_mb: int = field(metadata=at_least(0))
@@ -65,8 +66,9 @@ class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"]
     lr: float = field(metadata=POSITIVE)
     momentum: float = field(metadata=between(0.0, 0.999))
+    nesterov: bool
     weight_decay: float = field(metadata=at_least(0.0))
-    scheduler: Literal["none", "step", "cosine", "onecycle"]
+    scheduler: Literal["none", "step", "cosine", "onecycle", "linear"]
     step_epochs: int = field(metadata=at_least(1))
     step_gamma: float = field(metadata=between(0.0, 1.0))
     loss: Literal["cross_entropy", "mse"]
@@ -83,6 +85,7 @@ class TrainConfig:
     ema_decay: float = field(metadata=between(0.0, 0.9999))
     ema_every: int = field(metadata=at_least(1))
     tta: Literal["none", "flip", "flip_shift"]
+    val_every: int = field(metadata=at_least(0))
 
 
 SEED_MAX = 2 ** 63 - 1  # torch seeds are 64-bit; each torchrun process adds its rank
@@ -215,6 +218,9 @@ def config_from_dict(raw: Any) -> Config:
     if isinstance(cfg.train.class_weights, list) and not any(w > 0 for w in cfg.train.class_weights):
         raise UserError(f"train.class_weights: {shown(cfg.train.class_weights)} gives every class weight 0, so no "
                         "image counts in the loss; give the classes that should count a weight above 0, or balanced")
+    if cfg.train.nesterov and (cfg.train.optimizer != "sgd" or cfg.train.momentum == 0):
+        raise UserError("train.nesterov: Nesterov momentum needs train.optimizer=sgd and train.momentum above 0; "
+                        "set those or train.nesterov=false")
     check_device_name(cfg.run.device, "run.device")
     check_plain_name(cfg.run.name, "run.name")
     return cfg

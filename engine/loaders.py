@@ -199,14 +199,24 @@ class Loader:
         aug = self.batching.augmentation if self.batching.shuffle_seed is not None else None
         generator = None if aug is None else generator_for(self.batching.shuffle_seed, self.epoch, self.rank,
                                                            self.device)
+        flips = self.alternate_flips(aug)
         for batch, images in zip(batches, raw):
             images, labels = images.float(), self.labels[batch]  # (B, C, H, W) on the 0..255 scale
             if aug is not None:
-                images = augment_images(images, aug, generator)
+                images = augment_images(images, aug, generator, None if flips is None else flips[batch])
             images = self.normalise(images)
             if aug is not None:
                 images, labels = augment_normalised(images, labels, aug, generator)
             yield images, labels
+
+
+    def alternate_flips(self, aug: Augmentation | None) -> torch.Tensor | None:
+        """With data.flip=alternate, which images this epoch mirrors (N,): a random half fixed by the seed in odd
+        epochs, the other half in even ones (airbench's alternating flip); None otherwise."""
+        if aug is None or aug.flip != "alternate":
+            return None
+        first = torch.rand(len(self.labels), generator=torch.Generator().manual_seed(self.batching.shuffle_seed)) < 0.5
+        return (first if self.epoch % 2 == 1 else ~first).to(self.device)
 
 
 def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -305,7 +315,7 @@ def check_crop(cfg: DataConfig, image_size: int) -> None:
 
 def augmentation(cfg: Config, num_classes: int) -> Augmentation:
     return Augmentation(cfg.data.augment, cfg.data.crop_padding, cfg.data.random_erasing, cfg.train.mixup_alpha,
-                        cfg.train.cutmix_alpha, num_classes)
+                        cfg.train.cutmix_alpha, num_classes, cfg.data.flip)
 
 
 def make_train_loaders(cfg: Config, device: torch.device,

@@ -1,5 +1,6 @@
 """PNG figures: training curves and confusion matrices."""
 import io
+import math
 from pathlib import Path
 
 import matplotlib
@@ -27,13 +28,19 @@ def save(fig: plt.Figure, path: Path | io.BytesIO, tight: bool = True) -> None:
         plt.close(fig)
 
 
+def validated(history: list[dict]) -> list[dict]:
+    """The rows of epochs that were validated (the others hold NaN: train.val_every)."""
+    return [row for row in history if not math.isnan(float(row["val_loss"]))]
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train vs val."""
-    epochs = [row["epoch"] for row in history]
+    """Loss and accuracy per epoch, train vs val (the validated epochs: train.val_every)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
-        ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
-        ax_acc.plot(epochs, [100 * row[f"{split}_acc"] for row in history], marker="o", label=split)
+        rows = validated(history) if split == "val" else history
+        ax_loss.plot([row["epoch"] for row in rows], [row[f"{split}_loss"] for row in rows], marker="o", label=split)
+        ax_acc.plot([row["epoch"] for row in rows], [100 * row[f"{split}_acc"] for row in rows], marker="o",
+                    label=split)
     ax_loss.set(xlabel="epoch", title="loss")  # titles name the y axes: fixed margins fit any tick labels
     ax_acc.set(xlabel="epoch", title="accuracy (%)")
     for ax in (ax_loss, ax_acc):

@@ -4,6 +4,7 @@ the files that record each epoch (metrics.csv, curves.png, the epoch line).
 import contextlib
 import csv
 import itertools
+import math
 import os
 import shutil
 import sys
@@ -99,7 +100,7 @@ def overridden(saved: dict, overrides: list[str]) -> Config:
                             f"allowed: {', '.join(RESUMABLE)}")
         apply_override(raw, text)
     cfg = config_from_dict(raw)
-    if cfg.train.epochs != saved["train"]["epochs"] and cfg.train.scheduler in ("cosine", "onecycle"):
+    if cfg.train.epochs != saved["train"]["epochs"] and cfg.train.scheduler in FIXED_SCHEDULES:
         raise UserError(f"train.epochs cannot change on --resume with train.scheduler={cfg.train.scheduler}: its "
                         "schedule is laid out over the original epochs; start a new run instead")
     if overrides:
@@ -140,9 +141,12 @@ def yaml_value(value: object) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
+FIXED_SCHEDULES = ("cosine", "onecycle", "linear")  # laid out over train.epochs
+
+
 def finished(ckpt: dict, cfg: Config) -> str:
     """Why the checkpoint's run has nothing left to do under cfg; '' if it has."""
-    longer = ("start a new run to train longer" if cfg.train.scheduler in ("cosine", "onecycle")
+    longer = ("start a new run to train longer" if cfg.train.scheduler in FIXED_SCHEDULES
               else "raise train.epochs to train on")
     if ckpt["epoch"] >= cfg.train.epochs:
         return f"all {cfg.train.epochs} epochs are done; {longer}"
@@ -208,12 +212,17 @@ def write_metrics(history: list[dict], run_dir: Path) -> None:
     plot_curves(history, run_dir / "curves.png")
 
 
+VAL_KEYS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")  # of an epoch not validated: NaN
+
+
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    val = (f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
+           f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%"
+           + (f" map {100 * row['val_map']:6.2f}%" if "val_map" in row else ""))  # data.multilabel
+    if math.isnan(row["val_loss"]):
+        val = "  val -"  # train.val_every
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
-            f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
-            f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%  lr {row['lr']:.2e}"
-            + (f" map {100 * row['val_map']:6.2f}%" if "val_map" in row else "")  # data.multilabel
-            + f"  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
+            f"{val}  lr {row['lr']:.2e}  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
 
 
 # train.best_metric -> its column in metrics.csv

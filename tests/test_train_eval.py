@@ -51,7 +51,11 @@ def test_same_seed_gives_same_numbers(tiny_cfg):
                                         "train.optimizer=sgd", "model.dropout=0.5"],
                                    ["data.augment=trivialaugment", "data.random_erasing=0.5", "train.mixup_alpha=0.2",
                                     "train.cutmix_alpha=1", "train.label_smoothing=0.1"],
-                                   ["train.ema_decay=0.9", "train.ema_every=2"]])
+                                   ["train.ema_decay=0.9", "train.ema_every=2"],
+                                   ["model.name=airbench", "model.widths=[8, 8]", "model.whiten=frozen",
+                                    "model.dirac=true", "train.optimizer=sgd", "train.nesterov=true",
+                                    "train.scheduler=linear", "data.augment=flip_crop", "data.flip=alternate",
+                                    "train.val_every=2"]])
 def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     straight = train(tiny_cfg(*extra))  # TINY: 2 epochs
 

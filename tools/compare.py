@@ -13,7 +13,7 @@ from engine.cli import run_cli  # noqa: E402
 from engine.config import flatten  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
-from engine.plots import plot_comparison  # noqa: E402
+from engine.plots import plot_comparison, validated  # noqa: E402
 from engine.storage import make_folder  # noqa: E402
 from engine.yamlfile import read_yaml  # noqa: E402
 
@@ -49,8 +49,9 @@ def read_metrics(path: Path) -> list[dict]:
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{path} line {line} lacks numbers for epoch, val_loss and val_acc (a damaged or "
                             "foreign file); leave this run out or train it again") from None
+    history = validated(history)  # train.val_every: the other epochs' val columns are NaN
     if not history:
-        raise UserError(f"{path} has no epochs yet; leave this run out until it has finished one")
+        raise UserError(f"{path} has no validated epochs yet; leave this run out until it has finished one")
     return history
 
 
