@@ -133,7 +133,8 @@ class Airbench(nn.Module):
     """The conv groups of airbench94 (Jordan, 2024), the fastest published CIFAR-10 training:
 
     2x2 conv (2 x 4 x in_channels filters; model.whiten=frozen makes it a patch-whitening filter) -> activation
-    -> per width in model.widths: conv -> 2x2 max pool -> norm -> act -> conv -> norm -> act
+    -> per width in model.widths: conv -> 2x2 max pool (while the map is larger than 1x1) -> norm -> act -> conv
+    -> norm -> act
     -> global max pool -> linear / 9. Reads model.widths and model.activation (airbench: [64, 256, 256], gelu).
     """
     SETTINGS = ("activation", "leaky_slope", "widths")
@@ -142,9 +143,10 @@ class Airbench(nn.Module):
         super().__init__()
         channels, size = 2 * 4 * in_channels, out_size(image_size, 2, 1, 0, "airbench's first 2x2 conv")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 2), make_activation(cfg)]
-        for i, width in enumerate(cfg.widths):
-            size = out_size(size, 2, 2, 0, f"model.widths[{i}] max pool")
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.MaxPool2d(2), ShiftNorm(width),
+        for width in cfg.widths:
+            pool = nn.MaxPool2d(2) if size >= 2 else nn.Identity()  # a 1x1 map (small images) is not pooled
+            size = max(1, size // 2)
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), pool, ShiftNorm(width),
                        make_activation(cfg), nn.Conv2d(width, width, 3, padding=1, bias=False), ShiftNorm(width),
                        make_activation(cfg)]
             channels = width

@@ -38,7 +38,7 @@ RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem not
 def recipe_overrides(name: str, args: argparse.Namespace) -> list[str]:
     """Where the data is, where runs go, and any extra overrides."""
     overrides = [f"run.output_dir={args.output_dir}", f"run.name=recipe-{name}-{time.strftime('%Y%m%d-%H%M%S')}"]
-    if name == "cifar10" and args.cifar10_folder:  # the JPEG folder copy instead of torchvision's binary files
+    if name.startswith("cifar10") and args.cifar10_folder:  # the JPEG folder copy instead of torchvision's binary files
         overrides += ["data.name=folder", f"data.root={args.cifar10_folder}"]
     elif name != "digits":
         overrides.append(f"data.root={args.root}")
@@ -63,8 +63,10 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     seconds = sum(float(s) for s in re.findall(r"^epoch .*?\s([\d.]+)s(?:  \*best)?$", out, re.M))
     epochs = len(re.findall(r"^epoch ", out, re.M))
     train_images = int(re.search(r"(\d+) train / \d+ val images", out)[1])
+    tta = re.search(r"^test .*with tta \S+ ([\d.]+)%", out, re.M)
     return {"data set": name, "model": re.search(r"^model: (\w+)", out, re.M)[1],
-            "epochs": epochs, "test acc": float(re.search(r"accuracy ([\d.]+)%", out)[1]),
+            "epochs": epochs, "test acc": float(re.search(r"^test .*accuracy ([\d.]+)%", out, re.M)[1]),
+            "tta acc": float(tta[1]) if tta else None,
             "train s": seconds, "images/s": epochs * train_images / seconds,
             "peak GB": usage.ru_maxrss / 2 ** 20, "amp": re.search(r"^amp: \w+ -> (\w+)", out, re.M)[1],
             "device": device_name(re.search(r"^device: (\S+)", out, re.M)[1])}
@@ -82,8 +84,14 @@ def forward_flops(name: str, args: argparse.Namespace) -> float:
 
 
 def conv_throughput(rounds: int = 5) -> float:
-    """FLOP/s of a large 3x3 conv's forward pass on this machine (the median of a few rounds)."""
-    conv, images = torch.nn.Conv2d(128, 128, 3, padding=1), torch.randn(64, 128, 32, 32)
+    """FLOP/s of a large 3x3 conv's forward pass on this machine: the median of a few rounds, in the faster of
+    the two memory layouts (channels_last is oneDNN's own)."""
+    return max(layout_throughput(rounds, layout) for layout in (torch.contiguous_format, torch.channels_last))
+
+
+def layout_throughput(rounds: int, layout: torch.memory_format) -> float:
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(memory_format=layout)
+    images = torch.randn(64, 128, 32, 32).to(memory_format=layout)
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             conv(images)
@@ -126,11 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     throughput = (throughput + conv_throughput()) / 2  # before and after: the machine's load may change
     print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, large-conv "
           f"throughput {throughput / 1e9:.0f} GFLOP/s, overrides: {' '.join(args.overrides) or 'none'}")
-    print("| data set | model | epochs | test acc | train s | images/s | MFLOP/img | GFLOP/s | share | floor s "
+    print("| data set | model | epochs | test acc | with TTA | train s | images/s | MFLOP/img | GFLOP/s | share | floor s "
           "| x floor | peak GB | amp | device |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for r in rows:
-        print(f"| {r['data set']} | {r['model']} | {r['epochs']} | {r['test acc']:.2f}% | {r['train s']:.0f} | "
+        tta = f"{r['tta acc']:.2f}%" if r["tta acc"] is not None else "-"
+        print(f"| {r['data set']} | {r['model']} | {r['epochs']} | {r['test acc']:.2f}% | {tta} | {r['train s']:.0f} | "
               f"{r['images/s']:,.0f} | {r['MFLOP/img']:.1f} | {r['GFLOP/s']:.1f} | {100 * r['share']:.0f}% | "
               f"{r['floor s']:.0f} | {r['x floor']:.2f} | {r['peak GB']:.2f} | {r['amp']} | {r['device']} |")
 

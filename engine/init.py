@@ -14,7 +14,7 @@ from engine.errors import UserError
 from engine.loaders import Loader
 from model import ModelConfig
 
-WHITEN_IMAGES = 5000  # training images whose patches estimate the covariance (airbench's count)
+WHITEN_IMAGES = 5000  # training images, evenly spaced over the split, whose patches give the covariance
 WHITEN_EPS = 5e-4  # added to each eigenvalue: directions with almost no variance are not blown up
 
 
@@ -73,8 +73,9 @@ def initialise(model: nn.Module, cfg: ModelConfig, train_loader: Loader, is_fres
     if is_fresh and cfg.dirac:
         dirac(model)
     if is_fresh and cfg.whiten != "none":
-        count = min(WHITEN_IMAGES, len(train_loader.labels))
-        images = train_loader.raw_images(torch.arange(count)).to(train_loader.device)  # the split's first images
+        n = len(train_loader.labels)  # evenly spaced: folders are stored class by class
+        spread = torch.linspace(0, n - 1, min(WHITEN_IMAGES, n)).round().long()
+        images = train_loader.raw_images(spread).to(train_loader.device)
         whiten(first_conv(model), train_loader.normalise(images))
     if cfg.whiten == "frozen":
         first_conv(model).weight.requires_grad_(False)

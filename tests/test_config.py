@@ -29,7 +29,7 @@ def test_dotted_overrides_including_list_items():
     ("train.lr=-0.1", "train.lr: must be greater than 0, got -0.1"),
     ("train.epochs=0", "train.epochs: must be at least 1, got 0"),
     ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
-    ("model.activation=gelu", "model.activation: 'gelu' is not allowed; use one of relu | leaky_relu | tanh | sigmoid"),
+    ("model.activation=swish", "model.activation: 'swish' is not allowed; use one of relu | leaky_relu | tanh | sigmoid | gelu"),
     ("model.name=vgg", "model.name: 'vgg' is not a registered model; use one of cnn | lenet5 | resnet"),
     ("data.augment=maybe", "data.augment: 'maybe' is not allowed; use one of none | crop | flip_crop | "
                            "trivialaugment | randaugment"),

@@ -77,13 +77,14 @@ def test_dirac_makes_size_preserving_convs_pass_their_input_through():
     assert torch.allclose(widening(x)[:, :8], x, atol=1e-6)
 
 
-def test_airbench_gives_logits_for_cifar_and_mnist_sizes_and_names_a_too_small_image():
+def test_airbench_gives_logits_for_cifar_mnist_and_digits_sizes():
     cfg = load_config(None, ["model.name=airbench", "model.widths=[16, 32, 32]"]).model
-    for channels, size in ((3, 32), (1, 28)):
+    for channels, size, side in ((3, 32, 3), (1, 28, 3), (1, 8, 1)):  # 32 -> 31 -> 15 -> 7 -> 3; 8 -> 7 -> 3 -> 1 -> 1
         model = build_model(cfg, channels, 10, size)
+        assert model.features(torch.randn(2, channels, size, size)).shape[-1] == side
         assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
-    with pytest.raises(ShapeError, match=r"model.widths\[2\] max pool"):
-        Airbench(cfg, 1, 10, 8)
+    with pytest.raises(ShapeError, match="airbench's first 2x2 conv"):
+        Airbench(cfg, 1, 10, 1)
 
 
 def test_shift_norm_normalises_without_a_scale_and_shifts_by_8x_its_parameter():

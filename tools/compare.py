@@ -51,7 +51,7 @@ def read_metrics(path: Path) -> list[dict]:
                             "foreign file); leave this run out or train it again") from None
     history = validated(history)  # train.val_every: the other epochs' val columns are NaN
     if not history:
-        raise UserError(f"{path} has no validated epochs yet; leave this run out until it has finished one")
+        raise UserError(f"{path} has no epochs yet; leave this run out until it has finished one")
     return history
 
 
