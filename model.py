@@ -151,7 +151,8 @@ class Airbench(nn.Module):
                        make_activation(cfg)]
             channels = width
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes, bias=False))
+        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                                        nn.Linear(channels, num_classes, bias=False))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.features(images)  # (B, widths[-1], H', W'): H - 1 halved (floored) per width

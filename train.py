@@ -48,7 +48,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
     cfg, pretrained, train_loader, val_loader, info = load_data(cfg, resume, device)
     # 2. model training: the model, the loss J, and the optimizer that steps w <- w - a*dJ/dw
     model, new_layers, frozen_norms = setup_model(cfg, info, device, resume, pretrained)
-    initialise(model, cfg.model, train_loader, is_fresh=resume is None and pretrained is None)  # whiten, dirac
+    initialise(model, cfg.model, train_loader, is_resumed=resume is not None)  # model.whiten, model.dirac
     trained_model, amp_dtype = apply_switches(model, cfg.run, device)  # compiled / DDP-wrapped, or model itself
     step = make_step(model, new_layers, cfg.train, info, amp_dtype, len(train_loader))
     step.frozen_norms = frozen_norms

@@ -6,7 +6,8 @@ peak memory is its own), with data.root and run.output_dir set from the argument
 
 The floor is arithmetic: forward FLOPs per image (counted by torch.utils.flop_counter.FlopCounterMode)
 x 3 (forward and backward) x images trained, divided by 60 % of the conv throughput this machine
-reaches on a large conv, measured in the same run. "x floor" is the measured training time over it.
+reaches on a large conv in the recipe's precision (float32, or bf16 where run.amp resolves to it), measured
+before and after the runs. "x floor" is the measured training time over it.
 
     python benchmarks/recipes.py --root ../shared/datasets                     # every recipe
     python benchmarks/recipes.py --root ../shared/datasets --only mnist
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from engine.config import load_config  # noqa: E402
 from engine.datasets import describe  # noqa: E402
+from engine.devices import has_native_bf16  # noqa: E402
 from engine.entry import Parser, run_cli  # noqa: E402
 from model import build_model  # noqa: E402
 
@@ -83,16 +85,21 @@ def forward_flops(name: str, args: argparse.Namespace) -> float:
     return counter.get_total_flops() / 2
 
 
-def conv_throughput(rounds: int = 5) -> float:
-    """FLOP/s of a large 3x3 conv's forward pass on this machine: the median of a few rounds, in the faster of
-    the two memory layouts (channels_last is oneDNN's own)."""
-    return max(layout_throughput(rounds, layout) for layout in (torch.contiguous_format, torch.channels_last))
+def precisions() -> dict[str, torch.dtype | None]:
+    """run.amp's resolved values -> autocast dtype, for the precisions this CPU runs natively."""
+    return {"none": None, **({"bf16": torch.bfloat16} if has_native_bf16(torch.device("cpu")) else {})}
 
 
-def layout_throughput(rounds: int, layout: torch.memory_format) -> float:
+def conv_throughput(dtype: torch.dtype | None, rounds: int = 5) -> float:
+    """FLOP/s of a large 3x3 conv's forward pass on this machine, in float32 or under autocast to dtype: the median
+    of a few rounds, in the faster of the two memory layouts (channels_last is oneDNN's own)."""
+    return max(layout_throughput(rounds, layout, dtype) for layout in (torch.contiguous_format, torch.channels_last))
+
+
+def layout_throughput(rounds: int, layout: torch.memory_format, dtype: torch.dtype | None) -> float:
     conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(memory_format=layout)
     images = torch.randn(64, 128, 32, 32).to(memory_format=layout)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
         with FlopCounterMode(display=False) as counter:
             conv(images)
         rates = []
@@ -129,13 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="extra overrides for every recipe, e.g. run.threads=1")
     args = parser.parse_args(argv)
     names = [args.only] if args.only else RECIPES
-    throughput = conv_throughput()
-    rows = [with_floor(run_recipe(name, args), forward_flops(name, args), throughput) for name in names]
-    throughput = (throughput + conv_throughput()) / 2  # before and after: the machine's load may change
-    print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, large-conv "
-          f"throughput {throughput / 1e9:.0f} GFLOP/s, overrides: {' '.join(args.overrides) or 'none'}")
-    print("| data set | model | epochs | test acc | with TTA | train s | images/s | MFLOP/img | GFLOP/s | share | floor s "
-          "| x floor | peak GB | amp | device |")
+    before = {amp: conv_throughput(dtype) for amp, dtype in precisions().items()}
+    runs = [(run_recipe(name, args), forward_flops(name, args)) for name in names]
+    after = {amp: conv_throughput(dtype) for amp, dtype in precisions().items()}  # the load may have changed
+    throughput = {amp: (before[amp] + after[amp]) / 2 for amp in before}
+    rows = [with_floor(row, flops, throughput.get(row["amp"], throughput["none"])) for row, flops in runs]
+    rates = ", ".join(f"{rate / 1e9:.0f} GFLOP/s {'float32' if amp == 'none' else amp}"
+                      for amp, rate in throughput.items())
+    print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, large-conv throughput "
+          f"{rates} (each row's floor uses its own precision's), overrides: {' '.join(args.overrides) or 'none'}")
+    print("| data set | model | epochs | test acc | with TTA | train s | images/s | MFLOP/img | GFLOP/s | share "
+          "| floor s | x floor | peak GB | amp | device |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for r in rows:
         tta = f"{r['tta acc']:.2f}%" if r["tta acc"] is not None else "-"

@@ -115,6 +115,11 @@ def sync_batchnorm(model: torch.nn.Module, cfg: Config, device: torch.device) ->
         return model
     if cfg.run.compile:  # a known torch.compile failure / graph-break case with DDP
         raise UserError("run.compile with model.sync_batchnorm under torchrun is not supported; turn one of them off")
+    # model.py's ShiftNorm learns a shift of its own, which convert_sync_batchnorm would not copy
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.affine and any(m.parameters(recurse=False))
+           for m in model.modules()):
+        raise UserError(f"model.sync_batchnorm: {cfg.model.name}'s batch norms learn a shift that SyncBatchNorm would "
+                        "drop; set model.sync_batchnorm=false")
     if device.type != "cuda":
         print("note: model.sync_batchnorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
         return model

@@ -2,8 +2,8 @@
 
     whiten  the first conv's filters become +-eigenvectors of the covariance of its input patches
             (kh x kw x C values each) over the training images, each divided by sqrt(eigenvalue + eps):
-            every pair of outputs is decorrelated with variance ~1 from the first step (Page, 2018;
-            airbench). With `frozen` the filters keep those values; the bias still learns.
+            its outputs are decorrelated, with variance ~1, from the first step (Page, 2018; airbench).
+            With `frozen` the filters keep those values; the bias still learns.
     dirac   size-preserving convs (stride 1, same padding) start as the identity on their first
             in_channels outputs (torch.nn.init.dirac_), so a deep stack starts close to a shallow one.
 """
@@ -67,12 +67,16 @@ def dirac(model: nn.Module) -> int:
     return len(convs)
 
 
-def initialise(model: nn.Module, cfg: ModelConfig, train_loader: Loader, is_fresh: bool) -> None:
-    """model.dirac and model.whiten on a fresh model (not one resumed or loaded from model.pretrained, whose
-    weights are already trained); model.whiten=frozen keeps the first conv's filters in either case."""
-    if is_fresh and cfg.dirac:
+def initialise(model: nn.Module, cfg: ModelConfig, train_loader: Loader, is_resumed: bool) -> None:
+    """model.dirac and model.whiten on a fresh model (a resumed one has its weights already); model.whiten=frozen
+    keeps the first conv's filters either way. Pretrained weights are left as they are, with a note."""
+    if cfg.pretrained != "none":
+        if cfg.dirac or cfg.whiten != "none":
+            print("note: model.whiten and model.dirac have no effect with model.pretrained: the weights are trained")
+        return
+    if not is_resumed and cfg.dirac:
         dirac(model)
-    if is_fresh and cfg.whiten != "none":
+    if not is_resumed and cfg.whiten != "none":
         n = len(train_loader.labels)  # evenly spaced: folders are stored class by class
         spread = torch.linspace(0, n - 1, min(WHITEN_IMAGES, n)).round().long()
         images = train_loader.raw_images(spread).to(train_loader.device)

@@ -209,13 +209,13 @@ class Loader:
                 images, labels = augment_normalised(images, labels, aug, generator)
             yield images, labels
 
-
     def alternate_flips(self, aug: Augmentation | None) -> torch.Tensor | None:
         """With data.flip=alternate, which images this epoch mirrors (N,): a random half fixed by the seed in odd
         epochs, the other half in even ones (airbench's alternating flip); None otherwise."""
         if aug is None or aug.flip != "alternate":
             return None
-        first = torch.rand(len(self.labels), generator=torch.Generator().manual_seed(self.batching.shuffle_seed)) < 0.5
+        first = torch.rand(len(self.labels), generator=torch.Generator().manual_seed(self.batching.shuffle_seed))
+        first = first < 0.5
         return (first if self.epoch % 2 == 1 else ~first).to(self.device)
 
 

@@ -135,7 +135,8 @@ def test_alternating_flip_mirrors_each_image_on_every_other_epoch(seed):
     loader = Loader(originals, torch.arange(n), Batching(32, seed, aug), DataInfo(1, 6, ["x"] * n, [0.5], [0.25]), CPU)
     epochs = [mirrored(loader, originals, epoch) for epoch in (1, 2, 3, 4)]
     assert 70 < int(epochs[0].sum()) < 130  # a random half first
-    assert torch.equal(epochs[1], ~epochs[0]) and torch.equal(epochs[2], epochs[0]) and torch.equal(epochs[3], ~epochs[0])
+    assert torch.equal(epochs[1], ~epochs[0]) and torch.equal(epochs[2], epochs[0])
+    assert torch.equal(epochs[3], ~epochs[0])
     random = Loader(originals, torch.arange(n), Batching(32, seed, Augmentation("flip_crop", crop_padding=0)),
                     DataInfo(1, 6, ["x"] * n, [0.5], [0.25]), CPU)
     both = mirrored(random, originals, 1) & mirrored(random, originals, 2)
@@ -152,3 +153,13 @@ def test_val_every_validates_only_those_epochs_and_the_last(tiny_cfg, capsys):
     assert load_checkpoint(run_dir / "best.pt")["epoch"] in (2, 4, 5)
     only_last = train_module.train(tiny_cfg("train.epochs=3", "train.val_every=0"))
     assert load_checkpoint(only_last / "best.pt")["epoch"] == 3
+
+
+def test_whiten_and_dirac_leave_pretrained_weights_alone(tiny_cfg, tiny_run, capsys):
+    pretrained = tiny_run.run_dir / "best.pt"
+    cfg = tiny_cfg("train.epochs=1", f"model.pretrained={pretrained}", "model.dirac=true", "model.whiten=frozen",
+                   "train.lr=1e-9")
+    run_dir = train_module.train(cfg)
+    assert "note: model.whiten and model.dirac have no effect with model.pretrained" in capsys.readouterr().out
+    start, trained = load_checkpoint(pretrained)["model"], load_checkpoint(run_dir / "last.pt")["model"]
+    assert torch.allclose(trained["features.0.weight"], start["features.0.weight"], atol=1e-6)  # not whitened
