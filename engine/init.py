@@ -53,8 +53,9 @@ def whiten(conv: nn.Conv2d, images: torch.Tensor) -> None:
 
 
 def is_size_preserving(conv: nn.Conv2d) -> bool:
-    return (conv.stride == (1, 1) and conv.groups == 1 and conv.dilation == (1, 1)
-            and all(k % 2 == 1 and p == k // 2 for k, p in zip(conv.kernel_size, conv.padding))
+    odd = all(k % 2 == 1 for k in conv.kernel_size)  # an even kernel's identity would shift by half a pixel
+    same = conv.padding == "same" or all(p == k // 2 for k, p in zip(conv.kernel_size, conv.padding))
+    return (odd and same and conv.stride == (1, 1) and conv.groups == 1 and conv.dilation == (1, 1)
             and conv.out_channels >= conv.in_channels)
 
 
