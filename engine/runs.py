@@ -31,6 +31,7 @@ from engine.yamlfile import read_yaml
 # Keys a resumed run may change; anything else would make it a different experiment.
 RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
              "log.tensorboard")
+FIXED_SCHEDULES = ("cosine", "onecycle", "linear")  # laid out over train.epochs: epochs cannot change on --resume
 
 
 def claim(run_dir: Path) -> RunLock:
@@ -141,9 +142,6 @@ def yaml_value(value: object) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
-FIXED_SCHEDULES = ("cosine", "onecycle", "linear")  # laid out over train.epochs
-
-
 def finished(ckpt: dict, cfg: Config) -> str:
     """Why the checkpoint's run has nothing left to do under cfg; '' if it has."""
     longer = ("start a new run to train longer" if cfg.train.scheduler in FIXED_SCHEDULES
@@ -216,11 +214,10 @@ VAL_KEYS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")  # of an
 
 
 def epoch_line(row: dict, epochs: int, improved: bool) -> str:
-    val = (f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
+    val = ("  val -" if math.isnan(row["val_loss"]) else  # an epoch train.val_every skipped
+           f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
            f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%"
            + (f" map {100 * row['val_map']:6.2f}%" if "val_map" in row else ""))  # data.multilabel
-    if math.isnan(row["val_loss"]):
-        val = "  val -"  # train.val_every
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
             f"{val}  lr {row['lr']:.2e}  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
 

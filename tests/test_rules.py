@@ -75,12 +75,17 @@ def test_the_smallest_input_of_a_torchvision_model_is_found_by_trying_it(tmp_pat
     assert "total" in out
 
 
-def test_a_cache_of_another_layout_is_rebuilt(tmp_path):
+def grey_folder_set(root):
+    """root/{train,test}/{a,b}/ with three 8x8 grey PNGs each."""
     for split in ("train", "test"):
         for label in ("a", "b"):
-            (tmp_path / "set" / split / label).mkdir(parents=True)
+            (root / split / label).mkdir(parents=True)
             for i in range(3):
-                Image.new("L", (8, 8), 40 * i).save(tmp_path / "set" / split / label / f"{i}.png")
+                Image.new("L", (8, 8), 40 * i).save(root / split / label / f"{i}.png")
+
+
+def test_a_cache_of_another_layout_is_rebuilt(tmp_path):
+    grey_folder_set(tmp_path / "set")
     cfg = load_config(None, ["data.name=folder", f"data.root={tmp_path / 'set'}", "data.channels=1",
                              "data.image_size=8", f"data.cache_dir={tmp_path / 'cache'}"]).data
     cache = datasets.cache_path(cfg, "train")
@@ -181,11 +186,7 @@ def test_echoed_input_is_abbreviated(tmp_path, document, message):
 
 
 def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path):
-    for split in ("train", "test"):
-        for label in ("a", "b"):
-            (tmp_path / "set" / split / label).mkdir(parents=True)
-            for i in range(3):
-                Image.new("L", (8, 8), 40 * i).save(tmp_path / "set" / split / label / f"{i}.png")
+    grey_folder_set(tmp_path / "set")
     (tmp_path / "set" / "train" / "a" / "bad\nname.png").write_text("not an image")
     code, _, err = call_script(train.main, *TINY, "data.name=folder", "data.root=set", "data.channels=1",
                                "data.image_size=8", "data.cache_dir=", cwd=tmp_path)
