@@ -26,7 +26,7 @@ from engine.card import write_card
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.cli import (add_checkpoint_arguments, checkpoint_among, checkpoint_and_config, is_checkpoint_argument,
                         positive_int, run_cli)
-from engine.datasets import read_image
+from engine.datasource import read_image
 from engine.devices import autocast_dtype, select_device
 from engine.entry import Parser
 from engine.errors import UserError, shown

@@ -26,14 +26,18 @@ from engine.checkpoint import RunState, checkpoint_dict, restore, save_checkpoin
 from engine.cli import make_parser, run_cli
 from engine.config import Config, TrainConfig, to_yaml
 from engine.datasets import DataInfo
-from engine.devices import apply_switches, autocast, require_deterministic_cublas, seed_everything, select_device
+from engine.columns import METRICS, epoch_line, validation_columns
+from engine.devices import (apply_switches, autocast, no_sync_unless, require_deterministic_cublas, seed_everything,
+                            select_device)
 from engine.distributed import all_reduce_sum, broadcast_buffers, is_main, rank_and_world
 from engine.entry import check_interrupted
 from engine.errors import UserError
 from engine.finetune import load_data, param_groups, setup_model, unfreeze
 from engine.init import initialise
 from engine.loaders import Loader
-from engine.metrics import LossFn, class_weights, evaluate, make_loss
+from engine.hooks import Hook, make_hooks
+from engine.losses import LossFn, loss_for
+from engine.metrics import class_weights, evaluate
 from engine.multilabel import evaluate_multilabel
 from engine.optim import make_optimizer, make_scheduler
 from engine.tta import with_tta
@@ -43,31 +47,34 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
     """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
     device = distributed.setup(select_device(cfg.run.device))
     seed_everything(cfg.run.seed + rank_and_world()[0], cfg.run.deterministic)  # DDP copies rank 0's weights
-    writer_class = runs.summary_writer_class() if cfg.log.tensorboard else None  # missing: fail before any work
+    hooks = make_hooks(cfg.log.hooks)  # log.hooks; one that lacks its package fails here, before any work
     # 1. data: train and validation batches, normalised by the train split (or as the resumed or pretrained run was)
     cfg, pretrained, train_loader, val_loader, info = load_data(cfg, resume, device)
     # 2. model training: the model, the loss J, and the optimizer that steps w <- w - a*dJ/dw
     model, new_layers, frozen_norms = setup_model(cfg, info, device, resume, pretrained)
     initialise(model, cfg.model, train_loader, is_resumed=resume is not None)  # model.whiten, model.dirac
     trained_model, amp_dtype = apply_switches(model, cfg.run, device)  # compiled / DDP-wrapped, or model itself
-    step = make_step(model, new_layers, cfg.train, info, amp_dtype, len(train_loader))
+    step = make_step(model, new_layers, cfg.train, info, amp_dtype, steps_per_epoch(len(train_loader), cfg.train))
     step.frozen_norms = frozen_norms
     state = RunState() if resume is None else restore(resume, model, step.optimizer, step.scheduler, step.scaler)
     step.ema = ema.make_ema(model, cfg.train, resume)  # an average of the weights, when train.ema_decay > 0
     # 3. record loss and accuracy: a run folder that this process alone writes into
     is_new, is_started = run_dir is None, False  # a new run that stops before its first epoch leaves no folder
     cfg, run_dir, lock = runs.take_run_dir(cfg, run_dir, explicit_name)
-    run = Run(cfg, run_dir, model, trained_model, step, info, state, new_layers)
+    run = Run(cfg, run_dir, model, trained_model, step, info, state, new_layers, hooks)
     try:
-        run.writer = runs.open_tensorboard(writer_class, run_dir)
         print(runs.header(cfg, info, model, run_dir, (train_loader, val_loader)))
         runs.write_config(cfg, run_dir)
+        for hook in hooks:
+            hook.on_run_start(run)
         for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
             run_epoch(run, train_loader, val_loader, epoch)
             is_started = True
             if cfg.train.patience and run.state.bad_epochs >= cfg.train.patience:
                 print(f"early stop: no better val {cfg.train.best_metric} for {cfg.train.patience} epochs")
                 break
+        for hook in hooks:
+            hook.on_run_end(run)
     except KeyboardInterrupt:
         is_started = True  # stopped, not failed: --resume starts it again from its config.yaml
         runs.say_how_to_continue(run_dir, run.state.epoch)
@@ -81,8 +88,9 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
 
 
 def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, float]:
-    """2. One pass over the training batches; returns the mean loss and accuracy."""
-    model, step, device = run.trained_model, run.step, loader.device
+    """2. One pass over the training batches; returns the mean loss and accuracy. With train.accumulate=N
+    the gradients of N batches add up (each batch's loss divided by the N of its group) before each step."""
+    model, step, device, accumulate = run.trained_model, run.step, loader.device, run.cfg.train.accumulate
     model.train()
     for norm in step.frozen_norms:  # frozen pretrained layers keep their running statistics
         norm.eval()
@@ -90,19 +98,21 @@ def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, floa
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{run.cfg.train.epochs}", leave=False, disable=None if is_main() else True)
+    per_epoch = steps_per_epoch(len(loader), run.cfg.train)
     for batch, (images, targets) in enumerate(bar, 1):  # images (B, C, H, W); targets (B,) or (B, K) with MixUp
-        with autocast(device, step.amp_dtype):
-            logits = model(images)  # forward pass, layer by layer (a fully connected one: h(XW + b)): (B, num_classes)
-            loss = step.loss_fn(logits, targets)  # the loss J (train.loss=mse: the notes' 1/(2m) sum (f(x) - y)^2)
-        step.optimizer.zero_grad(set_to_none=True)
-        step.scaler.scale(loss).backward()  # backpropagation: dJ/dw for every weight w
-        if step.grad_clip > 0:
-            step.scaler.unscale_(step.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
-        step.scaler.step(step.optimizer)  # w <- w - a * dJ/dw (plus momentum or Adam's scaling)
-        step.scaler.update()
-        step.scheduler.step()  # the learning rate a for the next batch
-        ema.update(step.ema, run.model, (epoch - 1) * len(loader) + batch, run.cfg.train.ema_every)
+        first, is_step = (batch - 1) // accumulate * accumulate + 1, batch % accumulate == 0 or batch == len(loader)
+        if batch == first:
+            step.optimizer.zero_grad(set_to_none=True)
+        with no_sync_unless(model, is_step):  # under torchrun: one all-reduce per step, not per batch
+            with autocast(device, step.amp_dtype):
+                logits = model(images)  # forward pass, layer by layer (a fully connected one: h(XW + b)): (B, K)
+                loss = step.loss_fn(logits, targets)  # the loss J (train.loss=mse: the notes' 1/(2m) sum (f(x) - y)^2)
+            group = min(accumulate, len(loader) - first + 1)  # batches in this step: fewer at the epoch's end
+            step.scaler.scale(loss / group).backward()  # backpropagation: dJ/dw for every weight w, added up
+        if is_step:
+            optimizer_step(step, model)
+            ema.update(step.ema, run.model, (epoch - 1) * per_epoch + math.ceil(batch / accumulate),
+                       run.cfg.train.ema_every)
         check_interrupted()
         labels = targets if targets.ndim == 1 else targets.argmax(1)  # MixUp/CutMix: the larger share
         loss_sum += loss.detach().float() * len(labels)
@@ -118,6 +128,21 @@ def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, floa
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()  # over all processes' shares
 
 
+def optimizer_step(step: "Step", model: torch.nn.Module) -> None:
+    """w <- w - a * dJ/dw (plus momentum or Adam's scaling), the gradient clipped first if asked."""
+    if step.grad_clip > 0:
+        step.scaler.unscale_(step.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+    step.scaler.step(step.optimizer)
+    step.scaler.update()
+    step.scheduler.step()  # the learning rate a for the next step
+
+
+def steps_per_epoch(batches: int, cfg: TrainConfig) -> int:
+    """Optimizer steps in an epoch of this many batches: one per train.accumulate batches (and the rest)."""
+    return math.ceil(batches / cfg.accumulate)
+
+
 def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) -> None:
     """One epoch: 2. train, then 3. validate and record (one line, metrics.csv, last.pt and best.pt)."""
     start = time.perf_counter()
@@ -128,19 +153,18 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
     train_loss, train_acc = train_one_epoch(run, train_loader, epoch)
     every = run.cfg.train.val_every
     is_validated = epoch == run.cfg.train.epochs or (every > 0 and epoch % every == 0)
-    val = validate(run, val_loader) if is_validated else dict.fromkeys(runs.VAL_KEYS, math.nan)
-    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-           "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
-           "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2),
-           **({"val_map": val["map"]} if run.info.multilabel else {})}
-    score = row[runs.METRIC_COLUMNS[run.cfg.train.best_metric]]
+    val = validation_columns(validate(run, val_loader) if is_validated else None, run.info.multilabel)
+    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, **val,
+           "lr": run.step.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}
+    score = row[METRICS[run.cfg.train.best_metric].column]
     improved = is_validated and score > run.state.best_score
     bad_epochs = 0 if improved else run.state.bad_epochs + is_validated  # epochs not validated do not count
     run.state = RunState(epoch, score if improved else run.state.best_score, bad_epochs, run.state.history + [row])
     save_epoch(run, improved)
     check_interrupted()
-    runs.log_tensorboard(run.writer, row)
-    print(runs.epoch_line(row, run.cfg.train.epochs, improved))
+    for hook in run.hooks:
+        hook.on_epoch_end(run, row)
+    print(epoch_line(row, run.cfg.train.epochs, improved))
 
 
 def validate(run: "Run", val_loader: Loader) -> dict:
@@ -154,7 +178,7 @@ def validate(run: "Run", val_loader: Loader) -> dict:
         run.info = replace(run.info, thresholds=val["thresholds"])  # stored with this epoch's weights
         return val
     return evaluate(with_tta(model, run.cfg.train.tta), val_loader, len(run.info.class_names), device,
-                    run.step.amp_dtype, run.cfg.train.loss, weight)  # the loss test.py reports
+                    run.step.amp_dtype, loss_for(run.cfg.train, weight, False, "sum"), weight)  # as test.py
 
 
 def save_epoch(run: "Run", improved: bool) -> None:
@@ -174,7 +198,7 @@ class Step:
     """What turns a batch's loss into a weight update."""
     loss_fn: LossFn
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every batch
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every optimizer step
     scaler: torch.amp.GradScaler  # fp16 only; a pass-through when disabled
     amp_dtype: torch.dtype | None  # autocast's dtype; None: float32
     grad_clip: float
@@ -184,14 +208,13 @@ class Step:
 
 
 def make_step(model: torch.nn.Module, new_layers: list[str] | None, cfg: TrainConfig, info: DataInfo,
-              amp_dtype: torch.dtype | None, steps_per_epoch: int) -> Step:
+              amp_dtype: torch.dtype | None, steps: int) -> Step:
     """The loss (with class weights and label smoothing), optimizer, schedule and gradient scaler of a fresh run."""
     device = next(model.parameters()).device
-    loss_fn = make_loss("bce" if info.multilabel else cfg.loss, class_weights(cfg, info.class_counts, device),
-                        cfg.label_smoothing)
+    loss_fn = loss_for(cfg, class_weights(cfg, info.class_counts, device), info.multilabel)
     optimizer = make_optimizer(param_groups(model, new_layers, cfg), cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 runs on CUDA only
-    return Step(loss_fn, optimizer, make_scheduler(optimizer, cfg, steps_per_epoch), scaler, amp_dtype, cfg.grad_clip,
+    return Step(loss_fn, optimizer, make_scheduler(optimizer, cfg, steps), scaler, amp_dtype, cfg.grad_clip,
                 multilabel=info.multilabel)
 
 
@@ -206,7 +229,7 @@ class Run:
     info: DataInfo
     state: RunState
     new_layers: list[str] | None  # with model.pretrained: the keys that did not come from it; else None
-    writer: object = None  # a TensorBoard SummaryWriter when log.tensorboard is on
+    hooks: list[Hook]  # log.hooks (engine/hooks.py): called at run start, epoch end and run end
 
 
 def check_finite(loss_sum: float, epoch: int, batch: int, optimizer: torch.optim.Optimizer) -> None:

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from engine.cli import run_cli  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.datasets import describe  # noqa: E402
+from engine.datasets import describe, load_split  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.loaders import (Batching, Loader, load_images, make_eval_loader, make_train_loaders,  # noqa: E402
+from engine.loaders import (Batching, Loader, make_eval_loader, make_train_loaders,  # noqa: E402
                             num_workers)
 from engine.metrics import evaluate, evaluate_checkpoint  # noqa: E402
 from model import build_model  # noqa: E402
@@ -113,7 +113,7 @@ def eval_row(base: list[str], batch_size: int, device: torch.device) -> str:
 def streaming_row(folder: Path, device: torch.device, batches: int) -> str:
     """Decoding JPEGs in DataLoader workers (data.max_memory_mb=0), the loader alone."""
     cfg = load_config(None, ["data.name=folder", f"data.root={folder}", "data.max_memory_mb=0", "data.image_size=32"])
-    images, labels = load_images(cfg.data, "train")
+    images, labels = load_split(cfg.data, "train")
     info = replace(describe(cfg.data), mean=[0.5] * 3, std=[0.25] * 3)
     workers = num_workers(cfg.data)
     loader = Loader(images, labels, Batching(256, shuffle_seed=0, num_workers=workers), info, device)

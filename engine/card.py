@@ -20,7 +20,7 @@ import yaml
 from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
 from engine.checkpoint import config_of, data_of, model_from_checkpoint, temperature_of
 from engine.config import Config, changed_keys, to_dict
-from engine.datasets import DIGITS_PATH, FILE_SETS, folder_files, scan, source_folder
+from engine.datasets import file_list, source_of
 from engine.errors import UserError
 from engine.metrics import evaluate_checkpoint, per_class
 from engine.storage import write_text
@@ -35,19 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def file_list_digest(cfg: Config) -> tuple[str, int] | None:
     """sha256 of the data set's sorted (split/path relative to its folder, size in bytes) list, and the file
     count; None when the files are not on this machine. Names and sizes, not contents: cheap for 60,000 files."""
-    if cfg.data.name == "digits":
-        files = {"digits.pt": DIGITS_PATH} if DIGITS_PATH.is_file() else {}
-    else:
-        files = {}
-        for split in ("train", "test"):
-            folder = source_folder(cfg.data, split)
-            try:
-                found = folder_files(cfg.data, split)[0] if cfg.data.name in FILE_SETS else [
-                    f for f in scan(folder) if f.is_file()]
-            except (UserError, OSError):
-                return None
-            files.update({f"{split}/{f.relative_to(folder).as_posix()}": f for f in found})
-    if not files:
+    files = file_list(cfg.data)
+    if files is None:
         return None
     digest = hashlib.sha256()
     for name in sorted(files):
@@ -95,8 +84,7 @@ def data_section(cfg: Config, ckpt: dict) -> str | None:
     found = file_list_digest(cfg)
     if found is None:
         return None
-    where = "" if cfg.data.name == "digits" else f" from data.root {cfg.data.root}"
-    lines = [f"- data set: {cfg.data.name}{where}; {info.in_channels}x{info.image_size}x{info.image_size} images, "
+    lines = [f"- data set: {cfg.data.name} ({source_of(cfg.data).where(cfg.data)}); {info.in_channels}x{info.image_size}x{info.image_size} images, "
              f"{len(info.class_names)} classes; validation: {100 * cfg.data.val_fraction:g}% of the training "
              f"split (stratified, run.seed {cfg.run.seed})",
              f"- file list: sha256 `{found[0][:16]}` of the names and sizes of its {found[1]:,} "

@@ -15,7 +15,12 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from engine.datasets import SOURCES, check_source, source_of
+from engine.columns import BEST_METRICS, METRICS, metrics_for
 from engine.errors import UserError, shown
+from engine.hooks import HOOKS
+from engine.losses import LOSSES
+from engine.optim import OPTIMIZERS, SCHEDULERS, momentum
 from engine.yamlfile import dump_yaml, parse_yaml, read_yaml
 from model import MODELS, ModelConfig, model_class, settings_of
 
@@ -35,7 +40,7 @@ POSITIVE = {"gt": 0}
 
 @dataclass
 class DataConfig:
-    name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "folder", "csv"]
+    name: Literal[tuple(SOURCES)]
     root: str
     image_size: Literal["auto"] | int = field(metadata=at_least(1))
     channels: Literal[1, 3]
@@ -63,22 +68,23 @@ class TrainConfig:
     epochs: int = field(metadata=at_least(1))
     batch_size: int = field(metadata=at_least(1))
     eval_batch_size: Literal["auto"] | int = field(metadata=at_least(1))
-    optimizer: Literal["sgd", "adam", "adamw"]
+    accumulate: int = field(metadata=at_least(1))
+    optimizer: Literal[tuple(OPTIMIZERS)]
     lr: float = field(metadata=POSITIVE)
-    momentum: float = field(metadata=between(0.0, 0.999))
+    momentum: Literal["auto"] | float = field(metadata=between(0.0, 0.999))
     nesterov: bool
     weight_decay: float = field(metadata=at_least(0.0))
-    scheduler: Literal["none", "step", "cosine", "onecycle", "linear"]
+    scheduler: Literal[tuple(SCHEDULERS)]
     step_epochs: int = field(metadata=at_least(1))
     step_gamma: float = field(metadata=between(0.0, 1.0))
-    loss: Literal["cross_entropy", "mse"]
+    loss: Literal[tuple(LOSSES)]
     label_smoothing: float = field(metadata=between(0.0, 0.99))
     mixup_alpha: float = field(metadata=at_least(0.0))
     cutmix_alpha: float = field(metadata=at_least(0.0))
     class_weights: Literal["none", "balanced"] | list[float] = field(metadata=at_least(0.0))
     freeze_epochs: int = field(metadata=at_least(0))
     backbone_lr: float = field(metadata=at_least(0.0))
-    best_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "map"]
+    best_metric: Literal[BEST_METRICS]
     patience: int = field(metadata=at_least(0))
     grad_clip: float = field(metadata=at_least(0.0))
     log_interval: int = field(metadata=at_least(1))
@@ -107,7 +113,7 @@ class RunConfig:
 
 @dataclass
 class LogConfig:
-    tensorboard: bool
+    hooks: list[Literal[tuple(HOOKS)]]
 
 
 @dataclass
@@ -200,7 +206,10 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
             fail_unknown(str(key), list(fields), path)
     missing = [name for name in fields if name not in raw]
     if missing:
-        raise UserError(f"missing config key '{path}{missing[0]}'; copy it from config.yaml")
+        if "[" in path:  # an item of a list the user gave, such as a conv block
+            raise UserError(f"missing config key '{path}{missing[0]}'; give every key, as config.yaml's items do")
+        raise UserError(f"missing config key '{path}{missing[0]}': {cls.__name__} declares it but config.yaml lacks "
+                        "it; add its line, with a comment saying what it does, to config.yaml")
     hints = get_type_hints(cls)
     return cls(**{name: convert(hints[name], raw[name], path + name, f.metadata) for name, f in fields.items()})
 
@@ -210,6 +219,10 @@ def config_from_dict(raw: Any) -> Config:
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict) and isinstance(data.get("augment"), bool):  # saved when augment was true/false
         raw = {**raw, "data": {**data, "augment": "flip_crop" if data["augment"] else "none"}}
+    log = raw.get("log") if isinstance(raw, dict) else None
+    if isinstance(log, dict) and isinstance(log.get("tensorboard"), bool):  # saved before log.hooks
+        hooks = [*log.get("hooks", []), *(["tensorboard"] if log["tensorboard"] else [])]
+        raw = {**raw, "log": {**{k: v for k, v in log.items() if k != "tensorboard"}, "hooks": hooks}}
     cfg = build(Config, with_unread_model_keys(raw))
     check_model_name(cfg.model.name)  # also when YAML read it as a number (model.name=0)
     if cfg.model.pretrained == "imagenet" and cfg.model.name in MODELS:
@@ -218,9 +231,14 @@ def config_from_dict(raw: Any) -> Config:
     if isinstance(cfg.train.class_weights, list) and not any(w > 0 for w in cfg.train.class_weights):
         raise UserError(f"train.class_weights: {shown(cfg.train.class_weights)} gives every class weight 0, so no "
                         "image counts in the loss; give the classes that should count a weight above 0, or balanced")
-    if cfg.train.nesterov and (cfg.train.optimizer != "sgd" or cfg.train.momentum == 0):
+    if cfg.train.nesterov and (cfg.train.optimizer != "sgd" or momentum(cfg.train) == 0):
         raise UserError("train.nesterov: Nesterov momentum needs train.optimizer=sgd and train.momentum above 0; "
                         "set those or train.nesterov=false")
+    check_source(cfg.data.name)
+    if cfg.train.best_metric not in metrics_for(cfg.data.multilabel):
+        kind = "multi-label" if METRICS[cfg.train.best_metric].multilabel else "single-label"
+        raise UserError(f"train.best_metric={cfg.train.best_metric} is for {kind} data; use one of "
+                        f"{' | '.join(n for n in metrics_for(cfg.data.multilabel) if n in BEST_METRICS)}")
     check_device_name(cfg.run.device, "run.device")
     check_plain_name(cfg.run.name, "run.name")
     return cfg
@@ -334,31 +352,45 @@ def set_keys(file_raw: dict, overrides: list[str]) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-FILE_SETS = ("folder", "csv")  # data sets of image files, decoded by read_image; the others are built in
+PARTS = {"data.name": SOURCES, "train.loss": LOSSES, "train.optimizer": OPTIMIZERS, "train.scheduler": SCHEDULERS}
 
 
 def without_effect(cfg: Config, keys: list[str]) -> list[str]:
-    """A note for each key the user set that the chosen model or data set does not read."""
+    """A note for each key the user set that the chosen model, data source, loss, optimizer or schedule does
+    not read (from what each declares: a model's SETTINGS, an entry's reads)."""
     model, data, train = cfg.model.name, cfg.data, cfg.train
     reads = settings_of(model)
     unread = {
         **{f"model.{key}": f"model.name={model} does not read it (it reads model.{', model.'.join(reads)})"
            for key in (f.name for f in dataclasses.fields(ModelConfig)) if key not in reads},
-        "data.root": "data.name=digits is embedded and reads no folder; set data.name=folder for your images"
-        if data.name == "digits" else "",
-        "data.image_size": f"data.name={data.name} has its own size" if data.name not in FILE_SETS else "",
-        "data.channels": f"data.name={data.name} has its own channels" if data.name not in FILE_SETS else "",
+        **unread_by_parts(cfg),
         "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
-        "train.momentum": f"train.optimizer={train.optimizer} has no momentum" if train.optimizer != "sgd" else "",
-        "train.step_epochs": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
-        "train.step_gamma": f"train.scheduler={train.scheduler} is not step" if train.scheduler != "step" else "",
         "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
     }
     notes = [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
-    if train.tta != "none" and data.name in ("digits", "mnist"):  # a recipe's choice, but rarely a good one here
+    if train.tta != "none" and not source_of(data).mirrors:  # a recipe's choice, but rarely a good one here
         notes.append(f"train.tta={train.tta} mirrors the images, and a mirrored digit is another glyph or none: "
                      "expect a lower accuracy with it (the last line shows both); train.tta=none is the usual choice")
     return notes
+
+
+def unread_by_parts(cfg: Config) -> dict[str, str]:
+    """key -> why it has no effect, for each key that some entry of a registry in PARTS reads and no chosen one does."""
+    def chosen(choice: str) -> str:
+        section, _, key = choice.partition(".")
+        return getattr(getattr(cfg, section), key)
+    read = {f"{choice.partition('.')[0]}.{key}" for choice, registry in PARTS.items()
+            for key in registry[chosen(choice)].reads}
+    unread = {}
+    for choice, registry in PARTS.items():
+        readers: dict[str, list[str]] = {}
+        for name, entry in registry.items():
+            for key in entry.reads:
+                readers.setdefault(f"{choice.partition('.')[0]}.{key}", []).append(name)
+        unread.update({key: f"{choice}={chosen(choice)} does not read it ({' | '.join(names)} "
+                            f"{'does' if len(names) == 1 else 'do'})" for key, names in readers.items()
+                       if key not in read and key not in unread})
+    return unread
 
 
 def to_dict(cfg: Config) -> dict:
@@ -391,18 +423,38 @@ def to_yaml(cfg: Config) -> str:
     return dump_yaml(to_dict(cfg))
 
 
-def key_help(path: Path = DEFAULT_CONFIG) -> str:
-    """Every key of config.yaml with its default and comment, for --help."""
-    lines, stack = [], []
+def config_keys(path: Path = DEFAULT_CONFIG) -> list[tuple[str, str, list[str]]]:
+    """Every key of config.yaml as (dotted key, default, comment lines), read from its text: the one place
+    keys are documented. A comment aligned under the one above continues it; a conv block's line is its
+    list's default."""
+    keys, stack = [], []
     for line in path.read_text().splitlines():
-        continued = re.match(r"^ {20,}#\s*(.*)$", line)  # a comment aligned under the one above continues it
-        if continued and lines:
-            lines.append(f"  {'':<24} {'':<12} {continued[1]}")
+        continued = re.match(r"^ {20,}#\s*(.*)$", line)
+        if continued and keys:
+            keys[-1][2].append(continued[1])
         match = re.match(r"^( *)([A-Za-z_]\w*):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
         if not match:
             continue
         indent, key, value, comment = len(match[1]) // 2, match[2], match[3], match[4] or ""
         stack[indent:] = [key]
         if value or comment:
-            lines.append(f"  {'.'.join(stack):<24} {value:<12} {comment}")
+            keys.append((".".join(stack), value, [comment] if comment else []))
+    return keys
+
+
+def key_help(path: Path = DEFAULT_CONFIG) -> str:
+    """Every key of config.yaml with its default and comment, for --help."""
+    lines = []
+    for key, value, comment in config_keys(path):
+        lines.append(f"  {key:<24} {value:<12} {comment[0] if comment else ''}")
+        lines += [f"  {'':<24} {'':<12} {more}" for more in comment[1:]]
     return "config keys (default, meaning):\n" + "\n".join(lines)
+
+
+def key_reference(path: Path = DEFAULT_CONFIG) -> str:
+    """docs/config.md's table of every key, made from config.yaml (tools/config_reference.py writes it there)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, value, comment in config_keys(path):
+        meaning = " ".join(comment).replace("|", "\\|")
+        rows.append(f"| `{key}` | `{value}` | {meaning} |" if value else f"| `{key}` | | {meaning} |")
+    return "\n".join(rows)

@@ -5,16 +5,24 @@ a header names each image and its label, as Kaggle sets and labelling tools expo
     cats/001.jpg,cat
     dog_7.png,dog
 
-Read with the standard library's csv module (a BOM and Windows line endings are fine). This module only
-reads and checks the tables; engine/datasets.py decodes, caches and streams the files as it does a folder's.
+Read with the standard library's csv module (a BOM and Windows line endings are fine). This module reads
+and checks the tables; the source Csv decodes, caches and streams the files as a folder's (engine/folders.py).
 """
+from __future__ import annotations
+
 import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.config import DataConfig
+import torch
+
 from engine.errors import UserError
+from engine.folders import FileSet, Labelled
+
+if TYPE_CHECKING:
+    from engine.config import DataConfig
 
 IMAGE_COLUMNS = ("file", "image", "filename", "path", "image_id", "id")  # data.image_column=auto: the first found
 SPLIT_COLUMN = "split"  # optional: train | test per row, when there is no data.test_labels
@@ -197,3 +205,39 @@ def fingerprint(cfg: DataConfig) -> bytes:
     """What the cached labels depend on besides the image files: the CSVs' bytes and the columns read."""
     texts = [csv_path(cfg, key).read_bytes() for key in ("labels", "test_labels") if getattr(cfg, key)]
     return b"|".join(texts + [f"{cfg.image_column}|{cfg.label_column}".encode()])
+
+
+MULTILABEL_NEEDS = ("data.multilabel needs data.name=csv (labels in one cell, separated by data.label_separator), a "
+                    "test split of its own and data.sampler=shuffle")
+
+
+class Csv(FileSet):
+    """data.name=csv: the images under data.root that data.labels (and data.test_labels) list."""
+    reads = FileSet.reads + ("labels", "test_labels", "image_column", "label_column", "multilabel", "label_separator")
+
+    def folder(self, cfg: DataConfig, split: str) -> Path:
+        return Path(os.path.normpath(cfg.root))
+
+    def labelled(self, cfg: DataConfig) -> Labelled:
+        return {split: rows and (list(rows.files), list(rows.labels)) for split, rows in splits(cfg).items()}
+
+    def class_names(self, cfg: DataConfig) -> list[str]:
+        """The labels, sorted (as numbers if all are integers); each part of a cell when multilabel."""
+        if cfg.multilabel and (cfg.test_fraction or cfg.sampler == "balanced"):
+            raise UserError(MULTILABEL_NEEDS)
+        names = class_names([name for text in splits(cfg)["train"].labels for name in label_set(text, cfg)])
+        if len(names) < 2:
+            raise UserError(f"{csv_path(cfg, 'labels')} has one class ({names[0]}); a classifier needs at least two")
+        return names
+
+    def label_tensor(self, cfg: DataConfig, texts: list[str], index: dict[str, int]) -> torch.Tensor:
+        """Class indices (N,), or with data.multilabel (N, K) rows of 0/1."""
+        if not cfg.multilabel:
+            return super().label_tensor(cfg, texts, index)
+        labels = torch.zeros(len(texts), len(index))
+        for i, text in enumerate(texts):
+            labels[i, [index[name] for name in label_set(text, cfg)]] = 1.0
+        return labels
+
+    def fingerprint(self, cfg: DataConfig) -> bytes:
+        return fingerprint(cfg)

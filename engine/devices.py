@@ -1,4 +1,5 @@
 """Where and how fast: the device, seeds, mixed precision, and the speed switches that wrap the model."""
+import contextlib
 import os
 import random
 
@@ -107,6 +108,14 @@ def wrap(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     # dynamic=False: one graph for the one batch shape (the loader drops the short last batch when compiling)
     return torch.compile(model, dynamic=False) if cfg.compile else model
+
+
+def no_sync_unless(model: torch.nn.Module, is_step: bool):
+    """DDP's no_sync for the batches before the last of a train.accumulate group: their gradients add up in
+    each process, and the group's last backward averages the sum across processes once."""
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+    is_ddp = isinstance(ddp, DistributedDataParallel)
+    return ddp.no_sync() if is_ddp and not is_step else contextlib.nullcontext()
 
 
 def sync_batchnorm(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.nn.Module:

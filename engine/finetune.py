@@ -8,7 +8,8 @@ from torch import nn
 
 from engine.checkpoint import FORMAT_VERSION, check_contents, data_of
 from engine.config import Config, TrainConfig
-from engine.datasets import DEFAULT_SIZE, FILE_SETS, DataInfo
+from engine.datasets import source_of
+from engine.datasource import DEFAULT_SIZE, DataInfo
 from engine.devices import sync_batchnorm, wrap
 from engine.errors import UserError, shown
 from engine.loaders import Loader, make_train_loaders
@@ -82,8 +83,8 @@ def read_imagenet(name: str) -> Pretrained:
 
 
 def with_image_size(cfg: Config, pretrained_size: int | None) -> Config:
-    """data.image_size=auto resolved for folder data: the pretrained weights' size, else 32."""
-    if cfg.data.image_size != "auto" or cfg.data.name not in FILE_SETS:
+    """data.image_size=auto resolved for sources that read it: the pretrained weights' size, else 32."""
+    if cfg.data.image_size != "auto" or "image_size" not in source_of(cfg.data).reads:
         return cfg
     return replace(cfg, data=replace(cfg.data, image_size=pretrained_size or DEFAULT_SIZE))
 

@@ -7,15 +7,14 @@ memory (data.max_memory_mb) are read per batch by DataLoader workers. Both look 
 import math
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from engine.augment import Augmentation, augment_images, augment_normalised, generator_for
 from engine.config import Config, DataConfig, TrainConfig
-from engine.datasets import (FILE_SETS, DataInfo, cache_path, check_held_out, describe, folder_files, folder_size,
-                             held_out_names, load_split, read_cache, read_image, write_cache)
+from engine.datasets import cache_path, check_held_out, describe, held_out_names, load_split
+from engine.datasource import DataInfo, Images, read_cache, write_cache
 from engine.distributed import local_main_first, rank_and_world
 from engine.errors import UserError
 
@@ -49,25 +48,6 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     mean = total / count
     std = (squares / count - mean.pow(2)).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
-
-
-class FileImages(torch.utils.data.Dataset):
-    """Image files decoded on demand in DataLoader workers: folder data sets too big for memory."""
-
-    def __init__(self, files: list[Path], cfg: DataConfig):
-        self.files, self.cfg = files, cfg
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return read_image(self.files[i], self.cfg.channels, folder_size(self.cfg), self.cfg.max_pixels)  # (C, H, W)
-
-    def select(self, idx: torch.Tensor) -> "FileImages":
-        return FileImages([self.files[i] for i in idx.tolist()], self.cfg)
-
-
-Images = torch.Tensor | FileImages  # uint8 (N, C, H, W) in memory, or files read per batch
 
 
 def subset(images: Images, idx: torch.Tensor) -> Images:
@@ -233,16 +213,6 @@ def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Te
     return order[torch.randperm(len(order), generator=generator)]
 
 
-def load_images(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
-    """A split in memory, or as files when a folder data set is bigger than data.max_memory_mb decoded."""
-    if cfg.name in FILE_SETS:
-        files, labels = folder_files(cfg, split)
-        if len(files) * cfg.channels * folder_size(cfg) ** 2 > cfg.max_memory_mb * 2 ** 20:
-            print(f"data: {split} is over data.max_memory_mb decoded; streaming {len(files)} files from disk")
-            return FileImages(files, cfg), labels
-    return load_split(cfg, split)
-
-
 def num_workers(cfg: DataConfig) -> int:
     return min(4, os.cpu_count() or 1) if cfg.num_workers == "auto" else cfg.num_workers
 
@@ -258,12 +228,12 @@ def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
 def make_eval_loader(cfg: Config, info: DataInfo, split: str, batch_size: int, device: torch.device) -> Loader:
     """The 'val' or 'test' split in a fixed order, normalised with the training statistics in info."""
     if split == "val":
-        images, labels = load_images(cfg.data, "train")
+        images, labels = load_split(cfg.data, "train")
         _, idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
         images, labels = subset(images, idx), labels[idx]
     else:
         check_held_out(cfg.data, info.held_out)
-        images, labels = load_images(cfg.data, "test")
+        images, labels = load_split(cfg.data, "test")
     check_matches(images, labels, info, cfg.data)
     return Loader(images, labels, Batching(batch_size, num_workers=num_workers(cfg.data)), info, device)
 
@@ -325,7 +295,7 @@ def make_train_loaders(cfg: Config, device: torch.device,
     stats: the (mean, std) to normalise with, e.g. the pretrained weights' (averaged over channels when
     their channel count differs, e.g. ImageNet's for grey images); None = the train split's."""
     info = describe(cfg.data)
-    images, labels = load_images(cfg.data, "train")
+    images, labels = load_split(cfg.data, "train")
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
     if stats is None:
         norm = normalisation(cfg, images, train_idx)

@@ -1,10 +1,9 @@
-"""Losses, the one evaluation loop, and per-class metrics from a confusion matrix."""
-import functools
+"""Class weights, the one evaluation loop, per-class metrics from a confusion matrix, and the epoch row's
+validation columns (METRICS)."""
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
@@ -13,50 +12,11 @@ from engine.devices import autocast, autocast_dtype
 from engine.distributed import all_reduce_sum
 from engine.errors import UserError
 from engine.loaders import Loader, eval_batch_size, make_eval_loader
-from engine.multilabel import bce, evaluate_multilabel
+from engine.losses import LossFn, loss_for, make_loss
+from engine.multilabel import evaluate_multilabel
 from engine.tta import with_tta
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_K = 5  # evaluate() keeps each image's k most probable classes
-
-
-def half_mse(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-             label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
-    """The notes' J = 1/(2m) sum_i ||f(x_i) - y_i||^2, with f = softmax(logits) and y one-hot
-    (or the class probabilities (B, K) that MixUp/CutMix give), smoothed as cross_entropy smooths.
-
-    PyTorch's MSELoss averages over all m*K entries instead, so J = K/2 * MSELoss(f, y).
-    With class weights w it is the weighted mean sum_i w_yi J_i / sum_i w_yi, as cross_entropy's;
-    reduction="sum" gives the numerator sum_i w_yi J_i.
-    """
-    probs = logits.float().softmax(dim=1)  # (B, K)
-    y = targets.float() if targets.ndim == 2 else F.one_hot(targets, probs.shape[1]).float()  # (B, K)
-    smoothed = y * (1 - label_smoothing) + label_smoothing / probs.shape[1]
-    per_image = 0.5 * (probs - smoothed).pow(2).sum(dim=1)  # (B,)
-    image_weight = torch.ones_like(per_image) if weight is None else y @ weight  # (B,): mixed for MixUp/CutMix
-    weighted = image_weight * per_image
-    return weighted.sum() if reduction == "sum" else weighted.sum() / image_weight.sum()
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-                  label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
-    """F.cross_entropy, except that with class weights and class probabilities (B, K) as targets
-    (MixUp/CutMix) the mean is over the images' weights targets @ weight, as it is for labels, instead
-    of over the image count. reduction="sum" gives the numerator: each image's loss times its weight."""
-    if reduction == "mean" and (weight is None or targets.ndim == 1):
-        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
-    per_image = F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction="none")
-    return per_image.sum() if reduction == "sum" else per_image.sum() / (targets @ weight).sum()
-
-
-def make_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
-              reduction: str = "mean") -> LossFn:
-    """The loss train.loss names, on logits and targets (labels (B,) or class probabilities (B, K)), with
-    per-class weights and label smoothing if given (smoothing is for training only: evaluate's loss,
-    which validation and test.py report, is train.loss with the class weights and without smoothing).
-    reduction: "mean" (the weighted mean), or "sum" (its numerator, which evaluate adds up)."""
-    loss = {"cross_entropy": cross_entropy, "mse": half_mse, "bce": bce}[name]  # bce: data.multilabel
-    return functools.partial(loss, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
 
 
 def class_weights(cfg: TrainConfig, class_counts: list[int], device: torch.device) -> torch.Tensor | None:
@@ -77,19 +37,19 @@ def class_weights(cfg: TrainConfig, class_counts: list[int], device: torch.devic
 
 
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
-             amp_dtype: torch.dtype | None = None, loss: str = "cross_entropy",
+             amp_dtype: torch.dtype | None = None, loss: LossFn | None = None,
              weight: torch.Tensor | None = None, temperature: float = 1.0) -> dict:
     """Mean loss, accuracy, balanced accuracy, macro F1, the confusion matrix (rows: true class, columns:
     predicted), and per image the labels, the logits (float32), the top-k predicted classes (k = TOP_K or
     fewer classes) and their probabilities softmax(logits / temperature) (engine/calibration.py; the
     temperature changes no prediction, so neither the loss nor any accuracy depends on it).
 
-    The loss is make_loss(loss, weight) without smoothing: with class weights the weighted mean over the
-    whole split, the same however it is batched. amp_dtype is training's autocast dtype, so validation,
+    loss: a loss with reduction="sum" and the class weights `weight` (engine/losses.py loss_for; None: cross-
+    entropy), divided once by the split's weight: the weighted mean, the same however the split is batched. amp_dtype is training's autocast dtype, so validation,
     test.py and training see the same numerics. Nothing in the loop waits for the device: the confusion
     matrix is accumulated where it lives."""
     model.eval()
-    loss_fn = make_loss(loss, weight, reduction="sum")
+    loss_fn = loss or make_loss("cross_entropy", weight, reduction="sum")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of each image's loss times its weight
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     labels_seen, logits_seen, top_probs, top_classes = [], [], [], []
@@ -153,7 +113,8 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test", b
     if info.multilabel:  # at the thresholds chosen on validation, stored in the checkpoint
         return ckpt, loader, evaluate_multilabel(model, loader, device, autocast_dtype(cfg.run.amp, device),
                                                  class_weights(cfg.train, info.class_counts, device), info.thresholds)
+    weight = class_weights(cfg.train, info.class_counts, device)
     results = evaluate(model, loader, len(info.class_names), device, autocast_dtype(cfg.run.amp, device),
-                       cfg.train.loss, class_weights(cfg.train, info.class_counts, device),
+                       loss_for(cfg.train, weight, False, "sum"), weight,
                        temperature_of(ckpt, path) if temperature is None else temperature)
     return ckpt, loader, results

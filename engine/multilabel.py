@@ -15,16 +15,7 @@ from torch import nn
 
 from engine.devices import autocast
 from engine.distributed import all_reduce_sum, gather
-
-
-def bce(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
-        label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
-    """Binary cross-entropy summed over the K labels, averaged (or summed) over images. Targets (B, K) in 0..1
-    (MixUp/CutMix mix them), smoothed towards 1/2: y (1 - e) + e / 2; class weights act as pos_weight."""
-    smoothed = targets.float() * (1 - label_smoothing) + label_smoothing / 2
-    per_image = F.binary_cross_entropy_with_logits(logits.float(), smoothed, pos_weight=weight,
-                                                   reduction="none").sum(1)  # (B,)
-    return per_image.sum() if reduction == "sum" else per_image.mean()
+from engine.losses import bce
 
 
 def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:

@@ -4,7 +4,6 @@ the files that record each epoch (metrics.csv, curves.png, the epoch line).
 import contextlib
 import csv
 import itertools
-import math
 import os
 import shutil
 import sys
@@ -17,12 +16,14 @@ from torch import nn
 
 from engine import distributed
 from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
+from engine.columns import csv_columns
 from engine.config import (Config, apply_override, changed_keys, config_from_dict, flatten, load_config, to_yaml,
                            with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
 from engine.errors import UserError, shown
 from engine.loaders import Loader
+from engine.optim import FIXED_SCHEDULES
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
 from engine.yamlfile import read_yaml
@@ -30,8 +31,7 @@ from engine.yamlfile import read_yaml
 
 # Keys a resumed run may change; anything else would make it a different experiment.
 RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
-             "log.tensorboard")
-FIXED_SCHEDULES = ("cosine", "onecycle", "linear")  # laid out over train.epochs: epochs cannot change on --resume
+             "log.hooks")
 
 
 def claim(run_dir: Path) -> RunLock:
@@ -202,39 +202,12 @@ def last_state(run_dir: Path) -> Path:
 def write_metrics(history: list[dict], run_dir: Path) -> None:
     """metrics.csv and curves.png, rewritten from the full history every epoch.
 
-    The columns are the latest row's: epochs resumed from an older checkpoint leave the newer columns empty."""
+    The columns are every row's: epochs resumed from a build with other metrics leave the columns they lack empty."""
     with replacing(run_dir / "metrics.csv", binary=False) as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[-1]), restval="")
+        writer = csv.DictWriter(f, fieldnames=csv_columns(history), restval="")
         writer.writeheader()
         writer.writerows(history)
     plot_curves(history, run_dir / "curves.png")
-
-
-VAL_KEYS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "map")  # of an epoch not validated: NaN
-
-
-def epoch_line(row: dict, epochs: int, improved: bool) -> str:
-    val = ("  val -" if math.isnan(row["val_loss"]) else  # an epoch train.val_every skipped
-           f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:6.2f}%"
-           f" bal {100 * row['val_balanced_acc']:6.2f}% f1 {100 * row['val_macro_f1']:6.2f}%"
-           + (f" map {100 * row['val_map']:6.2f}%" if "val_map" in row else ""))  # data.multilabel
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
-            f"{val}  lr {row['lr']:.2e}  {row['seconds']:5.1f}s{'  *best' if improved else ''}")
-
-
-# train.best_metric -> its column in metrics.csv
-METRIC_COLUMNS = {"accuracy": "val_acc", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1",
-                  "map": "val_map"}
-
-
-def summary_writer_class() -> type:
-    """TensorBoard's SummaryWriter, or a clear error when the package is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("log.tensorboard is true but the tensorboard package is not installed; "
-                        "pip install tensorboard, or set log.tensorboard=false") from None
-    return SummaryWriter
 
 
 def what_to_train(resume: str | None, config: str | None,
@@ -265,18 +238,6 @@ def write_config(cfg: Config, run_dir: Path) -> None:
     """The resolved config, from rank 0: what --resume and a new run with --config read back."""
     if is_main():
         write_text(run_dir / "config.yaml", to_yaml(cfg))
-
-
-def open_tensorboard(writer_class: type | None, run_dir: Path):
-    """A SummaryWriter in run_dir/tensorboard on rank 0 when log.tensorboard is on; else None."""
-    return writer_class(str(run_dir / "tensorboard")) if writer_class and is_main() else None
-
-
-def log_tensorboard(writer, row: dict) -> None:
-    if writer is not None:
-        for key, value in row.items():
-            writer.add_scalar(key, value, row["epoch"])
-        writer.flush()
 
 
 def remove_unstarted(run_dir: Path) -> None:

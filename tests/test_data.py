@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import datasets, loaders
+from engine import datasets, folders, loaders
 from engine.datasets import DataInfo, load_split
 from engine.errors import UserError
 from engine.loaders import Batching, Loader, channel_stats, eval_batch_size, make_train_loaders, train_val_split
@@ -115,7 +115,7 @@ def test_second_load_reads_the_cache_and_a_changed_file_invalidates_it(tiny_cfg,
 
     def no_decoding(*args):
         raise AssertionError("decoded again despite the cache")
-    monkeypatch.setattr(datasets, "read_image", no_decoding)
+    monkeypatch.setattr(folders, "read_image", no_decoding)
     other_spelling = tiny_cfg("data.name=folder", f"data.root={tmp_path / 'pets' / '..' / 'pets'}",
                               "data.image_size=8")
     second = load_split(other_spelling.data, "train")

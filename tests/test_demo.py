@@ -9,7 +9,7 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="gradio is absent; pip install -r requirements-extras.txt")
 from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
-from engine.datasets import load_digits  # noqa: E402
+from engine.builtin_sets import load_digits  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402
 from tools import demo  # noqa: E402
 

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint
-from engine.datasets import read_image
+from engine.datasource import read_image
 from engine.explain import grad_cam
 from engine.loaders import Batching, Loader
 import test as test_script

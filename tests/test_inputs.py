@@ -16,7 +16,7 @@ from conftest import call_script
 from engine import datasets, loaders
 from engine.checkpoint import load_checkpoint
 from engine.config import SEED_MAX, load_config
-from engine.datasets import DataInfo, read_image
+from engine.datasource import DataInfo, read_image
 from engine.errors import UserError
 from engine.loaders import Batching, Loader
 import test as test_script
@@ -194,7 +194,7 @@ def test_symbolic_links_are_followed(tmp_path):
     Image.fromarray(halves()).save(tmp_path / "more" / "0.png")
     (tmp_path / "set" / "train" / "c").symlink_to(tmp_path / "more")
     (tmp_path / "set" / "test" / "c").symlink_to(tmp_path / "more")
-    files, labels = datasets.folder_files(cfg, "train")
+    files, labels = datasets.source_of(cfg).split_files(cfg, "train")
     assert len(files) == 8 and labels.tolist() == [0] * 4 + [1] * 3 + [2]
     assert datasets.cache_path(cfg, "train") is not None
 
@@ -205,7 +205,7 @@ def test_broken_symbolic_links_are_named(tmp_path, link):
     where = {"dangling": tmp_path / "train" / "a" / "gone.png", "loop": tmp_path / "train" / "a" / "loop.png",
              "class loop": tmp_path / "train" / "c"}[link]
     where.symlink_to(tmp_path / "nowhere.png" if link == "dangling" else where)
-    for read in (lambda: datasets.folder_files(cfg, "train"), lambda: datasets.cache_path(cfg, "train")):
+    for read in (lambda: datasets.source_of(cfg).split_files(cfg, "train"), lambda: datasets.cache_path(cfg, "train")):
         with pytest.raises(UserError, match=f"{where.name} is a broken symbolic link"):
             read()
 

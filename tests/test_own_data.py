@@ -9,7 +9,7 @@ from engine import datasets
 from engine.checkpoint import load_checkpoint
 from engine.datasets import describe, load_split
 from engine.errors import UserError
-from engine.loaders import load_images, make_eval_loader, make_train_loaders
+from engine.loaders import make_eval_loader, make_train_loaders
 import test as test_script
 import train
 
@@ -58,7 +58,7 @@ def test_csv_gives_the_same_images_labels_and_batches_as_the_folder_layout(tiny_
     for a, b in zip(csv_loaders[:2], folder_loaders[:2]):
         for (images_a, labels_a), (images_b, labels_b) in zip(a, b):
             assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)
-    streamed, _ = load_images(csv_cfg(tiny_cfg, tmp_path, "data.max_memory_mb=0").data, "train")
+    streamed, _ = load_split(csv_cfg(tiny_cfg, tmp_path, "data.max_memory_mb=0").data, "train")
     assert not isinstance(streamed, torch.Tensor) and len(streamed) == 12  # decoded per batch, as a folder's
 
 
@@ -140,8 +140,8 @@ def test_test_fraction_holds_out_a_stratified_split_that_test_py_finds_again(tin
     write_images(tmp_path, per_class=10)
     photos = tmp_path / "folder" / "train"  # a single folder of class folders, no test split
     cfg = tiny_cfg("data.name=folder", f"data.root={photos}", "data.image_size=8", "data.test_fraction=0.2")
-    train_files, train_labels = datasets.folder_files(cfg.data, "train")
-    test_files, test_labels = datasets.folder_files(cfg.data, "test")
+    train_files, train_labels = datasets.source_of(cfg.data).split_files(cfg.data, "train")
+    test_files, test_labels = datasets.source_of(cfg.data).split_files(cfg.data, "test")
     assert test_labels.tolist() == [0, 0, 1, 1, 2, 2] and len(train_files) == 24
     assert not set(train_files) & set(test_files)
     _, _, info = make_train_loaders(cfg, torch.device("cpu"))

@@ -164,7 +164,7 @@ def test_compare_labels_runs_by_their_differences(tiny_cfg, tmp_path):
 
 def test_tensorboard_missing_is_a_clear_error(tiny_cfg, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
-    cfg = tiny_cfg("log.tensorboard=true")
+    cfg = tiny_cfg("log.hooks=[tensorboard]")
     with pytest.raises(UserError, match="tensorboard package is not installed; pip install tensorboard"):
         train_module.train(cfg)
     assert not Path(cfg.run.output_dir).exists()  # refused before any run folder was made
@@ -172,5 +172,5 @@ def test_tensorboard_missing_is_a_clear_error(tiny_cfg, monkeypatch):
 
 def test_tensorboard_logs_every_epoch(tiny_cfg):
     pytest.importorskip("tensorboard")
-    run_dir = train_module.train(tiny_cfg("log.tensorboard=true"))
+    run_dir = train_module.train(tiny_cfg("log.hooks=[tensorboard]"))
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

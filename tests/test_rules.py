@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import TINY, call_script, copy_run, snapshot
-from engine import datasets
+from engine import builtin_sets, datasets
 from engine.config import load_config
 from engine.entry import LINE_MAX
 from engine.errors import UserError
@@ -109,7 +109,7 @@ def test_compare_refuses_a_run_whose_config_is_not_a_mapping(run_dir, tmp_path, 
 def test_the_digits_file_as_a_git_lfs_pointer_is_named(tmp_path, monkeypatch):
     pointer = tmp_path / "digits.pt"
     pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 123\n")
-    monkeypatch.setattr(datasets, "DIGITS_PATH", pointer)
+    monkeypatch.setattr(builtin_sets, "DIGITS_PATH", pointer)
     code, _, err = call_script(train.main, *TINY, cwd=tmp_path)
     assert code == 2
     line = one_error_line(err)
@@ -200,7 +200,7 @@ def test_keys_the_model_or_data_do_not_read_get_a_note(capsys):
     load_config(None, ["model.name=resnet18", "model.dropout=0.5", "data.root=my_photos"])
     out = capsys.readouterr().out
     assert "note: model.dropout has no effect: model.name=resnet18 does not read it" in out
-    assert "note: data.root has no effect: data.name=digits is embedded" in out
+    assert "note: data.root has no effect: data.name=digits does not read it (mnist | fashion_mnist" in out
 
 
 def test_a_crop_padding_as_big_as_the_image_is_refused(tmp_path):

@@ -11,7 +11,8 @@ from conftest import ROOT, call_script
 from engine import runs
 from engine.checkpoint import load_checkpoint
 from engine.config import config_from_dict, load_config
-from engine.datasets import DataInfo, load_digits
+from engine.builtin_sets import load_digits
+from engine.datasets import DataInfo
 from engine.errors import UserError
 from engine.finetune import Pretrained, load_pretrained, read_pretrained
 from engine.finetune import class_layers, without_finetuning
@@ -253,7 +254,8 @@ def test_evaluate_loss_is_the_weighted_mean_even_with_a_zero_weight(loss):
     expected = make_loss(loss, weight)(logits, labels)
     for size in (1, 4, 6):
         batches = [(logits[i:i + size], labels[i:i + size]) for i in range(0, 6, size)]
-        got = evaluate(torch.nn.Identity(), batches, 3, torch.device("cpu"), loss=loss, weight=weight)["loss"]
+        got = evaluate(torch.nn.Identity(), batches, 3, torch.device("cpu"),
+                       loss=make_loss(loss, weight, reduction="sum"), weight=weight)["loss"]
         assert got == pytest.approx(expected.item(), rel=1e-6)
 
 

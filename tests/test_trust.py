@@ -16,7 +16,7 @@ from engine import calibration
 from engine.card import USER_SECTION, write_card
 from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.checkpoint import config_of
-from engine.datasets import load_digits
+from engine.builtin_sets import load_digits
 from engine.errors import UserError
 from engine.imagefiles import MAX_PIXELS
 from engine.loaders import make_eval_loader
@@ -211,7 +211,9 @@ def int8_run(tiny_run, tmp_path_factory):
     run = copy_run(tiny_run, tmp_path_factory.mktemp("int8"))
     seconds, export.SPEED_SECONDS = export.SPEED_SECONDS, 0.01  # speed is measured, not tested, here
     try:
-        code, stdout, stderr = call(export.main, str(run), "--int8", cwd=run.parent.parent)
+        # --max-drop 5: the tiny run is barely trained (~25% in float32 on a CPU without bf16), so int8's rounding
+        # moves a few of its 360 test images either way; the refusal is tested below with a model that loses all
+        code, stdout, stderr = call(export.main, str(run), "--int8", "--max-drop", "5", cwd=run.parent.parent)
     finally:
         export.SPEED_SECONDS = seconds
     assert code == 0, stderr
@@ -230,7 +232,7 @@ def test_int8_export_is_checked_recorded_and_measured(int8_run):
     meta = onnxruntime.InferenceSession(run / "model.int8.onnx").get_modelmeta().custom_metadata_map
     temperature = load_checkpoint(run / "best.pt")["calibration"]["temperature"]
     assert float(meta["temperature"]) == temperature and "per-channel" in meta["quantization"]
-    assert "int8: " in stdout and "--max-drop 0.5" in stdout and "kB against float's" in stdout
+    assert "int8: " in stdout and "--max-drop 5)" in stdout and "kB against float's" in stdout
     assert "batch 1 " in stdout and "batch 64 " in stdout
     exports = json.loads((run / "exports.json").read_text())
     assert set(exports) == {"model.onnx", "model.pt2", "model.int8.onnx"}

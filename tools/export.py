@@ -36,10 +36,11 @@ from engine.card import record_export, write_card  # noqa: E402
 from engine.checkpoint import (FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint,  # noqa: E402
                                temperature_of)
 from engine.cli import add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
-from engine.datasets import DataInfo  # noqa: E402
+from engine.datasets import load_split  # noqa: E402
+from engine.datasource import DataInfo  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, load_images, make_eval_loader,  # noqa: E402
+from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, make_eval_loader,  # noqa: E402
                             subset)
 from engine import quantize  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
@@ -250,7 +251,7 @@ def refuse_for_multilabel(tta: str, int8: bool) -> None:
 def calibration_images(ckpt: dict) -> np.ndarray:
     """A seeded sample (run.seed) of the training split's uint8 images, to set the int8 activation ranges."""
     cfg = config_of(ckpt)
-    images, _ = load_images(cfg.data, "train")
+    images, _ = load_split(cfg.data, "train")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.run.seed))
     return decoded(subset(images, order[:quantize.CALIBRATION_IMAGES].sort().values)).numpy()
 

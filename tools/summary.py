@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 from engine.checkpoint import config_of, data_of, load_checkpoint, resolve  # noqa: E402
 from engine.cli import make_parser, run_cli  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.datasets import FILE_SETS, describe  # noqa: E402
+from engine.datasets import describe, source_of  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.finetune import pretrained_size, with_image_size  # noqa: E402
 from model import build_model  # noqa: E402
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg, info = config_of(ckpt), data_of(ckpt)
     else:
         cfg = load_config(args.config, args.overrides)
-        if cfg.data.name in FILE_SETS and cfg.data.image_size == "auto":  # the size the pretrained weights want
+        if "image_size" in source_of(cfg.data).reads and cfg.data.image_size == "auto":  # the size the pretrained weights want
             cfg = with_image_size(cfg, pretrained_size(cfg.model))
         info = describe(cfg.data)
     print(f"model: {cfg.model.name}   data: {cfg.data.name}")
