@@ -25,7 +25,6 @@ METRICS = {
     "macro_f1": Metric("val_macro_f1", "f1", lambda results: results["macro_f1"]),
     "map": Metric("val_map", "map", lambda results: results["map"], multilabel=True),  # mean average precision
 }
-BEST_METRICS = tuple(name for name, metric in METRICS.items() if metric.is_best)
 
 
 def metrics_for(multilabel: bool) -> dict[str, Metric]:

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from engine.datasets import SOURCES, check_source, source_of
-from engine.columns import BEST_METRICS, METRICS, metrics_for
+from engine.columns import METRICS, metrics_for
 from engine.errors import UserError, shown
 from engine.hooks import HOOKS
 from engine.losses import LOSSES
@@ -38,9 +38,14 @@ def between(low: float, high: float) -> dict:
 POSITIVE = {"gt": 0}
 
 
+def one_of(registry: dict) -> dict:
+    """A name that must be a key of registry (a dict of MODELS' kind), checked against it as it is when loading."""
+    return {"choices": registry}
+
+
 @dataclass
 class DataConfig:
-    name: Literal[tuple(SOURCES)]
+    name: str = field(metadata=one_of(SOURCES))
     root: str
     image_size: Literal["auto"] | int = field(metadata=at_least(1))
     channels: Literal[1, 3]
@@ -69,22 +74,22 @@ class TrainConfig:
     batch_size: int = field(metadata=at_least(1))
     eval_batch_size: Literal["auto"] | int = field(metadata=at_least(1))
     accumulate: int = field(metadata=at_least(1))
-    optimizer: Literal[tuple(OPTIMIZERS)]
+    optimizer: str = field(metadata=one_of(OPTIMIZERS))
     lr: float = field(metadata=POSITIVE)
     momentum: Literal["auto"] | float = field(metadata=between(0.0, 0.999))
     nesterov: bool
     weight_decay: float = field(metadata=at_least(0.0))
-    scheduler: Literal[tuple(SCHEDULERS)]
+    scheduler: str = field(metadata=one_of(SCHEDULERS))
     step_epochs: int = field(metadata=at_least(1))
     step_gamma: float = field(metadata=between(0.0, 1.0))
-    loss: Literal[tuple(LOSSES)]
+    loss: str = field(metadata=one_of(LOSSES))
     label_smoothing: float = field(metadata=between(0.0, 0.99))
     mixup_alpha: float = field(metadata=at_least(0.0))
     cutmix_alpha: float = field(metadata=at_least(0.0))
     class_weights: Literal["none", "balanced"] | list[float] = field(metadata=at_least(0.0))
     freeze_epochs: int = field(metadata=at_least(0))
     backbone_lr: float = field(metadata=at_least(0.0))
-    best_metric: Literal[BEST_METRICS]
+    best_metric: str = field(metadata=one_of(METRICS))
     patience: int = field(metadata=at_least(0))
     grad_clip: float = field(metadata=at_least(0.0))
     log_interval: int = field(metadata=at_least(1))
@@ -113,7 +118,7 @@ class RunConfig:
 
 @dataclass
 class LogConfig:
-    hooks: list[Literal[tuple(HOOKS)]]
+    hooks: list[str] = field(metadata=one_of(HOOKS))
 
 
 @dataclass
@@ -162,6 +167,8 @@ def convert(tp: Any, value: Any, path: str, meta: dict) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise UserError(f"{path}: expected a string, got {shown(value)}")
+        if "choices" in meta and str(value) not in meta["choices"]:
+            raise UserError(f"{path}: {shown(value)} is not allowed; use one of {' | '.join(meta['choices'])}")
         return str(value)
     return check_range(number(tp, value, path), path, meta)
 
@@ -235,10 +242,12 @@ def config_from_dict(raw: Any) -> Config:
         raise UserError("train.nesterov: Nesterov momentum needs train.optimizer=sgd and train.momentum above 0; "
                         "set those or train.nesterov=false")
     check_source(cfg.data.name)
-    if cfg.train.best_metric not in metrics_for(cfg.data.multilabel):
-        kind = "multi-label" if METRICS[cfg.train.best_metric].multilabel else "single-label"
-        raise UserError(f"train.best_metric={cfg.train.best_metric} is for {kind} data; use one of "
-                        f"{' | '.join(n for n in metrics_for(cfg.data.multilabel) if n in BEST_METRICS)}")
+    usable = [name for name, metric in metrics_for(cfg.data.multilabel).items() if metric.is_best]
+    if cfg.train.best_metric not in usable:
+        metric = METRICS[cfg.train.best_metric]
+        why = (f"is for {'multi-label' if metric.multilabel else 'single-label'} data" if metric.is_best
+               else "is lower for better models")
+        raise UserError(f"train.best_metric={cfg.train.best_metric} {why}; use one of {' | '.join(usable)}")
     check_device_name(cfg.run.device, "run.device")
     check_plain_name(cfg.run.name, "run.name")
     return cfg

@@ -1,6 +1,5 @@
 """PNG figures: training curves and confusion matrices."""
 import io
-import math
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from engine.columns import is_validated  # noqa: E402
 from engine.storage import replacing  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def save(fig: plt.Figure, path: Path | io.BytesIO, tight: bool = True) -> None:
 
 def validated(history: list[dict]) -> list[dict]:
     """The rows of epochs that were validated (the others hold NaN: train.val_every)."""
-    return [row for row in history if not math.isnan(float(row["val_loss"]))]
+    return [row for row in history if is_validated(row)]
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -140,15 +140,17 @@ def plot_maps(maps: torch.Tensor, path: Path, title: str, cell: float = 1.2) -> 
                fontsize=7)
 
 
-def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str) -> None:
-    """Validation loss and accuracy of several runs, one line per run."""
+def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str,
+                    metric: tuple[str, str] = ("val_acc", "accuracy")) -> None:
+    """Validation loss and a validation metric (its metrics.csv column, its name) of several runs, a line each."""
+    column, name = metric
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, history in runs:
         epochs = [row["epoch"] for row in history]
         ax_loss.plot(epochs, [row["val_loss"] for row in history], marker="o", ms=3, label=label)
-        ax_acc.plot(epochs, [100 * row["val_acc"] for row in history], marker="o", ms=3, label=label)
+        ax_acc.plot(epochs, [100 * row[column] for row in history], marker="o", ms=3, label=label)
     ax_loss.set(xlabel="epoch", ylabel="validation loss", title="validation loss")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    ax_acc.set(xlabel="epoch", ylabel=f"validation {name} (%)", title=f"validation {name}")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -81,7 +81,7 @@ CASES = [
     ("train.py", ["train.epochs=0"], "train.epochs: must be at least 1"),
     ("train.py", ["model.dropout=2"], "model.dropout: must be between 0.0 and 1.0"),
     ("train.py", ["model.activation=swish"], "use one of relu | leaky_relu | tanh | sigmoid | gelu"),
-    ("train.py", ["model.name=vgg"], "not a registered model; use one of cnn | lenet5 | resnet"),
+    ("train.py", ["model.name=no_such_net"], "not a registered model; use one of cnn | lenet5 | resnet"),
     ("train.py", ["--config", "bad.yaml"], "config file bad.yaml is not valid YAML at line"),
     ("train.py", ["--config", "empty.yaml"], "config file empty.yaml is empty"),
     ("train.py", ["--config", "nowhere.yaml"], "config file nowhere.yaml not found"),

@@ -30,7 +30,7 @@ def test_dotted_overrides_including_list_items():
     ("train.epochs=0", "train.epochs: must be at least 1, got 0"),
     ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
     ("model.activation=swish", "model.activation: 'swish' is not allowed; use one of relu | leaky_relu | tanh | sigmoid | gelu"),
-    ("model.name=vgg", "model.name: 'vgg' is not a registered model; use one of cnn | lenet5 | resnet"),
+    ("model.name=no_such_net", "model.name: 'no_such_net' is not a registered model; use one of cnn | lenet5 | resnet"),
     ("data.augment=maybe", "data.augment: 'maybe' is not allowed; use one of none | crop | flip_crop | "
                            "trivialaugment | randaugment"),
     ("train.label_smoothing=1", "train.label_smoothing: must be between 0.0 and 0.99, got 1.0"),

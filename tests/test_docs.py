@@ -8,6 +8,9 @@ source with ast (engine/cli.py defines the shared --config and checkpoint argume
 import ast
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -127,7 +130,13 @@ def defined_options(script: str) -> frozenset[str]:
 
 @cache
 def config() -> dict:
-    return yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    """config.yaml's keys, with those docs/extend.md's examples add (the page names them before they exist)."""
+    keys = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    for path, _, anchor, code in examples(EXTEND):
+        if path == "config.yaml":
+            section = next(name for name in keys if anchor.partition(":")[0] in keys[name])  # the key it follows
+            keys[section].update(yaml.safe_load(code))
+    return keys
 
 
 def is_config_key(key: str) -> bool:
@@ -175,7 +184,7 @@ def path_problems(text: str) -> list[str]:
             continue
         if PLACEHOLDER.search(word) or word.startswith(GENERATED + OUTSIDE):
             continue
-        exists = any(ROOT.glob(word.rstrip("/"))) if "*" in word else (ROOT / word).exists()
+        exists = any(ROOT.glob(word.rstrip("/"))) if "*" in word else (ROOT / word).exists() or word in new_files()
         if not exists:
             problems.append(f"{word}: no such file or folder in the repository")
     return problems
@@ -214,6 +223,27 @@ def problems(doc: Path) -> list[str]:
     return found
 
 
+EXTEND = ROOT / "docs" / "extend.md"
+APPLY = re.compile(r"^<!-- apply: (\S+) \| (before|after|new file):? ?(.*?) ?-->$")
+
+
+@cache
+def examples(doc: Path) -> tuple[tuple[str, str, str, str], ...]:
+    """(path, before | after | new file, the line it goes before or after, code) of each block the page applies."""
+    lines, found = doc.read_text(encoding="utf-8").splitlines(), []
+    for i, line in enumerate(lines):
+        match = APPLY.match(line)
+        if match:
+            assert FENCE.match(lines[i + 1]), f"{doc.name}:{i + 2}: an apply comment must stand just above its block"
+            end = next(j for j in range(i + 2, len(lines)) if FENCE.match(lines[j]))
+            found.append((match[1], match[2], match[3].strip(), "\n".join(lines[i + 2:end]) + "\n"))
+    return tuple(found)
+
+
+def new_files() -> set[str]:
+    return {path for path, how, _, _ in examples(EXTEND) if how == "new file"}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda doc: str(doc.relative_to(ROOT)))
 def test_commands_options_and_paths_exist(doc):
     assert not problems(doc), "\n".join(problems(doc))
@@ -247,3 +277,83 @@ def test_the_config_reference_is_current():
     assert config_reference.with_reference(page) == page, "run python tools/config_reference.py"
     for key in ("data.name", "train.accumulate", "log.hooks"):
         assert f"| `{key}` |" in page
+
+
+def test_each_extend_example_touches_the_files_its_section_names():
+    """docs/extend.md: every section's "Files:" line names exactly the files its examples change."""
+    sections = re.split(r"^## ", EXTEND.read_text(encoding="utf-8"), flags=re.M)[1:]
+    assert len([section for section in sections if "Files:" in section]) == 7
+    for section in sections:
+        named = re.search(r"^Files: (.*)$", section, flags=re.M)
+        touched = {path for path, *_ in examples_in(section)}
+        assert set(re.findall(r"`([^`]+)`", named[1]) if named else []) == touched, section.splitlines()[0]
+
+
+def examples_in(text: str) -> list[tuple[str, ...]]:
+    return [match.groups() for match in map(APPLY.match, text.splitlines()) if match]
+
+
+def apply_examples(root: Path) -> None:
+    """Put each example of docs/extend.md where its apply comment says, in the copy of the project at root."""
+    for path, how, anchor, code in examples(EXTEND):
+        file = root / path
+        if how == "new file":
+            assert not file.exists(), f"{path} exists already"
+            file.write_text(code, encoding="utf-8")
+            continue
+        lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
+        at = [i for i, line in enumerate(lines) if line.strip().startswith(anchor)]
+        assert len(at) == 1, f"{path}: {len(at)} lines start with {anchor!r}, not one"
+        lines.insert(at[0] + (how == "after"), code)
+        file.write_text("".join(lines), encoding="utf-8")
+
+
+# Run in one interpreter in the copy: each `python SCRIPT ...` line of the page's last block, then the demo.
+DRIVER = """
+import runpy, shlex, sys
+from pathlib import Path
+for line in sys.argv[1:]:
+    words = shlex.split(line)
+    sys.argv = words[1:]
+    print(f"$ {line}", flush=True)
+    try:
+        runpy.run_path(words[1], run_name="__main__")
+    except SystemExit as exit_info:
+        if exit_info.code:
+            sys.exit(f"{line} ended with {exit_info.code}")
+import torch
+from tools.demo import load_demo
+print("demo:", load_demo(Path("checkpoints/extended/best.pt"), torch.device("cpu"), 10 ** 6).title)
+"""
+
+
+def test_extend_examples_run_together(tmp_path):
+    """Every example of docs/extend.md applied to a copy of the project: a run that uses them all trains,
+    test.py reproduces its test accuracy, it resumes, and the model card and the demo describe it."""
+    import numpy as np
+    import torch
+
+    root = tmp_path / "project"
+    shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns(".git", ".venv", "checkpoints", "__pycache__", "cache",
+                                                              ".pytest_cache", "MNIST", "FashionMNIST"))
+    apply_examples(root)
+    digits = torch.load(ROOT / "data" / "digits.pt", weights_only=True)
+    np.savez(root / "digits.npz", **{f"{x}_{split}": digits[name][digits[f"{split}_idx"]].numpy()
+                                     for split in ("train", "test") for x, name in (("x", "images"), ("y", "labels"))})
+    block = EXTEND.read_text(encoding="utf-8").rpartition("```bash\n")[2].partition("```")[0]
+    lines = [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    lines = [line.replace("run.name=", "run.device=cpu run.name=") for line in lines]
+    done = subprocess.run([sys.executable, "-c", DRIVER, *lines], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out, run_dir = done.stdout, root / "checkpoints" / "extended"
+    assert "| `train.focal_gamma` | `2` |" in (root / "docs" / "config.md").read_text()
+    assert "model: tiny_mlp" in out and "top3" in out.split("epoch   1/2")[1].splitlines()[0]
+    trained = re.search(r"test \(best.pt, epoch \d+\): loss [\d.]+  accuracy ([\d.]+)%", out)[1]
+    assert re.search(rf"accuracy\s+{re.escape(trained)}%", out.split("$ python test.py")[1])  # test.py = training
+    assert "resuming" in out and "epoch   3/3" in out
+    assert (run_dir / "grad_norm.csv").read_text().count("\n") == 4  # header and the three epochs
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].count("val_top3") == 1
+    card = (run_dir / "MODEL_CARD.md").read_text()
+    assert "data set: npz (from data.root digits.npz)" in card and "file list: sha256" in card
+    assert "demo: **extended/best.pt**: tiny_mlp trained on npz (epoch" in out and "test accuracy" in out

@@ -1,4 +1,5 @@
 import csv
+import importlib.util
 import json
 import re
 
@@ -13,6 +14,9 @@ from engine.loaders import make_train_loaders
 from engine.metrics import evaluate, make_loss
 import train as train_module
 from train import train
+
+needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                                       reason="the tensorboard package is not installed (requirements-extras.txt)")
 
 
 def read_rows(run_dir):
@@ -55,7 +59,9 @@ def test_same_seed_gives_same_numbers(tiny_cfg):
                                    ["model.name=airbench", "model.widths=[8, 8]", "model.whiten=frozen",
                                     "model.dirac=true", "train.optimizer=sgd", "train.nesterov=true",
                                     "train.scheduler=linear", "data.augment=flip_crop", "data.flip=alternate",
-                                    "train.val_every=2"]])
+                                    "train.val_every=2"],
+                                   pytest.param(["train.accumulate=3", "train.ema_decay=0.9", "train.grad_clip=1",
+                                                 "log.hooks=[tensorboard]"], marks=needs_tensorboard)])
 def test_resume_equals_an_uninterrupted_run(tiny_cfg, monkeypatch, extra):
     straight = train(tiny_cfg(*extra))  # TINY: 2 epochs
 

@@ -2,6 +2,7 @@
 
     python tools/compare.py checkpoints/act-relu checkpoints/act-tanh
     python tools/compare.py checkpoints/act-* --output checkpoints/activations.png
+    python tools/compare.py checkpoints/act-* --metric macro_f1   # any metric of engine/columns.py's METRICS
 """
 import argparse
 import csv
@@ -10,18 +11,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 from engine.cli import run_cli  # noqa: E402
+from engine.columns import METRICS, is_validated  # noqa: E402
 from engine.config import flatten  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
-from engine.plots import plot_comparison, validated  # noqa: E402
+from engine.plots import plot_comparison  # noqa: E402
 from engine.storage import make_folder  # noqa: E402
 from engine.yamlfile import read_yaml  # noqa: E402
 
 IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without changing the experiment
 
 
-def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
-    """A run folder's flattened config and its metrics.csv rows as numbers."""
+def read_run(run_dir: Path, column: str) -> tuple[dict[str, str], list[dict]]:
+    """A run folder's flattened config and its metrics.csv rows (epoch, val_loss and column) as numbers."""
     if not run_dir.exists():
         raise UserError(f"{run_dir} does not exist; pass run folders written by train.py (checkpoints/<run>)")
     if not run_dir.is_dir():
@@ -35,21 +37,22 @@ def read_run(run_dir: Path) -> tuple[dict[str, str], list[dict]]:
         raise UserError(f"{run_dir / 'config.yaml'} is not a run's config (a mapping of sections such as data:, "
                         f"model:), got {shown(raw)}; leave this run out or train it again")
     config = {key: str(value) for key, value in flatten(raw).items()}
-    return config, read_metrics(run_dir / "metrics.csv")
+    return config, read_metrics(run_dir / "metrics.csv", column)
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path, column: str) -> list[dict]:
     """The rows of a metrics.csv as numbers; an empty, damaged or foreign file is an error naming the line."""
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         rows = list(csv.DictReader(f))
-    history = []
+    history, keys = [], ("epoch", METRICS["loss"].column, column)
     for line, row in enumerate(rows, 2):
         try:
-            history.append({key: float(row[key]) for key in ("epoch", "val_loss", "val_acc")})
+            history.append({key: float(row[key]) for key in keys})
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path} line {line} lacks numbers for epoch, val_loss and val_acc (a damaged or "
-                            "foreign file); leave this run out or train it again") from None
-    history = validated(history)  # train.val_every: the other epochs' val columns are NaN
+            raise UserError(f"{path} line {line} lacks numbers for {', '.join(keys[:-1])} and {keys[-1]} (a damaged "
+                            "or foreign file, or a run from before that metric); leave this run out or train it "
+                            "again") from None
+    history = [row for row in history if is_validated(row)]  # train.val_every: the other epochs' val columns are NaN
     if not history:
         raise UserError(f"{path} has no epochs yet; leave this run out until it has finished one")
     return history
@@ -68,18 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_FOLDER", help="run folders under checkpoints/")
     parser.add_argument("--output", default="comparison.png",
                         help="PNG to write (default: comparison.png in the current folder)")
+    parser.add_argument("--metric", default="accuracy", choices=[name for name, metric in METRICS.items() if metric.is_best],
+                        help="the validation metric to plot beside the loss and rank by (default: accuracy)")
     args = parser.parse_args(argv)
-    run_dirs = [Path(run) for run in args.runs]
-    configs, histories = zip(*(read_run(run_dir) for run_dir in run_dirs))
+    run_dirs, metric = [Path(run) for run in args.runs], METRICS[args.metric]
+    configs, histories = zip(*(read_run(run_dir, metric.column) for run_dir in run_dirs))
     labels = labels_for(list(configs), [run_dir.name for run_dir in run_dirs])
     output = Path(args.output)
     make_folder(output.parent, "--output")
     shared = [f"{key}={configs[0][key]}" for key in ("data.name", "model.name", "run.seed")
               if len({config.get(key) for config in configs}) == 1 and key in configs[0]]
-    plot_comparison(list(zip(labels, histories)), output, f"{len(run_dirs)} runs, all with {', '.join(shared)}")
+    plot_comparison(list(zip(labels, histories)), output, f"{len(run_dirs)} runs, all with {', '.join(shared)}",
+                    (metric.column, args.metric.replace("_", " ")))
     for label, history in zip(labels, histories):
-        best = max(history, key=lambda row: row["val_acc"])
-        print(f"{label}: best val accuracy {100 * best['val_acc']:.2f}% at epoch {int(best['epoch'])}")
+        best = max(history, key=lambda row: row[metric.column])
+        print(f"{label}: best val {args.metric.replace('_', ' ')} {100 * best[metric.column]:.2f}% at epoch "
+              f"{int(best['epoch'])}")
     print(f"wrote {output}")
 
 
