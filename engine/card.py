@@ -21,7 +21,6 @@ from engine.calibration import calibrate, describe_fit, describe_thresholds, spl
 from engine.checkpoint import config_of, data_of, model_from_checkpoint, temperature_of
 from engine.config import Config, changed_keys, to_dict
 from engine.datasets import file_list, source_of
-from engine.errors import UserError
 from engine.metrics import evaluate_checkpoint, per_class
 from engine.storage import write_text
 from engine.yamlfile import Dumper

@@ -242,6 +242,8 @@ def config_from_dict(raw: Any) -> Config:
         raise UserError("train.nesterov: Nesterov momentum needs train.optimizer=sgd and train.momentum above 0; "
                         "set those or train.nesterov=false")
     check_source(cfg.data.name)
+    if len(set(cfg.log.hooks)) < len(cfg.log.hooks):
+        raise UserError(f"log.hooks: {shown(cfg.log.hooks)} names a hook twice; name each once")
     usable = [name for name, metric in metrics_for(cfg.data.multilabel).items() if metric.is_best]
     if cfg.train.best_metric not in usable:
         metric = METRICS[cfg.train.best_metric]

@@ -204,7 +204,8 @@ def class_names(labels: list[str]) -> list[str]:
 def fingerprint(cfg: DataConfig) -> bytes:
     """What the cached labels depend on besides the image files: the CSVs' bytes and the columns read."""
     texts = [csv_path(cfg, key).read_bytes() for key in ("labels", "test_labels") if getattr(cfg, key)]
-    return b"|".join(texts + [f"{cfg.image_column}|{cfg.label_column}".encode()])
+    read = f"{cfg.image_column}|{cfg.label_column}" + (f"|multilabel|{cfg.label_separator}" if cfg.multilabel else "")
+    return b"|".join(texts + [read.encode()])
 
 
 MULTILABEL_NEEDS = ("data.multilabel needs data.name=csv (labels in one cell, separated by data.label_separator), a "

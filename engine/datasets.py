@@ -68,17 +68,15 @@ def cache_path(cfg: DataConfig, split: str) -> Path | None:
 
 
 def file_list(cfg: DataConfig) -> dict[str, Path] | None:
-    """Both splits' files by name, relative to their folder (prefixed with the split where the splits' folders
-    differ); None when they are not on this machine."""
-    found = {}
+    """The data set's files by name: split/path relative to the split's folder, or the path alone for files that
+    hold both splits (digits.pt, MNIST's raw/ folder: counted once); None when they are not on this machine."""
     try:
-        (train_dir, train), (test_dir, test) = (source_of(cfg).files(cfg, split) for split in ("train", "test"))
+        splits = {split: source_of(cfg).files(cfg, split) for split in ("train", "test")}
     except (UserError, OSError):
         return None
-    for split, folder, files in (("train", train_dir, train), ("test", test_dir, test)):
-        prefix = f"{split}/" if train_dir != test_dir else ""
-        found.update({prefix + f.relative_to(folder).as_posix(): f for f in files})
-    return found or None
+    is_shared = splits["train"] == splits["test"]
+    return {("" if is_shared else f"{split}/") + f.relative_to(folder).as_posix(): f
+            for split, (folder, files) in splits.items() for f in files} or None
 
 
 def held_out_names(cfg: DataConfig) -> list[str]:

@@ -45,7 +45,7 @@ class Source:
     mirrors: bool = True  # a mirrored image keeps its class (photos); False (digits): train.tta flips get a note
 
     def describe(self, cfg: DataConfig) -> DataInfo:
-        """Required: channels, image size and class names (and multilabel), without decoding any image."""
+        """Required: channels, image size and class names (and multilabel); cheaply, as a run asks several times."""
         raise NotImplementedError
 
     def load(self, cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
@@ -172,11 +172,13 @@ def read_cache(cache: Path, is_valid) -> dict | None:
 
 
 def valid_split(content: dict, info: DataInfo) -> bool:
-    """A decoded split's layout: uint8 images (N, C, H, W) of the source's channels and size, N labels."""
+    """A decoded split's layout: uint8 images (N, C, H, W) of the source's channels and size, and N labels: int64
+    class indices (N,), or (N, K) float rows of 0/1 when multilabel."""
     images, labels = content["images"], content["labels"]
+    label_shape = (len(images), len(info.class_names)) if info.multilabel else (len(images),)
     return (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor) and images.dtype == torch.uint8
             and images.shape[1:] == (info.in_channels, info.image_size, info.image_size) and len(images) > 0
-            and labels.dtype in (torch.int64, torch.float32) and len(labels) == len(images)
+            and labels.dtype == (torch.float32 if info.multilabel else torch.int64) and labels.shape == label_shape
             and int(labels.min()) >= 0)
 
 

@@ -60,20 +60,19 @@ LOSSES = {
     "cross_entropy": Part(cross_entropy),
     "mse": Part(half_mse),
 }
-MULTILABEL_LOSS = Part(bce)  # data.multilabel: binary cross-entropy per label, whatever train.loss says
 
 
 def make_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
               reduction: str = "mean", **keys) -> LossFn:
     """The loss LOSSES[name] on (logits, targets), with per-class weights, label smoothing and its own keys."""
-    part = MULTILABEL_LOSS if name == "bce" else LOSSES[name]
-    return functools.partial(part.build, weight=weight, label_smoothing=label_smoothing, reduction=reduction, **keys)
+    return functools.partial(LOSSES[name].build, weight=weight, label_smoothing=label_smoothing, reduction=reduction,
+                             **keys)
 
 
 def loss_for(cfg, weight: torch.Tensor | None, multilabel: bool, reduction: str = "mean") -> LossFn:
-    """train.loss as cfg (TrainConfig) sets it. Training ("mean") smooths; evaluation ("sum": the loss validation
-    and test.py report) does not, so a smoothed run's loss is comparable with an unsmoothed one's."""
-    part = MULTILABEL_LOSS if multilabel else LOSSES[cfg.loss]
+    """train.loss as cfg (TrainConfig) sets it, bce for multi-label data. Training ("mean") smooths; evaluation
+    ("sum": the loss validation and test.py report) does not, so a smoothed run's loss compares with any other."""
     smoothing = cfg.label_smoothing if reduction == "mean" else 0.0
-    return functools.partial(part.build, weight=weight, label_smoothing=smoothing, reduction=reduction,
-                             **settings(part, cfg))
+    if multilabel:
+        return functools.partial(bce, weight=weight, label_smoothing=smoothing, reduction=reduction)
+    return make_loss(cfg.loss, weight, smoothing, reduction, **settings(LOSSES[cfg.loss], cfg))

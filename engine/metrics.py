@@ -1,5 +1,4 @@
-"""Class weights, the one evaluation loop, per-class metrics from a confusion matrix, and the epoch row's
-validation columns (METRICS)."""
+"""Class weights, the one evaluation loop, and per-class metrics from a confusion matrix."""
 from pathlib import Path
 from typing import Iterable
 

@@ -10,7 +10,6 @@ must not need; tests/test_multilabel.py checks them against scikit-learn.
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.devices import autocast

@@ -114,11 +114,23 @@ def forked(work) -> int:
         code = 1  # an exception in work() ends the child with status 1
         try:
             torch.set_num_threads(1)  # the parent's OpenMP thread pool does not survive fork: without this, a hang
+            own_tqdm_lock()  # killed while holding the lock it shares with the parent, it would hang the parent
             work()
             code = 0
         finally:
             os._exit(code)
     return pid
+
+
+def own_tqdm_lock() -> None:
+    """Give this (forked) process a tqdm write lock of its own instead of the one inherited from its parent."""
+    import multiprocessing
+
+    from tqdm import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+
+    TqdmDefaultWriteLock.mp_lock = multiprocessing.RLock()
+    tqdm.set_lock(TqdmDefaultWriteLock())
 
 
 def wait_until(condition, timeout: float = 600) -> None:

@@ -11,7 +11,7 @@ from engine.datasets import DataInfo
 from engine.loaders import Batching, Loader
 import test as test_script
 
-ARGS = [*TINY, "train.epochs=2", "train.scheduler=step", "run.name=ddp"]
+ARGS = [*TINY, "train.epochs=2", "train.scheduler=step", "train.accumulate=2", "run.name=ddp"]  # accumulate: no_sync
 
 
 def torchrun(*args, cwd, script="train.py", timeout=300):

@@ -111,3 +111,20 @@ def test_a_key_config_yaml_lacks_says_to_add_its_line(monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"^missing config key 'train.grad_clip': TrainConfig declares it but "
                                         r"config.yaml lacks it; add its line"):
         load_config(None, [])
+
+
+def test_a_hook_named_twice_is_refused():
+    with pytest.raises(UserError, match=r"^log.hooks: \['tensorboard', 'tensorboard'\] names a hook twice"):
+        load_config(None, ["log.hooks=[tensorboard, tensorboard]"])
+
+
+def test_a_cached_split_of_the_other_label_kind_is_not_read():
+    """A CSV trained multi-label and then single-label: each reads only a cache of its own kind of labels."""
+    from engine.datasource import valid_split
+
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    single, multi = DataInfo(1, 8, ["a", "b"]), DataInfo(1, 8, ["a", "b"], multilabel=True)
+    as_labels = {"images": images, "labels": torch.tensor([0, 1, 1, 0])}
+    as_rows = {"images": images, "labels": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])}
+    assert valid_split(as_labels, single) and valid_split(as_rows, multi)
+    assert not valid_split(as_rows, single) and not valid_split(as_labels, multi)
