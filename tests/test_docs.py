@@ -182,7 +182,7 @@ def path_problems(text: str) -> list[str]:
         word = re.sub(r":\d+$", "", word.rstrip(".:"))  # model.py:120, end of a sentence
         if not word or word[0] in "/~$" or not PATH.fullmatch(word):
             continue
-        if PLACEHOLDER.search(word) or word.startswith(GENERATED + OUTSIDE):
+        if PLACEHOLDER.search(word) or (word.rstrip("/") + "/").startswith(GENERATED + OUTSIDE):
             continue
         exists = any(ROOT.glob(word.rstrip("/"))) if "*" in word else (ROOT / word).exists() or word in new_files()
         if not exists:
