@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.config import load_config  # noqa: E402
 from engine.builtin_sets import load_digits  # noqa: E402
+from engine.config import load_config  # noqa: E402
 from engine.devices import select_device  # noqa: E402
 from engine.entry import Parser, run_cli  # noqa: E402
 from engine.metrics import evaluate_checkpoint, per_class  # noqa: E402

@@ -1,21 +1,35 @@
 """PNG figures: training curves and confusion matrices."""
+from __future__ import annotations
+
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from engine.columns import is_validated
+from engine.storage import replacing
 
-from engine.columns import is_validated  # noqa: E402
-from engine.storage import replacing  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported when the first figure is drawn: it takes ~0.7 s,
+    which a process that draws nothing (--help, a refused config, torchrun's other ranks) need not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def save(fig: plt.Figure, path: Path | io.BytesIO, tight: bool = True) -> None:
     """Write the figure as a PNG through a temporary file (a crash never leaves half a PNG), then free it.
     tight=False keeps the figure's own margins: tight_layout draws the figure once more to measure it."""
+    plt = pyplot()
     try:
         if tight:
             fig.tight_layout()
@@ -35,6 +49,7 @@ def validated(history: list[dict]) -> list[dict]:
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """Loss and accuracy per epoch, train vs val (the validated epochs: train.val_every)."""
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
         rows = validated(history) if split == "val" else history
@@ -54,6 +69,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path, title: str,
                    normalise: bool = False) -> None:
     """Counts (or each true class's row as shares) with class names on both axes."""
+    plt = pyplot()
     n = len(class_names)
     values = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1) if normalise else confusion
     size = max(5.0, 0.5 * n + 2)
@@ -78,6 +94,7 @@ def plot_reliability(panels: list[tuple[str, list[dict], float]], path: Path, ti
     confidence range, the bin's mean confidence as a red line across it (on the diagonal when calibrated;
     below the bar's top: underconfident, above: overconfident), and the bin's image count above it
     (engine/calibration.py reliability)."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
     for ax, (label, bins, ece) in zip(axes[0], panels):
         width = bins[0]["upper"] - bins[0]["lower"]
@@ -113,6 +130,7 @@ def plot_tiles(images: list[torch.Tensor], titles: list[str], path: Path, title:
 
     All tiles share one axes (each image placed by its extent): a figure of N axes takes N times as
     long to lay out and draw, and test.py draws one after every evaluation."""
+    plt = pyplot()
     rows = max(1, -(-len(images) // columns))
     fig, ax = plt.subplots(figsize=(columns * cell, rows * cell + 0.6))
     for i, (image, label) in enumerate(zip(images, titles)):
@@ -143,6 +161,7 @@ def plot_maps(maps: torch.Tensor, path: Path, title: str, cell: float = 1.2) -> 
 def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str,
                     metric: tuple[str, str] = ("val_acc", "accuracy")) -> None:
     """Validation loss and a validation metric (its metrics.csv column, its name) of several runs, a line each."""
+    plt = pyplot()
     column, name = metric
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, history in runs:
@@ -161,6 +180,7 @@ def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str,
 
 def plot_cam(image: torch.Tensor, cam_overlay: np.ndarray, path: Path, title: str) -> None:
     """The uint8 image (C, H, W) beside its Grad-CAM overlay (an RGB array from gradcam.overlay)."""
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.9))
     show(left, image)
     left.set_title("input", fontsize=9)
@@ -174,6 +194,7 @@ def plot_cam(image: torch.Tensor, cam_overlay: np.ndarray, path: Path, title: st
 def plot_label_scores(class_names: list[str], probs: torch.Tensor, targets: torch.Tensor, rows: list[dict],
                       path: Path, title: str) -> None:
     """Multi-label: each label's AP and F1 as bars, and its precision-recall curve (the first ten labels)."""
+    plt = pyplot()
     fig, (ax_bars, ax_pr) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.35 * len(class_names) + 1.5)))
     y = np.arange(len(class_names))
     ax_bars.barh(y - 0.2, [100 * (r["ap"] or 0) for r in rows], 0.4, label="AP")

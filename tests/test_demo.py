@@ -1,4 +1,5 @@
 """demo.py: the Gradio page in a real headless Chromium, and its /predict endpoint through gradio_client."""
+import importlib.util
 import os
 import shutil
 import socket
@@ -7,11 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-gr = pytest.importorskip("gradio", reason="gradio is absent; pip install -r requirements-extras.txt")
-from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
-from engine.builtin_sets import load_digits  # noqa: E402
-from engine.loaders import Batching, Loader  # noqa: E402
-from tools import demo  # noqa: E402
+from engine.builtin_sets import load_digits
+from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint
+from engine.loaders import Batching, Loader
+from tools import demo
+
+# found, not imported: importing gradio takes seconds, which each test process would pay while collecting
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
+                                reason="gradio is absent; pip install -r requirements-extras.txt")
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

@@ -15,8 +15,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is absent; pip install -r
 pytest.importorskip("onnxscript", reason="onnxscript is absent; pip install -r requirements-extras.txt")
 
 from conftest import ROOT, copy_run  # noqa: E402
-from engine.checkpoint import FORMAT_VERSION, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
 from engine.builtin_sets import load_digits  # noqa: E402
+from engine.checkpoint import FORMAT_VERSION, data_of, load_checkpoint, model_from_checkpoint  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.imagefiles import MAX_PIXELS  # noqa: E402
 from engine.loaders import Batching, Loader  # noqa: E402

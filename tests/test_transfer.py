@@ -9,9 +9,9 @@ from PIL import Image
 
 from conftest import ROOT, call_script
 from engine import runs
+from engine.builtin_sets import load_digits
 from engine.checkpoint import load_checkpoint
 from engine.config import config_from_dict, load_config
-from engine.builtin_sets import load_digits
 from engine.datasets import DataInfo
 from engine.errors import UserError
 from engine.finetune import Pretrained, load_pretrained, read_pretrained

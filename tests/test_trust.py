@@ -13,10 +13,9 @@ from PIL import Image
 
 from conftest import ROOT, call_script, copy_run, snapshot
 from engine import calibration
-from engine.card import USER_SECTION, write_card
-from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint, temperature_of
-from engine.checkpoint import config_of
 from engine.builtin_sets import load_digits
+from engine.card import USER_SECTION, write_card
+from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.errors import UserError
 from engine.imagefiles import MAX_PIXELS
 from engine.loaders import make_eval_loader
