@@ -43,11 +43,13 @@ from engine.optim import make_optimizer, make_scheduler
 from engine.tta import with_tta
 
 
-def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, explicit_name: bool = False) -> Path:
-    """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder."""
+def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, explicit_name: bool = False,
+          hooks: tuple[Hook, ...] = ()) -> Path:
+    """Train per cfg (continuing the checkpoint `resume` in run_dir if given); returns the run folder. hooks:
+    called besides log.hooks' (tools/sweep.py's pruning)."""
     device = distributed.setup(select_device(cfg.run.device))
     seed_everything(cfg.run.seed + rank_and_world()[0], cfg.run.deterministic)  # DDP copies rank 0's weights
-    hooks = make_hooks(cfg.log.hooks)  # log.hooks; one that lacks its package fails here, before any work
+    hooks = [*make_hooks(cfg.log.hooks), *hooks]  # log.hooks; one that lacks its package fails here, before any work
     # 1. data: train and validation batches, normalised by the train split (or as the resumed or pretrained run was)
     cfg, pretrained, train_loader, val_loader, info = load_data(cfg, resume, device)
     # 2. model training: the model, the loss J, and the optimizer that steps w <- w - a*dJ/dw
