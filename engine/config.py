@@ -119,6 +119,7 @@ class RunConfig:
 @dataclass
 class LogConfig:
     hooks: list[str] = field(metadata=one_of(HOOKS))
+    mlflow_uri: str
 
 
 @dataclass
