@@ -75,8 +75,11 @@ class MLflow(Hook):
             return
         client = self.mlflow.MlflowClient()
         experiment = client.get_experiment_by_name("runs")
+        # a SQLite file keeps the artifacts beside it (MLflow's default is ./mlruns of wherever train.py runs)
+        artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri() if uri.startswith(
+            "sqlite:///") else None
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            "runs", artifact_location=None if run.cfg.log.mlflow_uri else (output_dir / "mlartifacts").as_uri())
+            "runs", artifact_location=artifacts)
         self.run_id = client.create_run(experiment_id, run_name=run.run_dir.name).info.run_id
         params = flat(dataclasses.asdict(run.cfg))
         self.mlflow.log_params({key: str(value)[:6000] for key, value in params.items()}, run_id=self.run_id)
