@@ -12,7 +12,6 @@ than about two standard deviations is not shown to be one.
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from engine.columns import spread  # noqa: E402
 from engine.entry import Parser, run_cli  # noqa: E402
 TEST_LINE = re.compile(r"^test \(best\.pt, epoch (\d+)\): loss [\d.]+ +accuracy ([\d.]+)%", re.M)
 
@@ -41,13 +41,6 @@ def run_seed(seed: int, args: argparse.Namespace, stamp: str) -> tuple[float, fl
     return float(found[2]), seconds
 
 
-def spread(values: list[float]) -> str:
-    """'98.33 ± 0.42 % (min 97.92, max 98.89, 3 seeds)'; one seed has no standard deviation."""
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return (f"{statistics.mean(values):.2f} ± {std:.2f} % (min {min(values):.2f}, max {max(values):.2f}, "
-            f"{len(values)} seed{'s' if len(values) > 1 else ''})")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds: run.seed = first, first + 1, ...")
@@ -64,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end, config "
           f"{args.config or 'config.yaml'}, overrides: {' '.join(args.overrides) or 'none'}; "
           f"{sum(seconds for _, seconds in results):.0f} s in all")
-    print(f"test accuracy: {spread(accuracies)}")
+    print(f"test accuracy: {spread(accuracies, 'seed')}")
 
 
 if __name__ == "__main__":

@@ -257,9 +257,9 @@ def write_card(run_dir: Path, ckpt: dict, results: dict | None = None, code: str
     return path
 
 
-def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> None:
+def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> dict:
     """What train.py does after the last epoch: fit best.pt's temperature on the validation split, print its
-    test results (with and without train.tta's views), and write MODEL_CARD.md."""
+    test results (with and without train.tta's views), and write MODEL_CARD.md; returns the test results."""
     if not cfg.data.multilabel:  # a temperature calibrates softmax probabilities over exclusive classes
         print(describe_fit(calibrate(run_dir / "best.pt", device)))
     best, test = print_test(run_dir / "best.pt", device, cfg.train.tta)
@@ -267,6 +267,7 @@ def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> None:
         print(f"note: no {CARD_NAME} for a multi-label run yet (its tables are per class)")
     else:
         print(f"wrote {write_card(run_dir, best, test, code_version())}")
+    return test
 
 
 def print_test(path: Path, device: torch.device, tta: str) -> tuple[dict, dict]:

@@ -50,6 +50,8 @@ class DataConfig:
     image_size: Literal["auto"] | int = field(metadata=at_least(1))
     channels: Literal[1, 3]
     val_fraction: float = field(metadata=between(0.01, 0.9))
+    folds: int = field(metadata=between(0, 100))
+    fold: int = field(metadata=at_least(0))
     augment: Literal["none", "crop", "flip_crop", "trivialaugment", "randaugment"]
     crop_padding: int = field(metadata=at_least(0))
     flip: Literal["random", "alternate"]
@@ -243,6 +245,12 @@ def config_from_dict(raw: Any) -> Config:
         raise UserError("train.nesterov: Nesterov momentum needs train.optimizer=sgd and train.momentum above 0; "
                         "set those or train.nesterov=false")
     check_source(cfg.data.name)
+    if cfg.data.fold >= max(cfg.data.folds, 1):
+        raise UserError(f"data.fold={cfg.data.fold} needs data.folds above it (the folds are 0 .. folds-1); "
+                        f"data.folds is {cfg.data.folds}")
+    if cfg.data.folds == 1:
+        raise UserError("data.folds=1 would validate on the whole training split; use 0 (data.val_fraction) or 2 "
+                        "and more")
     if len(set(cfg.log.hooks)) < len(cfg.log.hooks):
         raise UserError(f"log.hooks: {shown(cfg.log.hooks)} names a hook twice; name each once")
     usable = [name for name, metric in metrics_for(cfg.data.multilabel).items() if metric.is_best]
@@ -377,6 +385,7 @@ def without_effect(cfg: Config, keys: list[str]) -> list[str]:
            for key in (f.name for f in dataclasses.fields(ModelConfig)) if key not in reads},
         **unread_by_parts(cfg),
         "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
+        "data.val_fraction": f"data.folds={data.folds} validates on fold data.fold instead" if data.folds else "",
         "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
     }
     notes = [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]

@@ -21,15 +21,17 @@ from engine.errors import UserError
 STATS_SAMPLE = 20_000  # images used for the per-channel mean and std
 
 
-def train_val_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_val_split(labels: torch.Tensor, fraction: float, seed: int, folds: int = 0,
+                    fold: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified, seeded indices (train, val) carved from the training split only (multi-label rows (N, K):
-    seeded, not stratified)."""
+    seeded, not stratified): the first `fraction` of each class in a seeded order, or with folds K every K-th
+    image of that order from the fold-th on (data.folds, data.fold: K disjoint validation splits covering all)."""
     generator = torch.Generator().manual_seed(seed)
     is_val = torch.zeros(len(labels), dtype=torch.bool)
     for label in labels.unique() if labels.ndim == 1 else [None]:
         idx = (labels == label).nonzero().flatten() if label is not None else torch.arange(len(labels))
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        is_val[idx[: round(fraction * len(idx))]] = True
+        is_val[idx[fold::folds] if folds else idx[: round(fraction * len(idx))]] = True
     if is_val.all() or not is_val.any():
         raise UserError(f"data.val_fraction {fraction} of {len(labels)} training images leaves the "
                         f"{'training' if is_val.all() else 'validation'} split empty; change it or add images")
@@ -229,7 +231,7 @@ def make_eval_loader(cfg: Config, info: DataInfo, split: str, batch_size: int, d
     """The 'val' or 'test' split in a fixed order, normalised with the training statistics in info."""
     if split == "val":
         images, labels = load_split(cfg.data, "train")
-        _, idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
+        _, idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed, cfg.data.folds, cfg.data.fold)
         images, labels = subset(images, idx), labels[idx]
     else:
         check_held_out(cfg.data, info.held_out)
@@ -296,7 +298,7 @@ def make_train_loaders(cfg: Config, device: torch.device,
     their channel count differs, e.g. ImageNet's for grey images); None = the train split's."""
     info = describe(cfg.data)
     images, labels = load_split(cfg.data, "train")
-    train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed)
+    train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed, cfg.data.folds, cfg.data.fold)
     if stats is None:
         norm = normalisation(cfg, images, train_idx)
         stats = norm["mean"], norm["std"]

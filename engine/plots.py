@@ -158,6 +158,22 @@ def plot_maps(maps: torch.Tensor, path: Path, title: str, cell: float = 1.2) -> 
                fontsize=7)
 
 
+def plot_folds(rows: list[dict], path: Path, title: str) -> None:
+    """Each fold's validation and test scores (rows of fold, val, test in %), with their means as lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(rows) + 2), 4))
+    x = np.arange(len(rows))
+    for offset, key, colour in ((-0.2, "val", "tab:blue"), (0.2, "test", "tab:orange")):
+        values = [row[key] for row in rows]
+        ax.bar(x + offset, values, width=0.4, color=colour, label=f"{key} (mean {np.mean(values):.2f} %)")
+        ax.axhline(np.mean(values), color=colour, linestyle="--", linewidth=1)
+    low = min(min(row["val"], row["test"]) for row in rows)
+    ax.set(xticks=x, xticklabels=[f"fold {row['fold']}" for row in rows], ylabel="%", ylim=(max(0.0, low - 5), 100))
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    save(fig, path)
+
+
 def plot_comparison(runs: list[tuple[str, list[dict]]], path: Path, title: str,
                     metric: tuple[str, str] = ("val_acc", "accuracy")) -> None:
     """Validation loss and a validation metric (its metrics.csv column, its name) of several runs, a line each."""

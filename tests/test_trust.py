@@ -193,7 +193,7 @@ def test_seeds_reads_train_py_and_prints_the_spread(tiny_run):
 
     found = seeds.TEST_LINE.search(tiny_run.stdout)
     assert found and 0 < float(found[2]) <= 100
-    assert seeds.spread([98.0, 99.0, 97.0]) == "98.00 ± 1.00 % (min 97.00, max 99.00, 3 seeds)"
+    assert seeds.spread([98.0, 99.0, 97.0], "seed") == "98.00 ± 1.00 % (min 97.00, max 99.00, 3 seeds)"
 
 
 onnx_only = pytest.mark.skipif(any(__import__("importlib").util.find_spec(name) is None

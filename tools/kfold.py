@@ -1,0 +1,78 @@
+"""k-fold cross-validation: K runs of one config, each validating on another fold of the training split.
+
+    python tools/kfold.py --folds 5                                   # the default CNN on the digits
+    python tools/kfold.py --folds 5 --config configs/mnist.yaml data.root=../shared/datasets
+    python tools/kfold.py --folds 5 train.epochs=10                   # again: finished folds are kept
+
+The folds are stratified and seeded by run.seed (data.folds, data.fold); the test split is never touched.
+Each fold is an ordinary run folder, checkpoints/kfold/<name>/fold-<k>/; at the end a table of each fold's
+best validation score (train.best_metric) and test accuracy with their mean ± standard deviation, printed
+and written as folds.csv and folds.png. Running the same command again keeps the finished folds and
+continues an interrupted one from its last.pt.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
+import train as train_script  # noqa: E402
+from engine import runs  # noqa: E402
+from engine.card import CARD_NAME, finish_run  # noqa: E402
+from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.cli import make_parser, positive_int, run_cli  # noqa: E402
+from engine.columns import spread  # noqa: E402
+from engine.config import Config, load_config  # noqa: E402
+from engine.devices import select_device  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.metrics import evaluate_checkpoint  # noqa: E402
+from engine.plots import plot_folds  # noqa: E402
+from engine.storage import write_text  # noqa: E402
+
+
+def run_fold(cfg: Config, run_dir: Path) -> None:
+    """Train the fold, or continue it from its last.pt; a fold whose model card exists is done."""
+    if (run_dir / CARD_NAME).is_file():
+        print(f"{run_dir.name}: done before, kept")
+        return
+    if (run_dir / "last.pt").is_file():
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        print(f"{run_dir.name}: continuing from epoch {ckpt['epoch']}")
+        if not runs.finished(ckpt, cfg):
+            train_script.train(runs.resumed_config(ckpt, []), ckpt, run_dir)
+    else:
+        train_script.train(cfg, explicit_name=True)
+    finish_run(run_dir, cfg, select_device(cfg.run.device))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = make_parser(__doc__)
+    parser.add_argument("--folds", type=positive_int, default=5, help="K, at least 2 (default 5)")
+    parser.add_argument("--name", help="the folder under checkpoints/kfold/ (default: <data>-<model>-<K>folds)")
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        raise UserError("--folds must be at least 2: each fold validates on 1/K of the training split")
+    base = load_config(args.config, args.overrides)
+    name = args.name or f"{base.data.name}-{base.model.name}-{args.folds}folds"
+    folder = Path(base.run.output_dir) / "kfold" / name
+    rows = []
+    for k in range(args.folds):
+        cfg = load_config(args.config, [*args.overrides, f"data.folds={args.folds}", f"data.fold={k}",
+                                        f"run.output_dir={folder}", f"run.name=fold-{k}"])
+        print(f"fold {k} of {args.folds}", flush=True)
+        run_fold(cfg, folder / f"fold-{k}")
+        best = load_checkpoint(folder / f"fold-{k}" / "best.pt")
+        test = evaluate_checkpoint(folder / f"fold-{k}" / "best.pt", select_device(cfg.run.device))[2]
+        rows.append({"fold": k, "val": 100 * best["best_score"], "test": 100 * test["accuracy"],
+                     "epoch": best["epoch"]})
+    metric = base.train.best_metric
+    lines = [f"fold,val {metric},test accuracy,best epoch"]
+    lines += [f"{row['fold']},{row['val']:.2f},{row['test']:.2f},{row['epoch']}" for row in rows]
+    write_text(folder / "folds.csv", "\n".join(lines) + "\n")
+    plot_folds(rows, folder / "folds.png", f"{name}: val {metric} and test accuracy per fold")
+    print("\n".join(lines))
+    print(f"val {metric}: {spread([row['val'] for row in rows], 'fold')}")
+    print(f"test accuracy: {spread([row['test'] for row in rows], 'fold')}")
+    print(f"wrote {folder / 'folds.csv'} and folds.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)
