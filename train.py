@@ -72,7 +72,7 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
         for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
             run_epoch(run, train_loader, val_loader, epoch)
             is_started = True
-            if cfg.train.patience and run.state.bad_epochs >= cfg.train.patience:
+            if stops_early(cfg.train, run.state):
                 print(f"early stop: no better val {cfg.train.best_metric} for {cfg.train.patience} epochs")
                 break
         for hook in hooks:
@@ -184,14 +184,16 @@ def validate(run: "Run", val_loader: Loader) -> dict:
 
 
 def save_epoch(run: "Run", improved: bool) -> None:
-    """metrics.csv and curves.png, then best.pt if improved, then last.pt (from rank 0). last.pt is written
-    last: whatever epoch it holds, every other file has it too, so a run killed at any point resumes from it."""
+    """metrics.csv (and curves.png, at most every few seconds), then best.pt if improved, then last.pt (from rank
+    0). last.pt is written last: whatever epoch it holds, metrics.csv and best.pt have it too, so a run killed at
+    any point resumes from it."""
     step = run.step
     ckpt = checkpoint_dict(ema.evaluated(run.model, step.ema), step.optimizer, step.scheduler, step.scaler, run.state,
                            amp=step.amp_dtype, config=run.cfg, data=run.info, new_layers=run.new_layers)  # gathers RNGs
     ckpt.update(ema.checkpoint_entries(run.model, step.ema))
     if is_main():
-        runs.write_metrics(run.state.history, run.run_dir)
+        is_last = run.state.epoch == run.cfg.train.epochs or stops_early(run.cfg.train, run.state)
+        runs.write_metrics(run.state.history, run.run_dir, is_last)
         save_checkpoint(ckpt, run.run_dir, improved)
 
 
@@ -232,6 +234,11 @@ class Run:
     state: RunState
     new_layers: list[str] | None  # with model.pretrained: the keys that did not come from it; else None
     hooks: list[Hook]  # log.hooks (engine/hooks.py): called at run start, epoch end and run end
+
+
+def stops_early(cfg: TrainConfig, state: RunState) -> bool:
+    """train.patience validated epochs without a better score."""
+    return bool(cfg.patience) and state.bad_epochs >= cfg.patience
 
 
 def check_finite(loss_sum: float, epoch: int, batch: int, optimizer: torch.optim.Optimizer) -> None:

@@ -199,15 +199,21 @@ def last_state(run_dir: Path) -> Path:
                     "start a new run")
 
 
-def write_metrics(history: list[dict], run_dir: Path) -> None:
-    """metrics.csv and curves.png, rewritten from the full history every epoch.
+CURVES_SECONDS = 5  # curves.png is redrawn at most this often, and after the last epoch: drawing takes ~0.15 s,
+# more than a small data set's epoch
+
+
+def write_metrics(history: list[dict], run_dir: Path, is_last: bool = True) -> None:
+    """metrics.csv, rewritten from the full history every epoch, and curves.png when it is CURVES_SECONDS old.
 
     The columns are every row's: epochs resumed from a build with other metrics leave the columns they lack empty."""
     with replacing(run_dir / "metrics.csv", binary=False) as f:
         writer = csv.DictWriter(f, fieldnames=csv_columns(history), restval="")
         writer.writeheader()
         writer.writerows(history)
-    plot_curves(history, run_dir / "curves.png")
+    curves = run_dir / "curves.png"
+    if is_last or not curves.is_file() or time.time() - curves.stat().st_mtime >= CURVES_SECONDS:
+        plot_curves(history, curves)
 
 
 def what_to_train(resume: str | None, config: str | None,

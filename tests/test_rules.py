@@ -251,8 +251,8 @@ def test_a_streamed_image_that_becomes_unreadable_is_one_line_from_the_worker(tm
     from engine import runs
     write_metrics = runs.write_metrics
 
-    def damaging(history, run_dir):  # after epoch 1: an image the DataLoader worker reads in epoch 2 breaks
-        write_metrics(history, run_dir)
+    def damaging(history, run_dir, is_last):  # after epoch 1: an image the DataLoader worker reads in epoch 2 breaks
+        write_metrics(history, run_dir, is_last)
         (tmp_path / "set" / "train" / "a" / "0.png").write_bytes(b"damaged\n")
     monkeypatch.setattr(runs, "write_metrics", damaging)
     code, _, err = call_script(train.main, *TINY, "data.name=folder", "data.root=set", "data.channels=1",
