@@ -20,7 +20,7 @@ from engine.card import CARD_NAME, finish_run  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
 from engine.cli import make_parser, positive_int, run_cli  # noqa: E402
 from engine.columns import spread  # noqa: E402
-from engine.config import Config, load_config  # noqa: E402
+from engine.config import Config, check_plain_name, load_config  # noqa: E402
 from engine.devices import select_device  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--folds must be at least 2: each fold validates on 1/K of the training split")
     base = load_config(args.config, args.overrides)
     name = args.name or f"{base.data.name}-{base.model.name}-{args.folds}folds"
+    check_plain_name(name, "--name")
     folder = Path(base.run.output_dir) / "kfold" / name
     rows = []
     for k in range(args.folds):
