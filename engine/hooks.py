@@ -10,6 +10,7 @@ import math
 import urllib.request
 from pathlib import Path
 
+from engine.columns import METRICS
 from engine.distributed import is_main
 from engine.errors import UserError, shown
 
@@ -26,7 +27,8 @@ class Hook:
 
 
 class TensorBoard(Hook):
-    """The epoch rows' numbers for TensorBoard, in <run folder>/tensorboard."""
+    """The epoch rows' numbers for TensorBoard, in <run folder>/tensorboard; at the end the config's keys and the
+    best epoch's row as hyperparameters and metrics (its HParams tab compares runs)."""
 
     def __init__(self):
         try:
@@ -45,6 +47,12 @@ class TensorBoard(Hook):
         self.writer.flush()
 
     def on_run_end(self, run) -> None:
+        column = METRICS[run.cfg.train.best_metric].column  # best.pt's epoch: the first with the best score
+        best = next((row for row in run.state.history if row.get(column) == run.state.best_score), {})
+        hparams = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                   for key, value in flat(dataclasses.asdict(run.cfg)).items()}
+        metrics = {f"best/{key}": value for key, value in best.items() if key != "epoch" and not math.isnan(value)}
+        self.writer.add_hparams(hparams, metrics, run_name=".")  # ".": in this run's folder, beside its epochs
         self.writer.close()
 
 

@@ -170,7 +170,16 @@ def test_tensorboard_missing_is_a_clear_error(tiny_cfg, monkeypatch):
     assert not Path(cfg.run.output_dir).exists()  # refused before any run folder was made
 
 
-def test_tensorboard_logs_every_epoch(tiny_cfg):
+def test_tensorboard_logs_every_epoch_and_the_hparams(tiny_cfg):
     pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     run_dir = train_module.train(tiny_cfg("log.hooks=[tensorboard]"))
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [s.step for s in events.Scalars("val_acc")] == [1, 2]
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    assert events.Scalars("best/val_acc")[0].value == pytest.approx(ckpt["history"][ckpt["epoch"] - 1]["val_acc"])
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["train.lr"].number_value == pytest.approx(4e-3) and hparams["data.name"].string_value == "digits"
