@@ -258,7 +258,8 @@ def normalisation(cfg: Config, images: Images, train_idx: torch.Tensor) -> dict:
     sample = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]]
     cache = None if isinstance(images, torch.Tensor) else cache_path(cfg.data, "train")
     if cache is not None:
-        cache = cache.with_name(f"{cache.stem}-stats-{cfg.run.seed}-{cfg.data.val_fraction}.pt")
+        split = f"{cfg.data.folds}-{cfg.data.fold}" if cfg.data.folds else cfg.data.val_fraction  # the train part's
+        cache = cache.with_name(f"{cache.stem}-stats-{cfg.run.seed}-{split}.pt")
     with local_main_first():
         cached = read_cache(cache, lambda c: valid_stats(c, images)) if cache is not None and cache.is_file() else None
         if cached is not None:

@@ -46,3 +46,6 @@ def test_kfold_runs_every_fold_then_keeps_them_and_continues_an_unfinished_one(t
     assert "fold-0: done before, kept" in out and "fold-1: continuing from epoch 1" in out
     assert snapshot(folder / "fold-0") == kept and (folder / "fold-1" / "MODEL_CARD.md").is_file()
     assert (folder / "folds.csv").read_text().splitlines() == rows  # the same numbers
+
+    code, _, err = call_script(kfold.main, *args, "train.lr=0.05", cwd=tmp_path)
+    assert code == 2 and "fold-0 was trained with other settings (train.lr: 0.004, now 0.05); give --name" in err

@@ -47,8 +47,22 @@ def test_a_sweep_runs_prunes_reports_and_continues(tmp_path):
 
     code, out, err = call_script(sweep.main, sweep_file(tmp_path), "--trials", "5", cwd=tmp_path)
     assert code == 0, err
-    assert [row["trial"] for row in trials(folder)] == ["0", "1", "2", "3", "4"]  # the study continued
+    again = trials(folder)
+    assert [row["trial"] for row in again] == ["0", "1", "2", "3", "4"]  # the study continued
     assert "trial 4:" in out and "trial 0:" not in out
+    assert again[4]["train.lr"] not in [row["train.lr"] for row in rows]  # not the first trial's point again
+
+
+def test_list_valued_choices_and_a_metric_the_data_lacks(tmp_path):
+    from tools import sweep
+
+    space = {"model.hidden": [[16], [16, 8]]}
+    code, out, err = call_script(sweep.main, sweep_file(tmp_path, space=space, trials=2), cwd=tmp_path)
+    assert code == 0, err
+    rows = trials(tmp_path / "checkpoints" / "sweeps" / "tiny")
+    assert sorted({row["model.hidden"] for row in rows}) <= ["[16, 8]", "[16]"] and len(rows) == 2
+    code, out, err = call_script(sweep.main, sweep_file(tmp_path, name="m", metric="map"), cwd=tmp_path)
+    assert code == 2 and "metric: map is not measured on this data; use one of loss" in err
 
 
 @pytest.mark.parametrize("change, message", [

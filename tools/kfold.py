@@ -2,7 +2,7 @@
 
     python tools/kfold.py --folds 5                                   # the default CNN on the digits
     python tools/kfold.py --folds 5 --config configs/mnist.yaml data.root=../shared/datasets
-    python tools/kfold.py --folds 5 train.epochs=10                   # again: finished folds are kept
+    python tools/kfold.py --folds 5                                   # again: finished folds are kept
 
 The folds are stratified and seeded by run.seed (data.folds, data.fold); the test split is never touched.
 Each fold is an ordinary run folder, checkpoints/kfold/<name>/fold-<k>/; at the end a table of each fold's
@@ -20,19 +20,22 @@ from engine.card import CARD_NAME, finish_run  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
 from engine.cli import make_parser, positive_int, run_cli  # noqa: E402
 from engine.columns import spread  # noqa: E402
-from engine.config import Config, check_plain_name, load_config  # noqa: E402
+from engine.config import Config, check_plain_name, flatten, load_config, to_dict  # noqa: E402
 from engine.devices import select_device  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from engine.errors import UserError, shown  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
 from engine.plots import plot_folds  # noqa: E402
 from engine.storage import write_text  # noqa: E402
+from engine.yamlfile import read_yaml  # noqa: E402
 
 
-def run_fold(cfg: Config, run_dir: Path) -> None:
-    """Train the fold, or continue it from its last.pt; a fold whose model card exists is done."""
+def run_fold(cfg: Config, run_dir: Path) -> dict:
+    """Train the fold, or continue it from its last.pt (a fold whose model card exists is done); its test results."""
+    if (run_dir / "config.yaml").is_file():
+        check_same_settings(cfg, run_dir)
     if (run_dir / CARD_NAME).is_file():
         print(f"{run_dir.name}: done before, kept")
-        return
+        return evaluate_checkpoint(run_dir / "best.pt", select_device(cfg.run.device))[2]
     if (run_dir / "last.pt").is_file():
         ckpt = load_checkpoint(run_dir / "last.pt")
         print(f"{run_dir.name}: continuing from epoch {ckpt['epoch']}")
@@ -40,7 +43,17 @@ def run_fold(cfg: Config, run_dir: Path) -> None:
             train_script.train(runs.resumed_config(ckpt, []), ckpt, run_dir)
     else:
         train_script.train(cfg, explicit_name=True)
-    finish_run(run_dir, cfg, select_device(cfg.run.device))
+    return finish_run(run_dir, cfg, select_device(cfg.run.device))
+
+
+def check_same_settings(cfg: Config, run_dir: Path) -> None:
+    """A fold folder kept from an earlier command must hold a run of these settings, or the table would mix them."""
+    saved, now = flatten(read_yaml(run_dir / "config.yaml")), flatten(to_dict(cfg))
+    differ = [key for key in now if key in saved and saved[key] != now[key]]
+    if differ:
+        raise UserError(f"{run_dir} was trained with other settings ({differ[0]}: {shown(saved[differ[0]])}, now "
+                        f"{shown(now[differ[0]])}{' and more' if len(differ) > 1 else ''}); give --name for a new set "
+                        "of folds, or the same settings to continue this one")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,9 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, [*args.overrides, f"data.folds={args.folds}", f"data.fold={k}",
                                         f"run.output_dir={folder}", f"run.name=fold-{k}"])
         print(f"fold {k} of {args.folds}", flush=True)
-        run_fold(cfg, folder / f"fold-{k}")
+        test = run_fold(cfg, folder / f"fold-{k}")
         best = load_checkpoint(folder / f"fold-{k}" / "best.pt")
-        test = evaluate_checkpoint(folder / f"fold-{k}" / "best.pt", select_device(cfg.run.device))[2]
         rows.append({"fold": k, "val": 100 * best["best_score"], "test": 100 * test["accuracy"],
                      "epoch": best["epoch"]})
     metric = base.train.best_metric

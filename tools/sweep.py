@@ -10,6 +10,7 @@ checkpoints/sweeps/<name>/study.log (or --storage); running the same command aga
 missing. Needs optuna (pip install -r requirements-extras.txt).
 """
 import csv
+import io
 import math
 import sys
 import time
@@ -18,11 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 import train as train_script  # noqa: E402
 from engine.card import finish_run  # noqa: E402
 from engine.cli import positive_int, run_cli  # noqa: E402
-from engine.columns import METRICS  # noqa: E402
+from engine.columns import METRICS, metrics_for  # noqa: E402
 from engine.config import DEFAULT_CONFIG, at_least, build, check_plain_name, load_config, one_of, to_yaml  # noqa: E402
 from engine.devices import select_device  # noqa: E402
 from engine.entry import Parser  # noqa: E402
@@ -91,8 +94,8 @@ def parameter(key: str, spec: object) -> Range | list:
 
 
 def suggest(trial, key: str, spec: Range | list) -> object:
-    if isinstance(spec, list):
-        return trial.suggest_categorical(key, spec)
+    if isinstance(spec, list):  # as the text of an override, so that a list value such as [128, 64] is one choice
+        return yaml.safe_load(trial.suggest_categorical(key, [yaml_value(choice) for choice in spec]))
     if spec.type == "int":
         return trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log)
     return trial.suggest_float(key, spec.low, spec.high, log=spec.log)
@@ -114,7 +117,8 @@ class Pruning(Hook):
         if self.trial.should_prune():
             self.trial.set_user_attr("pruned_after_epoch", row["epoch"])
             write_text(run.run_dir / "PRUNED.txt", f"The sweep stopped this trial after epoch {row['epoch']}: its "
-                       f"{self.column} {value:.4f} was below the median of the earlier trials at that epoch.\n")
+                       f"{self.column} {value:.4f} was worse than the median of the earlier trials at that epoch.\n")
+            print(f"trial {self.trial.number} pruned after epoch {row['epoch']}: {self.column} {value:.4f}")
             raise optuna.TrialPruned()
 
 
@@ -125,21 +129,23 @@ def trial_config(sweep: Sweep, folder: Path, values: dict, number: int):
 
 
 def make_study(sweep: Sweep, folder: Path, storage: str | None, epochs: int):
-    """The study in storage (default: the sweep folder's journal file), created or continued."""
+    """The study in storage (default: the sweep folder's journal file), created or continued. The sampler's seed
+    is the file's plus the trials the study has: a continued sweep does not draw its first points again."""
     import optuna
 
     if storage is None or "://" not in storage:  # a journal file: on this machine, or on shared storage (NFS)
         path = Path(storage) if storage else folder / "study.log"
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    sampler = (optuna.samplers.TPESampler(seed=sweep.seed) if sweep.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=sweep.seed))
+    kind = optuna.samplers.TPESampler if sweep.sampler == "tpe" else optuna.samplers.RandomSampler
     # median: from the third trial on, after the first quarter of the epochs (a warming-up schedule's early
     # epochs say little about the end)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=epochs // 4) if sweep.pruner == "median"
               else optuna.pruners.NopPruner())
     direction = "maximize" if METRICS[sweep.metric].is_best else "minimize"  # accuracy, ... or loss
-    return optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True, direction=direction,
-                               sampler=sampler, pruner=pruner)
+    study = optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True, direction=direction,
+                                pruner=pruner)
+    study.sampler = kind(seed=sweep.seed + len(study.trials))
+    return study
 
 
 def run_trial(trial, sweep: Sweep, space: dict, folder: Path) -> float:
@@ -147,10 +153,10 @@ def run_trial(trial, sweep: Sweep, space: dict, folder: Path) -> float:
     values = {key: suggest(trial, key, spec) for key, spec in space.items()}
     cfg = trial_config(sweep, folder, values, trial.number)
     print(f"trial {trial.number}: {' '.join(f'{k}={short(v)}' for k, v in values.items())}", flush=True)
-    run_dir = train_script.train(cfg, explicit_name=True, hooks=(Pruning(trial, METRICS[sweep.metric].column),))
+    metric = METRICS[sweep.metric]
+    run_dir = train_script.train(cfg, explicit_name=True, hooks=(Pruning(trial, metric.column),))
     trial.set_user_attr("run_dir", str(run_dir))
     finish_run(run_dir, cfg, select_device(cfg.run.device))
-    metric = METRICS[sweep.metric]
     scores = [row[metric.column] for row in read_rows(run_dir) if not math.isnan(row[metric.column])]
     return max(scores) if metric.is_best else min(scores)
 
@@ -168,15 +174,16 @@ def report(study, sweep: Sweep, folder: Path) -> None:
     """The trials as a table (printed and trials.csv), the best trial's config, and Optuna's figures."""
     rows = []
     for t in study.trials:
-        epochs = t.user_attrs.get("pruned_after_epoch") or len(t.intermediate_values) or ""
+        epochs = t.user_attrs.get("pruned_after_epoch") or max(t.intermediate_values, default="")
         seconds = t.duration.total_seconds() if t.duration else math.nan
         rows.append({"trial": t.number, **{k: short(v) for k, v in t.params.items()},
                      sweep.metric: "" if t.value is None else f"{t.value:.4f}", "state": t.state.name.lower(),
-                     "validated epochs": epochs, "seconds": f"{seconds:.1f}"})
+                     "epochs": epochs, "seconds": f"{seconds:.1f}"})
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = [",".join(columns)] + [",".join(str(row.get(key, "")) for key in columns) for row in rows]
-    write_text(folder / "trials.csv", "\n".join(lines) + "\n")
-    print("\n".join(f"  {line}" for line in lines))
+    table = io.StringIO()
+    csv.DictWriter(table, columns, restval="", lineterminator="\n").writerows([dict(zip(columns, columns)), *rows])
+    write_text(folder / "trials.csv", table.getvalue())
+    print("".join(f"  {line}\n" for line in table.getvalue().splitlines()), end="")
     if any(t.value is not None for t in study.trials):
         best = study.best_trial
         cfg = load_config(Path(best.user_attrs["run_dir"]) / "config.yaml", [])
@@ -219,8 +226,13 @@ def main(argv: list[str] | None = None) -> None:
     sweep, space = read_sweep(Path(args.sweep))
     sweep = replace(sweep, trials=args.trials or sweep.trials)
     folder = SWEEPS_DIR / sweep.name
-    first = trial_config(sweep, folder, {k: s[0] if isinstance(s, list) else s.low for k, s in space.items()}, 0)
-    make_folder(folder, "name")  # every key and value checked by now
+    for key, spec in space.items():  # every choice and both ends of each range, before the first trial
+        for value in spec if isinstance(spec, list) else (spec.low, spec.high):
+            first = trial_config(sweep, folder, {key: value}, 0)
+    usable = metrics_for(first.data.multilabel)
+    if sweep.metric not in usable:
+        raise UserError(f"metric: {sweep.metric} is not measured on this data; use one of {' | '.join(usable)}")
+    make_folder(folder, "name")
     study = make_study(sweep, folder, args.storage, first.train.epochs)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     start = time.perf_counter()
