@@ -21,7 +21,7 @@ from engine.errors import UserError, shown
 from engine.hooks import HOOKS
 from engine.losses import LOSSES
 from engine.optim import OPTIMIZERS, SCHEDULERS, momentum
-from engine.yamlfile import dump_yaml, parse_yaml, read_yaml
+from engine.yamlfile import dump_yaml, flatten, parse_yaml, read_yaml
 from model import MODELS, ModelConfig, model_class, settings_of
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -419,16 +419,6 @@ def to_dict(cfg: Config) -> dict:
     raw = dataclasses.asdict(cfg)
     raw["model"] = {key: value for key, value in raw["model"].items() if key in settings_of(cfg.model.name)}
     return raw
-
-
-def flatten(node: Any, prefix: str = "") -> dict:
-    """{'train': {'lr': 0.1}} -> {'train.lr': 0.1}; lists stay whole values."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat = {}
-    for name, child in node.items():
-        flat.update(flatten(child, f"{prefix}.{name}" if prefix else name))
-    return flat
 
 
 def changed_keys(cfg: Config) -> list[str]:

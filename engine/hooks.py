@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.columns import METRICS
 from engine.distributed import is_main
 from engine.errors import UserError, shown
+from engine.yamlfile import flatten
 
 
 class Hook:
@@ -50,7 +51,7 @@ class TensorBoard(Hook):
         column = METRICS[run.cfg.train.best_metric].column  # best.pt's epoch: the first with the best score
         best = next((row for row in run.state.history if row.get(column) == run.state.best_score), {})
         hparams = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-                   for key, value in flat(dataclasses.asdict(run.cfg)).items()}
+                   for key, value in flatten(dataclasses.asdict(run.cfg)).items()}
         metrics = {f"best/{key}": value for key, value in best.items() if key != "epoch" and not math.isnan(value)}
         self.writer.add_hparams(hparams, metrics, run_name=".")  # ".": in this run's folder, beside its epochs
         self.writer.close()
@@ -89,7 +90,7 @@ class MLflow(Hook):
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(
             "runs", artifact_location=artifacts)
         self.run_id = client.create_run(experiment_id, run_name=run.run_dir.name).info.run_id
-        params = flat(dataclasses.asdict(run.cfg))
+        params = flatten(dataclasses.asdict(run.cfg))
         self.mlflow.log_params({key: str(value)[:6000] for key, value in params.items()}, run_id=self.run_id)
 
     def on_epoch_end(self, run, row: dict) -> None:
@@ -115,15 +116,6 @@ def check_reachable(uri: str) -> None:
     except OSError as err:
         raise UserError(f"log.mlflow_uri: {shown(uri)} cannot be reached ({type(err).__name__}); start the MLflow "
                         "server, fix the URL, or set log.mlflow_uri=\"\" for a file beside the runs") from None
-
-
-def flat(node: dict, prefix: str = "") -> dict:
-    """{'train': {'lr': 0.1}} -> {'train.lr': 0.1}."""
-    found = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        found.update(flat(value, name + ".") if isinstance(value, dict) else {name: value})
-    return found
 
 
 HOOKS = {

@@ -1,5 +1,6 @@
 """YAML files as config.yaml uses them: read safely (duplicate keys, alias bombs and deep nesting refused with
-one line) and written back in the same layout (block sections, one line per list and per conv block).
+one line) and written back in the same layout (block sections, one line per list and per conv block), and
+nested mappings as dotted keys (flatten).
 """
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,13 @@ Dumper.add_representer(FlowDict, Dumper.represent_flow_dict)
 def dump_yaml(data: dict) -> str:
     """data in config.yaml's layout, keys in their order."""
     return yaml.dump(data, Dumper=Dumper, sort_keys=False, width=120)
+
+
+def flatten(node: Any, prefix: str = "") -> dict:
+    """{'train': {'lr': 0.1}} -> {'train.lr': 0.1}; lists stay whole values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat = {}
+    for name, child in node.items():
+        flat.update(flatten(child, f"{prefix}.{name}" if prefix else name))
+    return flat
