@@ -75,6 +75,9 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
             if stops_early(cfg.train, run.state):
                 print(f"early stop: no better val {cfg.train.best_metric} for {cfg.train.patience} epochs")
                 break
+            if distributed.from_main(run.stop):  # a hook's stop (rank 0's hooks) ends every process's loop
+                stop_by_hook(run)
+                break
         for hook in hooks:
             hook.on_run_end(run)
     except KeyboardInterrupt:
@@ -234,11 +237,19 @@ class Run:
     state: RunState
     new_layers: list[str] | None  # with model.pretrained: the keys that did not come from it; else None
     hooks: list[Hook]  # log.hooks (engine/hooks.py): called at run start, epoch end and run end
+    stop: str = ""  # set by a hook's on_epoch_end: the run ends after this epoch as an early stop does (the sweep's pruning)
 
 
 def stops_early(cfg: TrainConfig, state: RunState) -> bool:
     """train.patience validated epochs without a better score."""
     return bool(cfg.patience) and state.bad_epochs >= cfg.patience
+
+
+def stop_by_hook(run: "Run") -> None:
+    """A hook ended the run after this epoch: say why, and draw curves.png for the epochs it has."""
+    if is_main():
+        print(f"stopped: {run.stop}")
+        runs.write_metrics(run.state.history, run.run_dir)
 
 
 def check_finite(loss_sum: float, epoch: int, batch: int, optimizer: torch.optim.Optimizer) -> None:

@@ -21,6 +21,7 @@ from engine.calibration import calibrate, describe_fit, describe_thresholds, spl
 from engine.checkpoint import config_of, data_of, model_from_checkpoint, temperature_of
 from engine.config import Config, changed_keys, to_dict
 from engine.datasets import file_list, source_of
+from engine.hooks import make_hooks
 from engine.metrics import evaluate_checkpoint, per_class
 from engine.storage import write_text
 from engine.yamlfile import Dumper
@@ -267,6 +268,8 @@ def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> dict:
         print(f"note: no {CARD_NAME} for a multi-label run yet (its tables are per class)")
     else:
         print(f"wrote {write_card(run_dir, best, test, code_version())}")
+    for hook in make_hooks(cfg.log.hooks):
+        hook.on_run_tested(run_dir, cfg, test)
     return test
 
 

@@ -122,6 +122,7 @@ class RunConfig:
 class LogConfig:
     hooks: list[str] = field(metadata=one_of(HOOKS))
     mlflow_uri: str
+    mlflow_checkpoint: bool
 
 
 @dataclass

@@ -26,6 +26,10 @@ class Hook:
     def on_run_end(self, run) -> None:
         """After the last epoch, before the final test."""
 
+    def on_run_tested(self, run_dir: Path, cfg, test: dict) -> None:
+        """After the final test of best.pt (test: its loss, accuracy, ...) and the model card; in a new instance
+        of the hook (the one that trained may have been in another process)."""
+
 
 class TensorBoard(Hook):
     """The epoch rows' numbers for TensorBoard, in <run folder>/tensorboard; at the end the config's keys and the
@@ -59,8 +63,10 @@ class TensorBoard(Hook):
 
 class MLflow(Hook):
     """Each run an MLflow run: the config as parameters (dotted keys), each epoch's row as metrics (step = epoch),
-    config.yaml, metrics.csv and curves.png as artifacts at the end. --resume continues the same MLflow run (its
-    id is kept in the run folder). log.mlflow_uri: where; "" = a SQLite file beside the run folders."""
+    config.yaml, metrics.csv and curves.png as artifacts at the end, then the final test's metrics (test_*) and
+    MODEL_CARD.md (and best.pt with log.mlflow_checkpoint). --resume continues the same MLflow run (its id is kept
+    in the run folder). A run started while an MLflow run is active (tools/sweep.py's) is nested under it.
+    log.mlflow_uri: where; "" = a SQLite file beside the run folders."""
     ID_FILE = "mlflow_run_id.txt"
 
     def __init__(self):
@@ -74,24 +80,16 @@ class MLflow(Hook):
         self.mlflow, self.run_id = mlflow, None
 
     def on_run_start(self, run) -> None:
-        output_dir = Path(run.cfg.run.output_dir).resolve()
-        uri = run.cfg.log.mlflow_uri or f"sqlite:///{output_dir / 'mlflow.db'}"
-        check_reachable(uri)
-        self.mlflow.set_tracking_uri(uri)
+        experiment_id = use_store(self.mlflow, run.cfg)
         id_file = run.run_dir / self.ID_FILE
         if id_file.is_file():  # --resume: the same MLflow run, whose parameters are logged already
             self.run_id = id_file.read_text().strip()
             return
-        client = self.mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name("runs")
-        # a SQLite file keeps the artifacts beside it (MLflow's default is ./mlruns of wherever train.py runs)
-        artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri() if uri.startswith(
-            "sqlite:///") else None
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            "runs", artifact_location=artifacts)
-        self.run_id = client.create_run(experiment_id, run_name=run.run_dir.name).info.run_id
-        params = flatten(dataclasses.asdict(run.cfg))
-        self.mlflow.log_params({key: str(value)[:6000] for key, value in params.items()}, run_id=self.run_id)
+        parent = self.mlflow.active_run()  # a sweep's
+        tags = {"mlflow.parentRunId": parent.info.run_id} if parent else {}
+        self.run_id = self.mlflow.MlflowClient().create_run(experiment_id, run_name=run.run_dir.name,
+                                                            tags=tags).info.run_id
+        self.mlflow.log_params(as_params(dataclasses.asdict(run.cfg)), run_id=self.run_id)
 
     def on_epoch_end(self, run, row: dict) -> None:
         numbers = {key: value for key, value in row.items() if key != "epoch" and not math.isnan(value)}
@@ -104,7 +102,46 @@ class MLflow(Hook):
         client = self.mlflow.MlflowClient()
         for name in ("config.yaml", "metrics.csv", "curves.png"):
             client.log_artifact(self.run_id, str(run.run_dir / name))
-        client.set_terminated(self.run_id)
+
+    def on_run_tested(self, run_dir: Path, cfg, test: dict) -> None:
+        id_file = run_dir / self.ID_FILE
+        if not id_file.is_file():  # the run was trained without the hook (an older run tested again)
+            return
+        use_store(self.mlflow, cfg)
+        client, run_id = self.mlflow.MlflowClient(), id_file.read_text().strip()
+        numbers = {f"test_{key}": value for key, value in test.items() if isinstance(value, (int, float))}
+        self.mlflow.log_metrics(numbers, run_id=run_id)
+        for name in ("MODEL_CARD.md", *(["best.pt"] if cfg.log.mlflow_checkpoint else [])):
+            if (run_dir / name).is_file():
+                client.log_artifact(run_id, str(run_dir / name))
+        client.set_terminated(run_id)
+
+
+def use_store(mlflow, cfg) -> str:
+    """Point mlflow at log.mlflow_uri (checked to answer); returns the id of the experiment "runs" there."""
+    uri = tracking_uri(cfg)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("runs")
+    if experiment:
+        return experiment.experiment_id
+    # a SQLite file keeps the artifacts beside it (MLflow's default is ./mlruns of wherever train.py runs)
+    artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri() if uri.startswith(
+        "sqlite:///") else None
+    try:
+        return client.create_experiment("runs", artifact_location=artifacts)
+    except mlflow.exceptions.MlflowException:  # another process (a second sweep worker) made it just now
+        return client.get_experiment_by_name("runs").experiment_id
+
+
+def tracking_uri(cfg) -> str:
+    return cfg.log.mlflow_uri or f"sqlite:///{Path(cfg.run.output_dir).resolve() / 'mlflow.db'}"
+
+
+def as_params(config: dict) -> dict[str, str]:
+    """A nested config as MLflow parameters: dotted keys, values as text within MLflow's 6,000 characters."""
+    return {key: str(value)[:6000] for key, value in flatten(config).items()}
 
 
 def check_reachable(uri: str) -> None:

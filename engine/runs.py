@@ -31,7 +31,7 @@ from engine.yamlfile import read_yaml
 
 # Keys a resumed run may change; anything else would make it a different experiment.
 RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
-             "log.hooks")
+             "log.hooks", "log.mlflow_checkpoint")
 
 
 def claim(run_dir: Path) -> RunLock:

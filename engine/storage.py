@@ -128,14 +128,14 @@ def process_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """One writer per run folder: an exclusive lock on <run>/.lock, which holds the owner's pid.
+    """One writer per run folder: an exclusive lock on <run>/.lock (or another name), which holds the owner's pid.
 
     The operating system drops the lock when its process dies (even by kill -9), so a lock file left
     by a crash is stale and taken over. Without fcntl (Windows) the lock is not enforced.
     """
 
-    def __init__(self, run_dir: Path):
-        self.path, self.fd = run_dir / LOCK_NAME, None
+    def __init__(self, run_dir: Path, name: str = LOCK_NAME):
+        self.path, self.fd = run_dir / name, None
 
     def acquire(self) -> "RunLock":
         try:

@@ -1,11 +1,13 @@
 """tools/sweep.py: an Optuna study whose trials are ordinary run folders, pruned by a hook, resumable."""
 import csv
 import importlib.util
+import os
+import signal
 
 import pytest
 import yaml
 
-from conftest import TINY, call_script
+from conftest import TINY, call_script, forked, needs_fork, wait_until
 from engine.config import load_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna") is None,
@@ -79,3 +81,78 @@ def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, change, message):
     code, out, err = call_script(sweep.main, sweep_file(tmp_path, **change), cwd=tmp_path)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists()  # refused before anything was written
+
+
+
+def worker(tmp_path, spec: str, name: str) -> int:
+    """tools/sweep.py in a forked child (no second start-up of torch); its output goes to tmp_path/<name>.out|err."""
+    import optuna.importance  # noqa: F401 -- imported once here rather than in each child: seconds each
+    from tools import sweep
+
+    def work():
+        code, out, err = call_script(sweep.main, spec, cwd=tmp_path)
+        (tmp_path / f"{name}.out").write_text(out)
+        (tmp_path / f"{name}.err").write_text(err)
+        os._exit(code)
+    return forked(work)
+
+
+def exit_code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@needs_fork
+def test_a_sweep_stopped_killed_and_finished_by_two_workers_runs_each_trial_once(tmp_path, one_thread):
+    """SIGTERM mid-trial, then kill -9 mid-trial, then two workers at once: the study ends with exactly the asked
+    trials finished, each stopped trial continued from its last.pt in its own folder, no epoch trained twice."""
+    spec = sweep_file(tmp_path, trials=4, pruner="none", sampler="random",
+                      overrides=[*TINY, "train.batch_size=32", one_thread])
+    folder = tmp_path / "checkpoints" / "sweeps" / "tiny"
+
+    pid = worker(tmp_path, spec, "first")
+    wait_until(lambda: (folder / "tiny-1" / "last.pt").exists())  # trial 1's first epoch
+    os.kill(pid, signal.SIGTERM)
+    assert exit_code(pid) == 143
+    err = (tmp_path / "first.err").read_text()
+    assert "Traceback" not in err and "the sweep stopped in trial 1; the same command continues it" in err
+
+    pid = worker(tmp_path, spec, "second")
+    wait_until(lambda: (folder / "tiny-3" / "last.pt").exists())  # trial 2 continued tiny-1; trial 3 is new
+    os.kill(pid, signal.SIGKILL)
+    assert exit_code(pid) == -signal.SIGKILL
+
+    assert [exit_code(pid) for pid in [worker(tmp_path, spec, "third"), worker(tmp_path, spec, "fourth")]] == [0, 0]
+    outputs = [(tmp_path / f"{name}.out").read_text() for name in ("third", "fourth")]
+    assert sum("trial 3 was killed; a new trial continues it in" in out for out in outputs) == 1
+
+    table = trials(folder)
+    finished = [row for row in table if row["state"] == "complete"]
+    assert len(finished) == 4 and len({row["run"] for row in finished}) == 4  # each in a folder of its own
+    assert {row["trial"] for row in table if row["state"] == "stopped"} == {"1", "3"}
+    assert {row["run"] for row in finished} >= {"tiny-1", "tiny-3"}  # the stopped ones, continued
+    assert sorted(p.name for p in folder.glob("tiny-*")) == sorted(row["run"] for row in finished)
+    for row in finished:
+        with open(folder / row["run"] / "metrics.csv") as f:
+            assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]  # no epoch twice, none missing
+        assert (folder / row["run"] / "MODEL_CARD.md").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is absent")
+def test_with_the_mlflow_hook_the_trials_nest_under_one_sweep_run(tmp_path):
+    import mlflow
+
+    from tools import sweep
+
+    spec = sweep_file(tmp_path, trials=2, pruner="none", overrides=[*TINY, "train.epochs=1", "log.hooks=[mlflow]"])
+    code, out, err = call_script(sweep.main, spec, cwd=tmp_path)
+    assert code == 0, err
+    folder = tmp_path / "checkpoints" / "sweeps" / "tiny"
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("runs").experiment_id])
+    parent = next(run for run in runs if run.info.run_name == "sweep tiny")
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(run.info.run_name for run in children) == ["tiny-0", "tiny-1"] and len(runs) == 3
+    assert parent.data.params["space.train.lr.low"] == "1e-05" and parent.data.params["metric"] == "accuracy"
+    assert parent.info.status == "FINISHED" and f"{parent.data.metrics['best_accuracy']:.4f}" == max(
+        row["accuracy"] for row in trials(folder))
+    assert all("test_accuracy" in run.data.metrics for run in children)

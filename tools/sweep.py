@@ -9,7 +9,9 @@ the sampler, the pruner and the budget. Trials go to checkpoints/sweeps/<name>/<
 checkpoints/sweeps/<name>/study.log (or --storage); running the same command again adds the trials that are
 missing. Needs optuna (pip install -r requirements-extras.txt).
 """
+import contextlib
 import csv
+import dataclasses
 import io
 import math
 import sys
@@ -30,9 +32,9 @@ from engine.config import DEFAULT_CONFIG, at_least, build, check_plain_name, loa
 from engine.devices import select_device  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
-from engine.hooks import Hook  # noqa: E402
-from engine.runs import yaml_value  # noqa: E402
-from engine.storage import make_folder, write_text  # noqa: E402
+from engine.hooks import Hook, as_params, use_store  # noqa: E402
+from engine.runs import finished, what_to_train, yaml_value  # noqa: E402
+from engine.storage import RunFolderInUse, RunLock, make_folder, write_text  # noqa: E402
 from engine.yamlfile import read_yaml  # noqa: E402
 
 SWEEPS_DIR = Path("checkpoints") / "sweeps"  # relative to where the command runs, as run.output_dir is
@@ -102,24 +104,22 @@ def suggest(trial, key: str, spec: Range | list) -> object:
 
 
 class Pruning(Hook):
-    """Reports each validated epoch's metric to the trial and stops it when the pruner says so."""
+    """Reports each validated epoch's metric to the trial and ends the run when the pruner says so: a pruned
+    trial is an ordinary run folder that stopped early (tested and carded), with PRUNED.txt saying where."""
 
     def __init__(self, trial, column: str):
-        self.trial, self.column = trial, column
+        self.trial, self.column, self.epoch = trial, column, 0
 
     def on_epoch_end(self, run, row: dict) -> None:
-        import optuna
-
         value = row[self.column]
         if math.isnan(value):  # an epoch train.val_every skipped
             return
         self.trial.report(value, row["epoch"])
         if self.trial.should_prune():
-            self.trial.set_user_attr("pruned_after_epoch", row["epoch"])
-            write_text(run.run_dir / "PRUNED.txt", f"The sweep stopped this trial after epoch {row['epoch']}: its "
-                       f"{self.column} {value:.4f} was worse than the median of the earlier trials at that epoch.\n")
-            print(f"trial {self.trial.number} pruned after epoch {row['epoch']}: {self.column} {value:.4f}")
-            raise optuna.TrialPruned()
+            self.epoch = row["epoch"]
+            why = (f"its {self.column} {value:.4f} was worse than the median of the earlier trials at that epoch")
+            write_text(run.run_dir / "PRUNED.txt", f"The sweep stopped this trial after epoch {self.epoch}: {why}.\n")
+            run.stop = f"the sweep pruned trial {self.trial.number} after epoch {self.epoch}: {why}"
 
 
 def trial_config(sweep: Sweep, folder: Path, values: dict, number: int):
@@ -148,17 +148,146 @@ def make_study(sweep: Sweep, folder: Path, storage: str | None, epochs: int):
     return study
 
 
-def run_trial(trial, sweep: Sweep, space: dict, folder: Path) -> float:
-    """One trial: a run of its sampled config, tested and carded as train.py does; returns its best score."""
+def finished_states() -> tuple:
+    from optuna.trial import TrialState
+
+    return TrialState.COMPLETE, TrialState.PRUNED
+
+
+@contextlib.contextmanager
+def parent_run(study, sweep: Sweep, space: dict, cfg):
+    """With the mlflow hook: one MLflow run for the sweep (its file as parameters; the id kept in the study, so
+    every worker and every continuation uses the same), active while trials run, so theirs nest under it."""
+    if "mlflow" not in cfg.log.hooks:
+        yield
+        return
+    import mlflow
+
+    experiment_id = use_store(mlflow, cfg)
+    run_id = study.user_attrs.get("mlflow_run_id")
+    if run_id is None:
+        run_id = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {sweep.name}").info.run_id
+        study.set_user_attr("mlflow_run_id", run_id)
+        ranges = {key: spec if isinstance(spec, list) else dataclasses.asdict(spec) for key, spec in space.items()}
+        mlflow.log_params(as_params({**dataclasses.asdict(sweep), "space": ranges}))
+    else:
+        mlflow.start_run(run_id=run_id)
+    status = "KILLED"  # stopped or failed: the next command continues it
+    try:
+        yield
+        status = "FINISHED"
+    finally:
+        if study.best_trials:
+            mlflow.log_metric(f"best_{sweep.metric}", study.best_value)
+        mlflow.end_run(status)
+
+
+def run_trials(study, sweep: Sweep, space: dict, folder: Path) -> None:
+    """Trials until the study has sweep.trials finished or running ones (this worker's and others'), or the
+    time budget is spent. Each trial holds a lock file in the sweep folder while it runs: a trial left running
+    without its lock was killed, and is continued as a stopped one is (continue_stopped)."""
+    from optuna.trial import TrialState
+
+    deadline = time.perf_counter() + (sweep.minutes * 60 or math.inf)
+    failed_in_a_row = 0
+    while continue_stopped(study, sweep, folder) < sweep.trials and time.perf_counter() < deadline:
+        trial = study.ask()
+        if counted(study.get_trials(deepcopy=False), before=trial.number) >= sweep.trials:
+            trial.set_user_attr("surplus", True)  # another worker asked for the last trial at the same moment
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        with RunLock(folder, trial_lock(trial.number)):
+            try:
+                state, score = run_trial(trial, sweep, space, folder)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stopped, continued by the next command
+                trial.set_user_attr("stopped", True)
+                study.tell(trial, state=TrialState.FAIL)
+                print(f"the sweep stopped in trial {trial.number}; the same command continues it from its last.pt",
+                      file=sys.stderr)
+                raise
+            except UserError as err:  # e.g. a learning rate at which the loss became NaN: the sweep goes on
+                study.tell(trial, state=TrialState.FAIL)
+                print(f"trial {trial.number} failed: {err}")
+                failed_in_a_row += 1
+                if failed_in_a_row == 3:
+                    raise UserError(f"3 trials in a row failed, the last with: {err}") from None
+                continue
+        failed_in_a_row = 0
+        study.tell(trial, score if state == TrialState.COMPLETE else None, state=state)
+        print(f"trial {trial.number} {state.name.lower()}: {sweep.metric} {score:.4f}", flush=True)
+
+
+FINISHED_OR_RUNNING = ("COMPLETE", "PRUNED", "RUNNING")
+
+
+def counted(trials: list, before: float = math.inf) -> int:
+    """The trials that count towards sweep.trials: finished ones and those running now (numbered below before)."""
+    return sum(t.state.name in FINISHED_OR_RUNNING and t.number < before for t in trials)
+
+
+def trial_lock(number: int) -> str:
+    return f".trial-{number}.lock"
+
+
+def continue_stopped(study, sweep: Sweep, folder: Path) -> int:
+    """Each trial that was stopped (Ctrl-C, SIGTERM) or killed (a running trial whose lock no process holds) is
+    continued once, by a new trial with its parameters that resumes its run folder from last.pt. Returns how
+    many trials count towards sweep.trials then."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    continued = {t.user_attrs.get("continues") for t in trials}
+    for t in trials:
+        if t.number in continued or not (t.state == TrialState.FAIL and t.user_attrs.get("stopped")
+                                          or t.state == TrialState.RUNNING and was_killed(t, folder)):
+            continue
+        if t.state == TrialState.RUNNING:
+            try:  # another worker may be doing the same: the first to tell continues it
+                study.tell(t.number, state=TrialState.FAIL)
+            except (ValueError, RuntimeError):
+                continue
+        run = t.user_attrs.get("folder", t.number)
+        study.enqueue_trial(t.params, user_attrs={"continues": t.number, "folder": run})
+        print(f"trial {t.number} was {'stopped' if t.state == TrialState.FAIL else 'killed'}; a new trial "
+              f"continues it in {folder / f'{sweep.name}-{run}'}")
+    return counted(study.get_trials(deepcopy=False))
+
+
+def was_killed(trial, folder: Path, grace: float = 5.0) -> bool:
+    """A running trial whose lock no process holds, some seconds after it started (it takes its lock just after)."""
+    if time.time() - trial.datetime_start.timestamp() < grace:
+        return False
+    try:
+        RunLock(folder, trial_lock(trial.number)).acquire().release()
+    except RunFolderInUse:
+        return False
+    return True
+
+
+def run_trial(trial, sweep: Sweep, space: dict, folder: Path) -> tuple:
+    """One trial: a run of its sampled config (or the stopped trial's that it continues), tested and carded as
+    train.py does; returns its state (complete or pruned) and best score."""
+    from optuna.trial import TrialState
+
     values = {key: suggest(trial, key, spec) for key, spec in space.items()}
-    cfg = trial_config(sweep, folder, values, trial.number)
+    number = trial.user_attrs.get("folder", trial.number)
+    cfg = trial_config(sweep, folder, values, number)
     print(f"trial {trial.number}: {' '.join(f'{k}={short(v)}' for k, v in values.items())}", flush=True)
     metric = METRICS[sweep.metric]
-    run_dir = train_script.train(cfg, explicit_name=True, hooks=(Pruning(trial, metric.column),))
+    pruning = Pruning(trial, metric.column)
+    run_dir = folder / cfg.run.name
+    if (run_dir / "last.pt").is_file():  # a stopped trial's run: continue it
+        cfg, ckpt, run_dir = what_to_train(str(run_dir), None, [])
+        if not finished(ckpt, cfg):
+            train_script.train(cfg, ckpt, run_dir, hooks=(pruning,))
+    else:
+        train_script.train(cfg, explicit_name=True, hooks=(pruning,))
     trial.set_user_attr("run_dir", str(run_dir))
     finish_run(run_dir, cfg, select_device(cfg.run.device))
     scores = [row[metric.column] for row in read_rows(run_dir) if not math.isnan(row[metric.column])]
-    return max(scores) if metric.is_best else min(scores)
+    if pruning.epoch:
+        trial.set_user_attr("pruned_after_epoch", pruning.epoch)
+    return (TrialState.PRUNED if pruning.epoch else TrialState.COMPLETE), max(scores) if metric.is_best else min(scores)
 
 
 def short(value: object) -> str:
@@ -172,19 +301,22 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 def report(study, sweep: Sweep, folder: Path) -> None:
     """The trials as a table (printed and trials.csv), the best trial's config, and Optuna's figures."""
-    rows = []
+    rows, continued = [], {t.user_attrs.get("continues") for t in study.trials}
     for t in study.trials:
+        if t.user_attrs.get("surplus"):  # asked for at the same moment as another worker's last trial; never run
+            continue
         epochs = t.user_attrs.get("pruned_after_epoch") or max(t.intermediate_values, default="")
         seconds = t.duration.total_seconds() if t.duration else math.nan
         rows.append({"trial": t.number, **{k: short(v) for k, v in t.params.items()},
-                     sweep.metric: "" if t.value is None else f"{t.value:.4f}", "state": t.state.name.lower(),
-                     "epochs": epochs, "seconds": f"{seconds:.1f}"})
+                     sweep.metric: "" if t.value is None else f"{t.value:.4f}",
+                     "state": "stopped" if t.number in continued else t.state.name.lower(), "epochs": epochs,
+                     "seconds": f"{seconds:.1f}", "run": f"{sweep.name}-{t.user_attrs.get('folder', t.number)}"})
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = io.StringIO()
     csv.DictWriter(table, columns, restval="", lineterminator="\n").writerows([dict(zip(columns, columns)), *rows])
     write_text(folder / "trials.csv", table.getvalue())
     print("".join(f"  {line}\n" for line in table.getvalue().splitlines()), end="")
-    if any(t.value is not None for t in study.trials):
+    if study.best_trials:  # complete ones (a pruned trial's value is its last reported one)
         best = study.best_trial
         cfg = load_config(Path(best.user_attrs["run_dir"]) / "config.yaml", [])
         defaults = load_config(DEFAULT_CONFIG, []).run
@@ -234,12 +366,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"metric: {sweep.metric} is not measured on this data; use one of {' | '.join(usable)}")
     make_folder(folder, "name")
     study = make_study(sweep, folder, args.storage, first.train.epochs)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     start = time.perf_counter()
-    if len(study.get_trials(states=finished)) < sweep.trials:
-        study.optimize(lambda trial: run_trial(trial, sweep, space, folder), timeout=sweep.minutes * 60 or None,
-                       callbacks=[optuna.study.MaxTrialsCallback(sweep.trials, states=finished)])
-    print(f"{len(study.get_trials(states=finished))} finished trials in {study.study_name} "
+    with parent_run(study, sweep, space, first):
+        run_trials(study, sweep, space, folder)
+    print(f"{len(study.get_trials(states=finished_states()))} finished trials in {study.study_name} "
           f"({time.perf_counter() - start:.0f} s this time)")
     report(study, sweep, folder)
 
