@@ -27,7 +27,7 @@ from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_ch
 from engine.cli import (add_checkpoint_arguments, checkpoint_among, checkpoint_and_config, is_checkpoint_argument,
                         positive_int, run_cli)
 from engine.datasource import read_image
-from engine.devices import autocast_dtype, select_device
+from engine.devices import select_device, trained_dtype
 from engine.entry import Parser
 from engine.errors import UserError, shown
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
@@ -227,7 +227,7 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
         raise UserError(NO_MIN_CONFIDENCE)
     names, top_k = info.class_names, min(args.top_k, len(info.class_names))
     files, images, failures = read_inputs(args.predict, info.in_channels, info.image_size, max_pixels)
-    model, amp = model_from_checkpoint(ckpt, device), autocast_dtype(cfg.run.amp, device)
+    model, amp = model_from_checkpoint(ckpt, device), trained_dtype(ckpt, device)
     model_name = f"{path} ({cfg.model.name} on {cfg.data.name}, epoch {ckpt['epoch']})"
     if info.multilabel:
         probs = torch.zeros(0, len(names))  # (N, K) sigmoids

@@ -156,6 +156,7 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
                                                             epoch)
     train_loader.set_epoch(epoch)
     train_loss, train_acc = train_one_epoch(run, train_loader, epoch)
+    check_weights(run.model, epoch, run.step.amp_dtype)
     every = run.cfg.train.val_every
     is_validated = epoch == run.cfg.train.epochs or (every > 0 and epoch % every == 0)
     val = validation_columns(validate(run, val_loader) if is_validated else None, run.info.multilabel)
@@ -243,6 +244,19 @@ class Run:
 def stops_early(cfg: TrainConfig, state: RunState) -> bool:
     """train.patience validated epochs without a better score."""
     return bool(cfg.patience) and state.bad_epochs >= cfg.patience
+
+
+def check_weights(model: torch.nn.Module, epoch: int, amp_dtype: torch.dtype | None) -> None:
+    """Weights and statistics must be finite before the epoch is saved: a NaN can appear in weights while the
+    loss of the epoch's batches stayed finite (seen in bf16 on CPUs), and best.pt must never hold one."""
+    tensors = [(name, t) for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist()  # one host sync
+    bad = [name for (name, t), ok in zip(tensors, finite) if not ok]
+    if bad:
+        cause = ("under run.amp=bf16: train in float32 with run.amp=none" if amp_dtype == torch.bfloat16 else
+                 "lower train.lr or set train.grad_clip")
+        raise UserError(f"epoch {epoch} made {len(bad)} weight tensors non-finite (NaN or inf), first {bad[0]}, "
+                        f"though its loss stayed finite; {cause}; nothing of epoch {epoch} was saved")
 
 
 def stop_by_hook(run: "Run") -> None:

@@ -51,19 +51,29 @@ def has_native_bf16(device: torch.device) -> bool:
 
 
 def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
-    """run.amp -> none | bf16 | fp16 on this device, and why."""
+    """run.amp -> none | bf16 | fp16 on this device, and why. auto is bf16 on CUDA with native bf16 only: on CPUs
+    with native bf16, runs were not repeatable and 2 of 5 wrote NaN weights (docs/troubleshooting.md)."""
     if amp == "auto":
-        if has_native_bf16(device):
-            return "bf16", f"{device.type} has native bf16"
-        return "none", f"float32: no native bf16 on this {'GPU' if device.type == 'cuda' else device.type.upper()}"
+        if device.type == "cuda" and has_native_bf16(device):
+            return "bf16", "this GPU has native bf16"
+        if device.type == "cuda":
+            return "none", "float32: no native bf16 on this GPU"
+        return "none", f"float32: bf16 on the {device.type.upper()} only when run.amp=bf16 asks"
     if amp == "fp16" and device.type != "cuda":  # fp16 needs CUDA's GradScaler
         return "none", f"fp16 applies on CUDA only; training in float32 (run.amp=bf16 works on {device.type.upper()})"
     return amp, "as configured"
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype that training, validation and test.py all use for run.amp on this device."""
+    """The autocast dtype that training and validation use for run.amp on this device."""
     return AMP_DTYPES[resolve_amp(amp, device)[0]]
+
+
+def trained_dtype(ckpt: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a checkpoint was trained and validated in (its amp), as this device runs it: test.py and
+    the tools evaluate in it, so a float32 checkpoint gives the numbers it recorded on a machine where run.amp=auto
+    would pick bf16. A checkpoint without the entry is float32's."""
+    return autocast_dtype(ckpt.get("amp", "none"), device)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -7,7 +7,7 @@ from torch import nn
 
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.config import TrainConfig
-from engine.devices import autocast, autocast_dtype
+from engine.devices import autocast, trained_dtype
 from engine.distributed import all_reduce_sum
 from engine.errors import UserError
 from engine.loaders import Loader, eval_batch_size, make_eval_loader
@@ -110,10 +110,10 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test", b
     model, info = with_tta(model_from_checkpoint(ckpt, device), tta or cfg.train.tta), data_of(ckpt)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
     if info.multilabel:  # at the thresholds chosen on validation, stored in the checkpoint
-        return ckpt, loader, evaluate_multilabel(model, loader, device, autocast_dtype(cfg.run.amp, device),
+        return ckpt, loader, evaluate_multilabel(model, loader, device, trained_dtype(ckpt, device),
                                                  class_weights(cfg.train, info.class_counts, device), info.thresholds)
     weight = class_weights(cfg.train, info.class_counts, device)
-    results = evaluate(model, loader, len(info.class_names), device, autocast_dtype(cfg.run.amp, device),
+    results = evaluate(model, loader, len(info.class_names), device, trained_dtype(ckpt, device),
                        loss_for(cfg.train, weight, False, "sum"), weight,
                        temperature_of(ckpt, path) if temperature is None else temperature)
     return ckpt, loader, results

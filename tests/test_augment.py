@@ -11,6 +11,7 @@ from engine.checkpoint import load_checkpoint
 from engine.config import DEFAULT_CONFIG, load_config, to_yaml
 from engine.datasets import DataInfo
 from engine.loaders import Batching, Loader
+from engine.metrics import evaluate_checkpoint
 from model import build_model
 import train as train_module
 
@@ -158,14 +159,15 @@ def test_amp_auto_resolves_as_documented_on_cpu(monkeypatch, tiny_cfg, capsys):
         native = False
     assert devices.has_native_bf16(CPU) == native
     assert load_config(DEFAULT_CONFIG, []).run.amp == "auto"
-    monkeypatch.setattr(devices, "has_native_bf16", lambda device: True)
-    assert devices.resolve_amp("auto", CPU)[0] == "bf16" and devices.autocast_dtype("auto", CPU) == torch.bfloat16
+    monkeypatch.setattr(devices, "has_native_bf16", lambda device: True)  # a CPU with native bf16: still float32
+    assert devices.resolve_amp("auto", CPU)[0] == "none" and devices.autocast_dtype("auto", CPU) is None
+    assert devices.resolve_amp("auto", torch.device("cuda"))[0] == "bf16"
     monkeypatch.setattr(devices, "has_native_bf16", lambda device: False)
     assert devices.resolve_amp("auto", CPU)[0] == "none" and devices.autocast_dtype("auto", CPU) is None
     assert devices.resolve_amp("fp16", CPU)[0] == "none"
     assert devices.resolve_amp("bf16", CPU)[0] == "bf16"
     run_dir = train_module.train(tiny_cfg("train.epochs=1"))
-    assert "amp: auto -> none (float32: no native bf16 on this CPU)" in capsys.readouterr().out
+    assert "amp: auto -> none (float32: bf16 on the CPU only when run.amp=bf16 asks)" in capsys.readouterr().out
     assert load_checkpoint(Path(run_dir) / "last.pt")["amp"] == "none"
 
 
@@ -175,3 +177,15 @@ def test_equalize_matches_torchvision():
     images[:4] = (images[:4] / 4).floor() + 30  # narrow histograms
     images[4] = 7  # one value: left as it is
     assert torch.equal(equalize(images), TF.equalize(images.to(torch.uint8)).float())
+
+
+def test_a_checkpoint_is_evaluated_in_the_precision_it_was_trained_in(monkeypatch, tiny_cfg):
+    """A float32 run is not evaluated in bf16 where run.amp=auto would pick bf16 (a GPU, or an older policy), and a
+    bf16 run is evaluated in bf16: the validation numbers evaluate_checkpoint gives are those training recorded."""
+    for amp in ("auto", "bf16"):
+        run_dir = Path(train_module.train(tiny_cfg("train.epochs=1", f"run.amp={amp}", f"run.name={amp}")))
+        monkeypatch.setattr(devices, "resolve_amp", lambda amp, device: ("bf16" if amp in ("auto", "bf16") else amp, ""))
+        ckpt, _, val = evaluate_checkpoint(run_dir / "best.pt", CPU, "val")
+        assert ckpt["amp"] == ("none" if amp == "auto" else "bf16")
+        assert val["loss"] == ckpt["history"][-1]["val_loss"] and val["accuracy"] == ckpt["history"][-1]["val_acc"]
+        monkeypatch.undo()

@@ -110,6 +110,27 @@ def test_early_stopping_stops(tiny_cfg):
     assert 3 <= len(rows) < 10
 
 
+def test_weights_that_turn_nan_while_the_loss_stays_finite_are_never_saved(tiny_cfg, monkeypatch):
+    """As bf16 on a CPU once did: the epoch's last step leaves a NaN in one weight, the epoch's loss is finite."""
+    cfg = tiny_cfg("train.epochs=3", "run.name=nan")
+    steps, calls = train_module.steps_per_epoch(len(make_train_loaders(cfg, torch.device("cpu"))[0]), cfg.train), []
+    step = train_module.optimizer_step
+
+    def faulty_step(step_state, model):
+        step(step_state, model)
+        calls.append(1)
+        if len(calls) == 2 * steps:  # the last step of epoch 2
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("nan")
+    monkeypatch.setattr(train_module, "optimizer_step", faulty_step)
+    with pytest.raises(UserError, match=r"^epoch 2 made 1 weight tensors non-finite \(NaN or inf\), first "
+                                        r"\S+weight, though its loss stayed finite; lower train.lr"):
+        train(cfg)
+    run_dir = cfg.run.output_dir + "/nan"
+    assert load_checkpoint(f"{run_dir}/last.pt")["epoch"] == 1 and load_checkpoint(f"{run_dir}/best.pt")["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(f"{run_dir}/best.pt")["model"].values())
+
+
 def test_mse_loss_is_the_notes_half_mean_squared_error():
     logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
     f, y = logits.softmax(1), torch.nn.functional.one_hot(labels, 3).float()
