@@ -314,13 +314,13 @@ def read_set(cfg: DataConfig, found: Layout) -> HfSet:
     if len(index) < 2:
         raise UserError(f"{found.root}: column '{printable(label)}' has one class ({shown(list(index))}); a "
                         "classifier needs at least two")
-    test = check_test_split(cfg, found, test)
-    for name in {"train", test}:
+    used = list(dict.fromkeys(["train", check_test_split(cfg, found, test)]))  # in this order: the first error
+    for name in used:
         check_labels(values[name], index, names is not None, name, label)
-    labels = {name: label_tensor(values[name], index, cfg.multilabel) for name in {"train", test}}
-    counts = {name: [len(column) for _, column in values[name]] for name in {"train", test}}
+    labels = {name: label_tensor(values[name], index, cfg.multilabel) for name in used}
+    counts = {name: [len(column) for _, column in values[name]] for name in used}
     names = names or [str(value) for value in index]
-    return HfSet(found.root, found.kind, found.splits, counts, image, names, labels, test)
+    return HfSet(found.root, found.kind, found.splits, counts, image, names, labels, used[-1])
 
 
 def test_split(cfg: DataConfig, found: Layout, label: str, values: dict) -> str | None:

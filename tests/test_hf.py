@@ -3,7 +3,9 @@ struct<bytes, path>, a ClassLabel column whose names are in the schema metadata)
 save_to_disk folder. Both give the same images and labels, in memory or decoded per batch; a run trains, tests
 (test.py's accuracy is training's), predicts and exports from them; multi-label and data.test_fraction work;
 each bad input is one named error; hf://NAME without the datasets package says how to download it."""
+import dataclasses
 import io
+import itertools
 import json
 import sys
 import types
@@ -18,6 +20,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 from conftest import TINY, call_script  # noqa: E402
 from engine.builtin_sets import load_digits  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.config import load_config  # noqa: E402
 from engine.datasets import describe, file_list, held_out_names, load_split  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.imagefiles import decode_image  # noqa: E402
@@ -65,7 +68,7 @@ def write_parquet(root, tables: dict, shards: int = 2):
     return root
 
 
-def write_saved(root, tables: dict):
+def write_saved(root, tables: dict, chunk: int = 16):
     """What DatasetDict.save_to_disk writes: dataset_dict.json, and per split an Arrow stream, dataset_info.json
     (the features) and state.json."""
     root.mkdir(parents=True)
@@ -74,7 +77,7 @@ def write_saved(root, tables: dict):
         (root / split).mkdir()
         with pa.OSFile(str(root / split / "data-00000-of-00001.arrow"), "wb") as sink:
             with pa.ipc.new_stream(sink, table.schema.with_metadata({})) as writer:  # the features: in the json
-                for batch in table.to_batches(max_chunksize=16):
+                for batch in table.to_batches(max_chunksize=chunk):
                     writer.write_batch(batch)
         (root / split / "dataset_info.json").write_text(json.dumps({"features": FEATURES, "description": ""}))
         (root / split / "state.json").write_text(json.dumps(
@@ -325,3 +328,55 @@ def test_without_pyarrow_hf_says_what_to_install(tiny_cfg, tmp_path, monkeypatch
                                         r"pip install 'pyarrow>=15'"):
         describe(hf_cfg(tiny_cfg, root).data)
 
+
+
+SHADES = [png(torch.full((1, 2, 2), 40 * k, dtype=torch.uint8)) for k in range(3)]  # class k: a grey of 40 k
+_generated = itertools.count()
+
+
+def test_any_sharding_keeps_the_rows_in_order_and_a_bad_label_is_named_by_file_and_row(tmp_path):
+    """Rules, on generated cases: however the rows are cut into files, row groups or Arrow batches, both layouts
+    give every row's label and image in order; data.test_fraction's train and test rows are disjoint and cover the
+    split; a label outside the ClassLabel is named by its file and its row in that file."""
+    pytest.importorskip("hypothesis", reason="Hypothesis is an extra: pip install -r requirements-extras.txt")
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    base = load_config(None, ["data.name=hf", "data.channels=1", "data.image_size=8", "data.test_fraction=0.3",
+                              "data.cache_dir="]).data  # once: reading config.yaml is most of an example's time
+
+    @settings(max_examples=20, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.integers(0, 2), min_size=4, max_size=30), st.integers(1, 4), st.integers(1, 8),
+           st.none() | st.tuples(st.integers(0, 10 ** 6), st.sampled_from([-1, 3, 9])))
+    def check(labels, shards, group, bad):
+        labels = [0, 1, *labels]  # two classes at least
+        if bad is not None:
+            labels[bad[0] % len(labels)] = bad[1]
+        table = hub_table([SHADES[v % 3] for v in labels], labels)
+        root = tmp_path / str(next(_generated))
+        (root / "hub" / "data").mkdir(parents=True)
+        step = -(-len(labels) // shards)
+        for k in range(shards):
+            pq.write_table(table.slice(k * step, step), root / "hub" / "data" / f"train-{k:05d}-of-{shards:05d}.parquet",
+                           row_group_size=group)
+        write_saved(root / "saved", {"train": table}, chunk=group)
+        for layout, where in (("hub", divmod(bad[0] % len(labels), step) if bad else None),
+                              ("saved", (0, bad[0] % len(labels)) if bad else None)):
+            cfg = dataclasses.replace(base, root=str(root / layout))
+            if bad:
+                name = f"train-{where[0]:05d}-of-{shards:05d}.parquet" if layout == "hub" else "data-00000-of-00001.arrow"
+                with pytest.raises(UserError, match=rf"{name} row {where[1]}: column 'label' has label {bad[1]}, "
+                                                    r"outside the 3 classes \(0 to 2\)"):
+                    describe(cfg)
+                continue
+            (train_images, train_labels), (test_images, test_labels) = (load_split(cfg, s) for s in ("train", "test"))
+            held = set(held_out_names(cfg))
+            names = [f"data/train-{i // step:05d}-of-{shards:05d}.parquet:{i % step}" if layout == "hub"
+                     else f"train/data-00000-of-00001.arrow:{i}" for i in range(len(labels))]
+            is_test = [name in held for name in names]
+            assert sorted(train_labels.tolist() + test_labels.tolist()) == sorted(labels) and len(held) == len(test_labels)
+            assert train_labels.tolist() == [v for v, t in zip(labels, is_test) if not t]
+            assert test_labels.tolist() == [v for v, t in zip(labels, is_test) if t]
+            for images, split_labels in ((train_images, train_labels), (test_images, test_labels)):
+                assert torch.equal(images[:, 0, 0, 0].long(), 40 * split_labels)  # each row's own image
+
+    check()
