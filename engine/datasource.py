@@ -50,7 +50,8 @@ class Source:
 
     def load(self, cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
         """Required: the 'train' or 'test' split as uint8 images (N, C, H, W) in memory (or a Dataset read per
-        batch: FileImages, hfdata's RowImages) and labels: int64 (N,) class indices, or (N, K) rows of 0/1 when multilabel."""
+        batch: FileImages, hfdata's RowImages) and labels: int64 (N,) class indices, or (N, K) rows of 0/1 when
+        multilabel."""
         raise NotImplementedError
 
     def files(self, cfg: DataConfig, split: str) -> tuple[Path, list[Path]]:

@@ -468,7 +468,7 @@ def decode_rows(cfg: DataConfig, found: HfSet, split: str, rows: torch.Tensor) -
     """The split's images at rows (ascending) as uint8 (N, C, H, W), read a batch of rows at a time."""
     wanted = torch.zeros(sum(found.rows[split]), dtype=torch.bool)
     wanted[rows] = True
-    images, start = [], 0
+    wanted, images, start = wanted.tolist(), [], 0  # a list: per-row indexing ~100x faster than a tensor
     for path, count in zip(found.files[split], found.rows[split]):
         for row, cell in enumerate(image_cells(path, found.kind, found.image)):
             if wanted[start + row]:

@@ -204,7 +204,7 @@ def test_a_list_of_labels_trains_multilabel(tiny_cfg, tmp_path):
 def test_without_a_test_split_test_fraction_holds_one_out_and_test_py_finds_it(tiny_cfg, tmp_path):
     images, labels = digit_rows(60)
     root = write_parquet(tmp_path / "hub", {"train": hub_table(images, labels)})
-    with pytest.raises(UserError, match=r"has no labelled test split \(.*; its splits: train\); .*data.test_fraction=0.2"):
+    with pytest.raises(UserError, match=r"no labelled test split \(.*; its splits: train\); .*data.test_fraction=0.2"):
         describe(hf_cfg(tiny_cfg, root).data)
     cfg = hf_cfg(tiny_cfg, root, "data.test_fraction=0.25", "train.epochs=1", "run.name=t")
     held = held_out_names(cfg.data)
@@ -356,14 +356,15 @@ def test_any_sharding_keeps_the_rows_in_order_and_a_bad_label_is_named_by_file_a
         (root / "hub" / "data").mkdir(parents=True)
         step = -(-len(labels) // shards)
         for k in range(shards):
-            pq.write_table(table.slice(k * step, step), root / "hub" / "data" / f"train-{k:05d}-of-{shards:05d}.parquet",
-                           row_group_size=group)
+            path = root / "hub" / "data" / f"train-{k:05d}-of-{shards:05d}.parquet"
+            pq.write_table(table.slice(k * step, step), path, row_group_size=group)
         write_saved(root / "saved", {"train": table}, chunk=group)
         for layout, where in (("hub", divmod(bad[0] % len(labels), step) if bad else None),
                               ("saved", (0, bad[0] % len(labels)) if bad else None)):
             cfg = dataclasses.replace(base, root=str(root / layout))
             if bad:
-                name = f"train-{where[0]:05d}-of-{shards:05d}.parquet" if layout == "hub" else "data-00000-of-00001.arrow"
+                name = (f"train-{where[0]:05d}-of-{shards:05d}.parquet" if layout == "hub"
+                        else "data-00000-of-00001.arrow")
                 with pytest.raises(UserError, match=rf"{name} row {where[1]}: column 'label' has label {bad[1]}, "
                                                     r"outside the 3 classes \(0 to 2\)"):
                     describe(cfg)
@@ -373,7 +374,8 @@ def test_any_sharding_keeps_the_rows_in_order_and_a_bad_label_is_named_by_file_a
             names = [f"data/train-{i // step:05d}-of-{shards:05d}.parquet:{i % step}" if layout == "hub"
                      else f"train/data-00000-of-00001.arrow:{i}" for i in range(len(labels))]
             is_test = [name in held for name in names]
-            assert sorted(train_labels.tolist() + test_labels.tolist()) == sorted(labels) and len(held) == len(test_labels)
+            assert sorted(train_labels.tolist() + test_labels.tolist()) == sorted(labels)
+            assert len(held) == len(test_labels)
             assert train_labels.tolist() == [v for v, t in zip(labels, is_test) if not t]
             assert test_labels.tolist() == [v for v, t in zip(labels, is_test) if t]
             for images, split_labels in ((train_images, train_labels), (test_images, test_labels)):
