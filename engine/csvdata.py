@@ -208,8 +208,8 @@ def fingerprint(cfg: DataConfig) -> bytes:
     return b"|".join(texts + [read.encode()])
 
 
-MULTILABEL_NEEDS = ("data.multilabel needs data.name=csv (labels in one cell, separated by data.label_separator), a "
-                    "test split of its own and data.sampler=shuffle")
+MULTILABEL_NEEDS = ("data.multilabel needs data.name=csv (labels in one cell, separated by data.label_separator) "
+                    "or hf (a column of lists of labels), a test split of its own and data.sampler=shuffle")
 
 
 class Csv(FileSet):

@@ -17,6 +17,7 @@ from engine.datasource import DataInfo, Images, Source, cache_file, missing_meth
 from engine.distributed import local_main_first
 from engine.errors import UserError
 from engine.folders import Folder
+from engine.hfdata import Hf
 
 if TYPE_CHECKING:
     from engine.config import DataConfig
@@ -28,6 +29,7 @@ SOURCES: dict[str, Source] = {
     "cifar10": CIFAR10,
     "folder": Folder(),
     "csv": Csv(),
+    "hf": Hf(),
 }
 
 

@@ -1,6 +1,6 @@
 """What a data source is (Source), and what every source shares: DataInfo, image files decoded on
 demand, and the cache of decoded splits. The sources themselves are in engine/builtin_sets.py,
-engine/folders.py and engine/csvdata.py; their registry SOURCES is in engine/datasets.py.
+engine/folders.py, engine/csvdata.py and engine/hfdata.py; their registry SOURCES is in engine/datasets.py.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 
@@ -49,8 +49,9 @@ class Source:
         raise NotImplementedError
 
     def load(self, cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
-        """Required: the 'train' or 'test' split as uint8 images (N, C, H, W) in memory (or FileImages, read
-        per batch) and labels: int64 (N,) class indices, or (N, K) rows of 0/1 when multilabel."""
+        """Required: the 'train' or 'test' split as uint8 images (N, C, H, W) in memory (or a Dataset read per
+        batch: FileImages, hfdata's RowImages) and labels: int64 (N,) class indices, or (N, K) rows of 0/1 when
+        multilabel."""
         raise NotImplementedError
 
     def files(self, cfg: DataConfig, split: str) -> tuple[Path, list[Path]]:
@@ -76,10 +77,11 @@ def missing_methods(source: Source) -> list[str]:
     return [name for name in Source.REQUIRED if getattr(type(source), name, None) is getattr(Source, name)]
 
 
-def read_image(path: Path, channels: int, size: int, max_pixels: int) -> torch.Tensor:
-    """One image file as uint8 (channels, size, size); transparent pixels are shown over white."""
+def read_image(path: Path | BinaryIO, channels: int, size: int, max_pixels: int, name: str = "") -> torch.Tensor:
+    """One image file (or its bytes, in a file object, called name in messages) as uint8 (channels, size, size);
+    transparent pixels are shown over white."""
     try:
-        return torch.from_numpy(decode_image(path, channels, size, max_pixels))
+        return torch.from_numpy(decode_image(path, channels, size, max_pixels, name))
     except ImageError as err:
         raise UserError(str(err)) from None
 

@@ -11,6 +11,7 @@ import struct
 import sys
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -55,24 +56,27 @@ def to_array(img: Image.Image, channels: int, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).reshape(size, size, channels).transpose(2, 0, 1).copy()
 
 
-def decode_image(path: Path, channels: int, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One image file as uint8 (channels, size, size); files over max_pixels are refused before decoding."""
+def decode_image(path: Path | BinaryIO, channels: int, size: int, max_pixels: int = MAX_PIXELS,
+                 name: str = "") -> np.ndarray:
+    """One image file (or its bytes, in a file object) as uint8 (channels, size, size); files over max_pixels are
+    refused before decoding. name: what messages call it (default: the path)."""
+    name = name or str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides, below
             with Image.open(path) as img:
                 if img.width * img.height > max_pixels:
-                    raise ImageError(f"{path} is {img.width}x{img.height} = {img.width * img.height:,} pixels, "
+                    raise ImageError(f"{name} is {img.width}x{img.height} = {img.width * img.height:,} pixels, "
                                      f"over data.max_pixels ({max_pixels:,}); shrink it, or raise data.max_pixels "
                                      "if the image is genuine")
                 return to_array(img, channels, size)
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{path} has more pixels than Pillow opens (a decompression bomb?); it is over "
+        raise ImageError(f"{name} has more pixels than Pillow opens (a decompression bomb?); it is over "
                          f"data.max_pixels ({max_pixels:,}) too; shrink it or remove it") from None
     except DAMAGED:
-        raise ImageError(f"{path} is not a readable image; remove it or replace it with a PNG or JPEG") from None
+        raise ImageError(f"{name} is not a readable image; remove it or replace it with a PNG or JPEG") from None
 
 
 def image_files(inputs: list[str]) -> tuple[list[Path], list[str]]:
