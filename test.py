@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+import engine  # noqa: F401 -- first: it sets how OpenMP threads wait, before torch loads OpenMP
 import torch
 from torch import nn
 

@@ -110,7 +110,7 @@ class RunConfig:
     device: str
     output_dir: str
     name: str
-    threads: int = field(metadata=between(0, 4096))
+    threads: Literal["auto"] | int = field(metadata=between(0, 4096))
     channels_last: bool
     amp: Literal["auto", "none", "bf16", "fp16"]
     compile: bool
