@@ -18,6 +18,7 @@ import yaml
 from engine.datasets import SOURCES, check_source, source_of
 from engine.columns import METRICS, metrics_for
 from engine.errors import UserError, shown
+from engine.escape import markdown_cell
 from engine.hooks import HOOKS
 from engine.losses import LOSSES
 from engine.optim import OPTIMIZERS, SCHEDULERS, momentum
@@ -466,6 +467,6 @@ def key_reference(path: Path = DEFAULT_CONFIG) -> str:
     """docs/config.md's table of every key, made from config.yaml (tools/config_reference.py writes it there)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, value, comment in config_keys(path):
-        meaning = " ".join(comment).replace("|", "\\|")
-        rows.append(f"| `{key}` | `{value}` | {meaning} |" if value else f"| `{key}` | | {meaning} |")
+        meaning = markdown_cell(" ".join(comment))
+        rows.append(f"| `{key}` | `{markdown_cell(value)}` | {meaning} |" if value else f"| `{key}` | | {meaning} |")
     return "\n".join(rows)

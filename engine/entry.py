@@ -1,5 +1,6 @@
 """The one entry point of every script (train.py, test.py, tools/, benchmarks/): run_cli turns every way a
-script can end into an exit status and at most one short `error:` line. Free of PyTorch, so that
+script can end into an exit status and at most one short `error:` line, and while it runs what it prints on
+stdout has its control characters escaped (EscapedOutput). Free of PyTorch, so that
 tools/predict_onnx.py, which runs where PyTorch is not installed, ends the same way.
 
 Exit statuses, also listed in docs/troubleshooting.md: 0 done, 1 (test.py --predict, predict_onnx.py) some
@@ -15,9 +16,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, TextIO
 
-from engine.errors import UserError, printable
+from engine.errors import UserError
+from engine.escape import printable
 
 EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
 EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
@@ -41,6 +43,20 @@ def check_interrupted() -> None:
     weakref callback (matplotlib runs many during garbage collection) is printed and dropped by Python."""
     if received:
         raise Terminated() if received[-1] == signal.SIGTERM else KeyboardInterrupt()
+
+
+class EscapedOutput:
+    """sys.stdout while a script runs: each line written through escape.printable (newlines kept), so that a name
+    a user gave (a class folder, a CSV cell, a file name) reaches the terminal escaped, whichever print shows it."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write("\n".join(map(printable, text.split("\n"))))
+
+    def __getattr__(self, name: str):  # flush, fileno, isatty, encoding...: the stream's own
+        return getattr(self.stream, name)
 
 
 class Parser(argparse.ArgumentParser):
@@ -121,6 +137,8 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     received.clear()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS} if in_main_thread else {}
+    stdout = sys.stdout
+    sys.stdout = escaped = EscapedOutput(stdout)
     try:
         status = main(argv)
     except KeyboardInterrupt as err:
@@ -133,5 +151,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if sys.stdout is escaped:  # a torchrun rank other than 0 has replaced it with os.devnull
+            sys.stdout = stdout
     if isinstance(status, int) and status:
         sys.exit(status)

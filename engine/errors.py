@@ -1,5 +1,6 @@
 """The error a user can fix: scripts print it as one `error:` line and exit 2 (engine/entry.py run_cli), and
-the two ways every message shows what the user gave: abbreviated (shown) and on one line (printable)."""
+the two ways every message shows what the user gave: abbreviated (shown) and on one line (escape.printable)."""
+from engine.escape import printable
 
 
 class UserError(Exception):
@@ -8,14 +9,6 @@ class UserError(Exception):
 
 SHOWN_CHARS = 60  # of a value quoted in a message: enough to recognise it, never a screenful
 SHOWN_ITEMS = 3  # of a list or mapping
-
-
-def printable(text: object) -> str:
-    """text on one line: control characters (a newline in a file name, an escape sequence) written as escapes."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:

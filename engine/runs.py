@@ -2,7 +2,6 @@
 the files that record each epoch (metrics.csv, curves.png, the epoch line).
 """
 import contextlib
-import csv
 import itertools
 import os
 import shutil
@@ -22,6 +21,7 @@ from engine.config import (Config, apply_override, changed_keys, config_from_dic
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
 from engine.errors import UserError, shown
+from engine.escape import CsvWriter
 from engine.loaders import Loader
 from engine.optim import FIXED_SCHEDULES
 from engine.plots import plot_curves
@@ -207,10 +207,11 @@ def write_metrics(history: list[dict], run_dir: Path, is_last: bool = True) -> N
     """metrics.csv, rewritten from the full history every epoch, and curves.png when it is CURVES_SECONDS old.
 
     The columns are every row's: epochs resumed from a build with other metrics leave the columns they lack empty."""
+    columns = csv_columns(history)
     with replacing(run_dir / "metrics.csv", binary=False) as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns(history), restval="")
-        writer.writeheader()
-        writer.writerows(history)
+        writer = CsvWriter(f)
+        writer.writerow(columns)
+        writer.writerows([row.get(column, "") for column in columns] for row in history)
     curves = run_dir / "curves.png"
     if is_last or not curves.is_file() or time.time() - curves.stat().st_mtime >= CURVES_SECONDS:
         plot_curves(history, curves)

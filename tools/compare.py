@@ -15,6 +15,7 @@ from engine.columns import METRICS, is_validated  # noqa: E402
 from engine.config import flatten  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
+from engine.escape import printable  # noqa: E402
 from engine.plots import plot_comparison  # noqa: E402
 from engine.storage import make_folder  # noqa: E402
 from engine.yamlfile import read_yaml  # noqa: E402
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                     (metric.column, args.metric.replace("_", " ")))
     for label, history in zip(labels, histories):
         best = max(history, key=lambda row: row[metric.column])
-        print(f"{label}: best val {args.metric.replace('_', ' ')} {100 * best[metric.column]:.2f}% at epoch "
+        print(f"{printable(label)}: best val {args.metric.replace('_', ' ')} {100 * best[metric.column]:.2f}% at epoch "
               f"{int(best['epoch'])}")
     print(f"wrote {output}")
 

@@ -40,6 +40,7 @@ from engine.datasets import load_split  # noqa: E402
 from engine.datasource import DataInfo  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.escape import printable  # noqa: E402
 from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, make_eval_loader,  # noqa: E402
                             subset)
 from engine import quantize  # noqa: E402
@@ -230,7 +231,7 @@ def print_checks(info: DataInfo, results: dict | None, checks: list[str], num_im
     """The files' input and output, and what the check on the test split found (results None: not checked)."""
     kind, score = ("per-label probabilities", "mAP") if info.multilabel else ("probabilities", "accuracy")
     print(f"input: uint8 images (N, {info.in_channels}, {info.image_size}, {info.image_size}); "
-          f"output: {kind} (N, {len(info.class_names)}); classes: {', '.join(info.class_names)}")
+          f"output: {kind} (N, {len(info.class_names)}); classes: {', '.join(map(printable, info.class_names))}")
     if results is None:
         print("not checked on the test split (--no-verify)")
         return

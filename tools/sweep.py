@@ -30,6 +30,7 @@ from engine.config import DEFAULT_CONFIG, at_least, build, check_plain_name, loa
 from engine.devices import select_device  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
+from engine.escape import CsvWriter  # noqa: E402
 from engine.hooks import Hook  # noqa: E402
 from engine.runs import yaml_value  # noqa: E402
 from engine.storage import make_folder, write_text  # noqa: E402
@@ -181,7 +182,7 @@ def report(study, sweep: Sweep, folder: Path) -> None:
                      "epochs": epochs, "seconds": f"{seconds:.1f}"})
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = io.StringIO()
-    csv.DictWriter(table, columns, restval="", lineterminator="\n").writerows([dict(zip(columns, columns)), *rows])
+    CsvWriter(table, lineterminator="\n").writerows([columns, *([row.get(c, "") for c in columns] for row in rows)])
     write_text(folder / "trials.csv", table.getvalue())
     print("".join(f"  {line}\n" for line in table.getvalue().splitlines()), end="")
     if any(t.value is not None for t in study.trials):
