@@ -85,7 +85,8 @@ def data_section(cfg: Config, ckpt: dict) -> str | None:
     found = file_list_digest(cfg)
     if found is None:
         return None
-    lines = [f"- data set: {cfg.data.name} ({markdown_cell(source_of(cfg.data).where(cfg.data))}); {info.in_channels}x{info.image_size}x{info.image_size} images, "
+    where = markdown_cell(source_of(cfg.data).where(cfg.data))
+    lines = [f"- data set: {cfg.data.name} ({where}); {info.in_channels}x{info.image_size}x{info.image_size} images, "
              f"{len(info.class_names)} classes; validation: {100 * cfg.data.val_fraction:g}% of the training "
              f"split (stratified, run.seed {cfg.run.seed})",
              f"- file list: sha256 `{found[0][:16]}` of the names and sizes of its {found[1]:,} "
@@ -185,8 +186,8 @@ def exports_section(run_dir: Path, ckpt: dict) -> str:
             state = f"from an earlier best.pt (epoch {entry.get('epoch')}): export again"
         else:
             state = f"as checked (sha256 `{entry['sha256'][:12]}`)"
-        cells = [name, f"{entry.get('checkpoint')}, epoch {entry.get('epoch')}", f"{entry.get('bytes', 0) / 1e3:,.0f} kB",
-                 entry.get("check", "not checked"), state]
+        cells = [name, f"{entry.get('checkpoint')}, epoch {entry.get('epoch')}",
+                 f"{entry.get('bytes', 0) / 1e3:,.0f} kB", entry.get("check", "not checked"), state]
         lines.append(f"| {' | '.join(map(markdown_cell, cells))} |")
     return "\n".join(lines)
 

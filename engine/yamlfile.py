@@ -25,6 +25,15 @@ class UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """PyYAML's node, which also keeps its anchor (&name): `key: &x` leaves key empty, and that is named."""
+        event = self.peek_event()
+        anchor = None if isinstance(event, yaml.AliasEvent) else getattr(event, "anchor", None)
+        node = super().compose_node(parent, index)
+        if anchor is not None:
+            node.anchor = anchor
+        return node
+
 
 
 YAML_NODES_MAX = 100_000  # values a config may hold once its aliases (*name) are expanded; config.yaml has ~100
@@ -67,8 +76,9 @@ def check_depth(text: str, where: str) -> None:
 
 
 
-def load_yaml(text: str, where: str) -> Any:
-    """yaml.load with UniqueKeyLoader, refusing a document whose aliases expand beyond YAML_NODES_MAX values."""
+def load_yaml(text: str, where: str, written: dict[str, yaml.ScalarNode] | None = None) -> Any:
+    """yaml.load with UniqueKeyLoader, refusing a document whose aliases expand beyond YAML_NODES_MAX values;
+    written, if given, receives scalar_nodes() of the document."""
     check_depth(text, where)
     loader = UniqueKeyLoader(text)
     try:
@@ -76,16 +86,40 @@ def load_yaml(text: str, where: str) -> Any:
         if node is not None and expanded_size(node, YAML_NODES_MAX, {}) > YAML_NODES_MAX:
             raise UserError(f"{where} holds more than {YAML_NODES_MAX:,} values once its aliases (*name) are "
                             "expanded; a config needs a few hundred at most")
+        if node is not None and written is not None:
+            written.update(scalar_nodes(node))
         return None if node is None else loader.construct_document(node)
     finally:
         loader.dispose()
 
 
+def scalar_nodes(node: yaml.Node, prefix: str = "") -> dict[str, yaml.ScalarNode]:
+    """Dotted key (list items by index: log.hooks.0) -> the node of each scalar value: its text as written
+    (node.value), its style (None plain, ' or " quoted, | or > a block) and the type YAML gave it (node.tag)."""
+    if isinstance(node, yaml.ScalarNode):
+        return {prefix: node}
+    pairs = node.value if isinstance(node, yaml.MappingNode) else enumerate(node.value)
+    found = {}
+    for key, child in pairs:
+        name = str(key.value if isinstance(key, yaml.Node) else key)
+        found.update(scalar_nodes(child, f"{prefix}.{name}" if prefix else name))
+    return found
 
-def parse_yaml(text: str, where: str) -> Any:
-    """YAML text -> plain data; where names the file or override in messages."""
+
+
+def source_of(node: yaml.ScalarNode) -> str:
+    """A scalar as its document writes it: `&x` for an anchor with no value, a block scalar's first line (|-)."""
+    start, end = node.start_mark, node.end_mark
+    if start is None or start.buffer is None:
+        return node.value
+    text = start.buffer[start.pointer:end.pointer]
+    return text.split("\n")[0].split(" #")[0].strip() if node.style in ("|", ">") else text
+
+
+def parse_yaml(text: str, where: str, written: dict[str, yaml.ScalarNode] | None = None) -> Any:
+    """YAML text -> plain data; where names the file or override in messages; written: as load_yaml's."""
     try:
-        return load_yaml(text, where)
+        return load_yaml(text, where, written)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -97,7 +131,8 @@ def parse_yaml(text: str, where: str) -> Any:
 
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, written: dict[str, yaml.ScalarNode] | None = None) -> Any:
+    """A YAML file -> plain data, or one UserError naming the file; written: as load_yaml's."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass an existing file with --config")
@@ -107,7 +142,7 @@ def read_yaml(path: str | Path) -> Any:
         raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:
         raise UserError(f"config file {path} cannot be read ({err.strerror}); check its permissions") from None
-    raw = parse_yaml(text, f"config file {path}")
+    raw = parse_yaml(text, f"config file {path}", written)
     if raw is None:
         raise UserError(f"config file {path} is empty; start from a copy of config.yaml")
     return raw

@@ -21,14 +21,13 @@ from engine.card import CARD_NAME, finish_run  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
 from engine.cli import make_parser, positive_int, run_cli  # noqa: E402
 from engine.columns import spread  # noqa: E402
-from engine.config import Config, check_plain_name, flatten, load_config, to_dict  # noqa: E402
+from engine.config import Config, check_plain_name, flatten, load_config, read_config, to_dict  # noqa: E402
 from engine.devices import select_device  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
 from engine.escape import CsvWriter  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
 from engine.plots import plot_folds  # noqa: E402
 from engine.storage import write_text  # noqa: E402
-from engine.yamlfile import read_yaml  # noqa: E402
 
 
 def run_fold(cfg: Config, run_dir: Path) -> dict:
@@ -50,7 +49,7 @@ def run_fold(cfg: Config, run_dir: Path) -> dict:
 
 def check_same_settings(cfg: Config, run_dir: Path) -> None:
     """A fold folder kept from an earlier command must hold a run of these settings, or the table would mix them."""
-    saved, now = flatten(read_yaml(run_dir / "config.yaml")), flatten(to_dict(cfg))
+    saved, now = flatten(read_config(run_dir / "config.yaml")), flatten(to_dict(cfg))
     differ = [key for key in now if key in saved and saved[key] != now[key]]
     if differ:
         raise UserError(f"{run_dir} was trained with other settings ({differ[0]}: {shown(saved[differ[0]])}, now "
