@@ -137,7 +137,10 @@ class Config:
 
 def fail_unknown(key: str, known: list[str], path: str) -> None:
     guess = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(known)}"
+    listed = ", ".join(known)
+    if len(listed) > 150:  # the line stays short: the first keys, and where to find them all
+        listed = f"{listed[:listed.rindex(', ', 0, 150)]}, ... ({len(known)} in all: --help lists them)"
+    hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {listed}"
     raise UserError(f"unknown config key {shown(path + key)}; {hint}")
 
 

@@ -7,6 +7,7 @@ Exit statuses, also listed in docs/troubleshooting.md: 0 done, 1 (test.py --pred
 files could not be read, 2 a problem with the input or the machine, 3 a bug, 130 Ctrl-C, 143 SIGTERM.
 """
 import argparse
+import errno
 import os
 import re
 import signal
@@ -24,7 +25,8 @@ from engine.escape import printable
 EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
 EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
 SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
-LINE_MAX = 600  # characters of an error line; messages abbreviate what they quote (errors.shown) to stay below
+LINE_MAX = 300  # characters of an error line, `error: ` included; messages abbreviate what they quote (errors.shown)
+PATH_SHOWN = 90  # characters a long path (or any long word) keeps in a line over LINE_MAX: its start and its end
 received: list[int] = []  # Ctrl-C / SIGTERM seen during this run_cli call
 
 
@@ -67,14 +69,43 @@ class Parser(argparse.ArgumentParser):
 
 
 def one_line(message: str) -> str:
-    """The message as one short line: control characters escaped, cut at LINE_MAX as a last guard."""
-    line = printable(message)
-    return line if len(line) <= LINE_MAX else f"{line[:LINE_MAX - 30]}... ({len(line):,} characters in all)"
+    """The message as one line that fits LINE_MAX after `error: `: control characters escaped; if too long, the
+    middle of each long path shortened (paths stay as the user wrote them, only abridged), and as a last guard
+    the middle of the line, so that its start (what) and its end (the cause and the fix) remain."""
+    line, room = printable(message), LINE_MAX - len("error: ")
+    if len(line) > room:
+        line = re.sub(rf"\S{{{PATH_SHOWN + 1},}}", lambda word: abridged(word[0], PATH_SHOWN), line)
+    return line if len(line) <= room else abridged(line, room, " ... ")
+
+
+def abridged(text: str, size: int, gap: str = "...") -> str:
+    """text in size characters: its first third and its end, with gap between."""
+    head = (size - len(gap)) // 3
+    return f"{text[:head]}{gap}{text[-(size - len(gap) - head):]}"
 
 
 def fail(message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
     print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(status)
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG,
+               errno.ENAMETOOLONG, errno.ENOENT, errno.EISDIR, errno.ENOTDIR}
+FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError's line: the file (and a second one, of a rename) as given, and the system's own reason."""
+    reason = err.strerror or message_of(err) or type(err).__name__
+    if err.filename is not None:
+        files = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+        return (f"{files}: {reason}; check that it exists, is readable, and that its folder is writable with "
+                "free space")
+    if err.errno in DISK_ERRORS or isinstance(err, FILE_ERRORS):  # no file named (a write() of a library, a
+        # DataLoader worker's error, which arrives as text): at least the true cause, never the network
+        return (f"a file could not be written or read: {reason}; free some space, or choose a writable folder "
+                "(run.output_dir, --output)")
+    return f"{reason} ({type(err).__name__}); check the ports and network this command uses"
 
 
 # A DataLoader worker's exception reaches the main process as its type with this text around the original.
@@ -119,12 +150,8 @@ def fail_for(err: Exception, script: str, user_errors: tuple[type, ...]) -> NoRe
     if is_out_of_memory(err):
         fail(f"out of memory ({message_of(err).splitlines()[0][:120] if str(err) else type(err).__name__}); lower "
              "train.batch_size or train.eval_batch_size, the model's widths, or data.image_size")
-    if isinstance(err, OSError) and err.filename:  # a file the user named or a folder they chose: theirs to fix
-        fail(f"{err.filename}: {err.strerror or message_of(err)}; check that it exists, is readable, "
-             "and that its folder is writable with free space")
-    if isinstance(err, OSError):  # the machine's: a port in use, a network or device error
-        fail(f"{message_of(err) or type(err).__name__} ({type(err).__name__}); check the files, ports and network "
-             "this command uses")
+    if isinstance(err, OSError):  # a file the user named or a folder they chose, or the machine's: port, network
+        fail(os_error_line(err))
     report_unexpected(err, script)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from engine.entry import one_line
+from engine.errors import refusal
 from engine.escape import CsvWriter, printable
 
 
@@ -71,7 +72,9 @@ def decode_image(path: Path, channels: int, size: int, max_pixels: int = MAX_PIX
     except Image.DecompressionBombError:
         raise ImageError(f"{path} has more pixels than Pillow opens (a decompression bomb?); it is over "
                          f"data.max_pixels ({max_pixels:,}) too; shrink it or remove it") from None
-    except DAMAGED:
+    except DAMAGED as err:
+        if isinstance(err, OSError) and refusal(err):  # the system's, not Pillow's over a damaged file
+            raise ImageError(f"{path} cannot be read ({refusal(err)}); check that it is readable") from None
         raise ImageError(f"{path} is not a readable image; remove it or replace it with a PNG or JPEG") from None
 
 

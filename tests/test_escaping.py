@@ -19,7 +19,7 @@ from conftest import ROOT, TINY, call_script  # noqa: E402
 from engine.card import USER_SECTION, sections_of  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
 from engine.datasource import DataInfo  # noqa: E402
-from engine.entry import run_cli  # noqa: E402
+from engine.entry import LINE_MAX, one_line, run_cli  # noqa: E402
 from engine.escape import FORMULA_STARTS, NUMBER, CsvWriter, csv_cell, markdown_cell, printable  # noqa: E402
 from engine.imagefiles import report_predictions  # noqa: E402
 from engine.loaders import note_small_val  # noqa: E402
@@ -200,3 +200,17 @@ def test_hostile_class_names_end_to_end(tmp_path):
                 assert not [cell for cell in row if cell.startswith(FORMULA_STARTS) and not NUMBER.fullmatch(cell)]
     with open(run_dir / "confusion_matrix.csv", newline="", encoding="utf-8") as f:
         assert next(csv.reader(f))[1:] == [csv_cell(name) for name in names] != names
+
+
+# --- error lines ----------------------------------------------------------------------------------
+
+PATHS = st.lists(st.text(alphabet="abc_-.é\x1b\n", min_size=1, max_size=120), min_size=1, max_size=8).map("/".join)
+
+
+@fuzz(200)
+@given(PATHS, st.sampled_from(["No space left on device", "Read-only file system", "File name too long"]))
+def test_an_error_line_abridges_a_long_path_in_its_middle_never_the_cause(path, cause):
+    line = "error: " + one_line(f"could not write {path} ({cause}); free some space or choose a writable folder")
+    shown = printable(path)
+    assert line.isprintable() and len(line) <= LINE_MAX
+    assert line.startswith(f"error: could not write {shown[:20]}") and f"{shown[-20:]} ({cause}); free" in line
