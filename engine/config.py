@@ -23,7 +23,7 @@ from engine.escape import markdown_cell, printable
 from engine.hooks import HOOKS
 from engine.losses import LOSSES
 from engine.optim import OPTIMIZERS, SCHEDULERS, momentum
-from engine.yamlfile import dump_yaml, flatten, parse_yaml, read_yaml, source_of
+from engine.yamlfile import dump_yaml, flatten, parse_yaml, read_yaml, text_of
 from model import MODELS, ModelConfig, model_class, settings_of
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -331,7 +331,7 @@ def as_written(raw: Any, written: dict[str, yaml.ScalarNode], cls: type, where: 
     for key, node in written.items():
         if not is_text_key(cls, key):
             continue
-        text = printable(source_of(node)[:40])
+        text = printable(text_of(node)[:40])
         if node.style in ("|", ">") and not node.value.strip():
             raise UserError(f"{where}: {key}: {text} begins a YAML block scalar, which is empty here; "
                             f"write {key}: \"{text}\"")

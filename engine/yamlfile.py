@@ -107,7 +107,7 @@ def scalar_nodes(node: yaml.Node, prefix: str = "") -> dict[str, yaml.ScalarNode
 
 
 
-def source_of(node: yaml.ScalarNode) -> str:
+def text_of(node: yaml.ScalarNode) -> str:
     """A scalar as its document writes it: `&x` for an anchor with no value, a block scalar's first line (|-)."""
     start, end = node.start_mark, node.end_mark
     if start is None or start.buffer is None:

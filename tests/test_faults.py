@@ -325,7 +325,10 @@ def test_kill_9_at_every_write_then_resume_ends_with_every_file(tmp_path, one_th
     if not point.startswith("random"):
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{point} was never reached"
 
-    code, out, err = call_script(train.main, "--resume", str(run_dir), cwd=tmp_path)
+    if not run_dir.exists():  # a random kill while the config was still being read: no folder, nothing written
+        code, out, err = call_script(train.main, *args, cwd=tmp_path)
+    else:
+        code, out, err = call_script(train.main, "--resume", str(run_dir), cwd=tmp_path)
     if not (run_dir / "config.yaml").exists():  # killed before the run's first file: nothing to resume ...
         assert code == 2 and "nothing to resume; start the run again with the same command" in err
         code, out, err = call_script(train.main, *args, cwd=tmp_path)  # ... and the same command starts over
