@@ -13,7 +13,6 @@ Outputs go to the checkpoint's run folder.
     python test.py run.device=cpu run.output_dir=runs   # the latest run under runs/, on the CPU
 """
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from engine.datasource import read_image
 from engine.devices import select_device, trained_dtype
 from engine.entry import Parser
 from engine.errors import UserError, shown
+from engine.escape import CsvWriter, printable
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
 from engine.imagefiles import NO_MIN_CONFIDENCE, min_confidence, read_inputs, report_labels, report_predictions
 from engine.loaders import Batching, Loader
@@ -199,13 +199,13 @@ def print_report(report: dict) -> None:
           f"macro F1 {100 * report['macro_f1']:.2f}%")
     print(f"{'class':<16}{'accuracy/recall':>16}{'precision':>11}{'f1':>8}{'support':>9}")
     for row in report["per_class"]:
-        print(f"{row['class'][:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
+        print(f"{printable(row['class'])[:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
               f"{100 * row['f1']:>7.2f}%{row['support']:>9}")
 
 
 def write_confusion_csv(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
     with replacing(path, binary=False) as f:
-        writer = csv.writer(f)
+        writer = CsvWriter(f)
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, confusion.tolist()):
             writer.writerow([name, *row])

@@ -17,6 +17,7 @@ from engine.datasets import cache_path, check_held_out, describe, held_out_names
 from engine.datasource import DataInfo, Images, read_cache, write_cache
 from engine.distributed import local_main_first, rank_and_world
 from engine.errors import UserError
+from engine.escape import printable
 
 STATS_SAMPLE = 20_000  # images used for the per-channel mean and std
 
@@ -328,10 +329,9 @@ def note_small_val(val_labels: torch.Tensor, class_names: list[str], fraction: f
     """A note when the validation split has fewer than a handful of images of some class."""
     counts = label_counts(val_labels, len(class_names))
     if int(counts.min()) < FEW_VAL_IMAGES:
-        fewest = int(counts.min())
-        print(f"note: the validation split has only {fewest} image{'' if fewest == 1 else 's'} of class "
-              f"{class_names[int(counts.argmin())]} ({len(val_labels)} in all), too few to pick best.pt reliably; "
-              f"raise data.val_fraction (now {fraction})")
+        fewest, name = int(counts.min()), printable(class_names[int(counts.argmin())])
+        print(f"note: the validation split has only {fewest} image{'' if fewest == 1 else 's'} of class {name} "
+              f"({len(val_labels)} in all), too few to pick best.pt reliably; raise data.val_fraction (now {fraction})")
 
 
 def label_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -2,7 +2,6 @@
 the files that record each epoch (metrics.csv, curves.png, the epoch line).
 """
 import contextlib
-import csv
 import itertools
 import os
 import shutil
@@ -17,16 +16,16 @@ from torch import nn
 from engine import distributed
 from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
 from engine.columns import csv_columns
-from engine.config import (Config, apply_override, changed_keys, config_from_dict, flatten, load_config, to_yaml,
-                           with_defaults)
+from engine.config import (Config, apply_override, changed_keys, config_from_dict, flatten, load_config, read_config,
+                           to_yaml, with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
 from engine.errors import UserError, shown
+from engine.escape import CsvWriter
 from engine.loaders import Loader
 from engine.optim import FIXED_SCHEDULES
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
-from engine.yamlfile import read_yaml
 
 
 # Keys a resumed run may change; anything else would make it a different experiment.
@@ -115,7 +114,7 @@ def config_edits(ckpt: dict, run_dir: Path, overrides: list[str]) -> list[str]:
     if not (run_dir / "config.yaml").is_file():
         return []
     try:
-        saved = read_yaml(run_dir / "config.yaml")
+        saved = read_config(run_dir / "config.yaml")
     except UserError:
         saved = None
     if not isinstance(saved, dict):
@@ -166,7 +165,7 @@ def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Co
                             "first file was written, so there is nothing to resume; start the run again with "
                             "the same command (the folder is reused)")
         print(f"note: {path.parent} has no completed epoch yet; starting it again from its config.yaml")
-        return overridden(read_yaml(path.parent / "config.yaml"), overrides), None, path.parent
+        return overridden(read_config(path.parent / "config.yaml"), overrides), None, path.parent
     if distributed.is_torchrun() and not path.is_file():
         raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
                         "run.output_dir must be storage that every machine sees (e.g. NFS)")
@@ -207,10 +206,11 @@ def write_metrics(history: list[dict], run_dir: Path, is_last: bool = True) -> N
     """metrics.csv, rewritten from the full history every epoch, and curves.png when it is CURVES_SECONDS old.
 
     The columns are every row's: epochs resumed from a build with other metrics leave the columns they lack empty."""
+    columns = csv_columns(history)
     with replacing(run_dir / "metrics.csv", binary=False) as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns(history), restval="")
-        writer.writeheader()
-        writer.writerows(history)
+        writer = CsvWriter(f)
+        writer.writerow(columns)
+        writer.writerows([row.get(column, "") for column in columns] for row in history)
     curves = run_dir / "curves.png"
     if is_last or not curves.is_file() or time.time() - curves.stat().st_mtime >= CURVES_SECONDS:
         plot_curves(history, curves)
