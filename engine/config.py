@@ -345,9 +345,12 @@ def as_written(raw: Any, written: dict[str, yaml.ScalarNode], cls: type, where: 
         if node.style is None and node.tag != STR_TAG:  # a number, boolean, date or empty (null): as written
             *parents, last = key.split(".")
             parent = raw
-            for part in parents:
-                parent = parent[int(part) if isinstance(parent, list) else part]
-            parent[int(last) if isinstance(parent, list) else last] = node.value
+            try:
+                for part in parents:
+                    parent = parent[int(part) if isinstance(parent, list) else part]
+                parent[int(last) if isinstance(parent, list) else last] = node.value
+            except (KeyError, IndexError, TypeError, ValueError):  # a mapping where a list goes: build() names it
+                pass
     return raw
 
 

@@ -26,7 +26,7 @@ EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` lin
 EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
 SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 LINE_MAX = 300  # characters of an error line, `error: ` included; messages abbreviate what they quote (errors.shown)
-PATH_SHOWN = 90  # characters a long path (or any long word) keeps in a line over LINE_MAX: its start and its end
+PATH_SHOWN = 90  # characters a long path (or any long word) keeps in a line over LINE_MAX, then 60, then 30
 received: list[int] = []  # Ctrl-C / SIGTERM seen during this run_cli call
 
 
@@ -73,8 +73,11 @@ def one_line(message: str) -> str:
     middle of each long path shortened (paths stay as the user wrote them, only abridged), and as a last guard
     the middle of the line, so that its start (what) and its end (the cause and the fix) remain."""
     line, room = printable(message), LINE_MAX - len("error: ")
-    if len(line) > room:
+    if len(line) > room:  # any very long word, then paths ever shorter
         line = re.sub(rf"\S{{{PATH_SHOWN + 1},}}", lambda word: abridged(word[0], PATH_SHOWN), line)
+    for size in (PATH_SHOWN * 2 // 3, PATH_SHOWN // 3):
+        if len(line) > room:
+            line = re.sub(rf"(?=\S*[/\\])\S{{{size + 1},}}", lambda word: abridged(word[0], size), line)
     return line if len(line) <= room else abridged(line, room, " ... ")
 
 
@@ -131,7 +134,7 @@ def report_unexpected(err: BaseException, script: str) -> NoReturn:
     """One line naming the exception and where it was raised; the full traceback goes to a file."""
     frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-    text = message_of(err).splitlines()[0][:200] if message_of(err).strip() else ""
+    text = message_of(err).splitlines()[0][:80] if message_of(err).strip() else ""  # the line keeps the file's path
     name = f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-traceback.txt"
     path = Path(tempfile.gettempdir()) / name
     try:

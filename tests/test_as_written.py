@@ -101,6 +101,12 @@ def test_a_bare_block_scalar_separator_names_the_quoting(tmp_path, written):
         load_config(None, ["data.multilabel=true", "data.label_separator="])
 
 
+def test_a_mapping_where_a_list_of_text_goes_is_one_line(tmp_path):
+    (tmp_path / "c.yaml").write_text("log:\n  hooks: {0: yes}\n")
+    with pytest.raises(UserError, match="log.hooks: expected a list"):
+        load_config(tmp_path / "c.yaml", [])
+
+
 HEADER = st.lists(st.from_regex(r"[a-z][a-z_ ]{0,8}[a-z]", fullmatch=True), min_size=2, max_size=4, unique=True)
 
 
