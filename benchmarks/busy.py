@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from engine.entry import Parser, run_cli  # noqa: E402
+from engine.errors import UserError  # noqa: E402
 BUSY_LOOP = "while True: pass"
 
 
@@ -26,7 +29,7 @@ def timed(command: list[str], env: dict, cwd: Path) -> float:
     start = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"error: {' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise UserError(f"{' '.join(command[1:3])} failed: {(done.stderr.strip().splitlines() or [''])[-1]}")
     return time.perf_counter() - start
 
 
@@ -62,8 +65,8 @@ def measure(run, env: dict, competitors: int) -> float:
             process.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--competitors", type=int, default=2, help="busy processes besides ours (default 2)")
     parser.add_argument("--threads", nargs="+", default=["auto", "1"], help="run.threads values (default auto 1)")
     parser.add_argument("--wait", nargs="+", default=["passive"], choices=["passive", "active"],
@@ -71,7 +74,7 @@ def main() -> None:
     parser.add_argument("--root", help="the MNIST root (e.g. ../shared/datasets): adds a default MNIST epoch")
     parser.add_argument("--tests", action="store_true", help="adds the README's test command (minutes)")
     parser.add_argument("--rounds", type=int, default=1, help="idle/busy pairs per case; the median is shown")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start; {args.competitors} competitors when busy")
     print(f"{'case':28} {'threads':>7} {'wait':>8} {'idle s':>8} {'busy s':>8} {'busy/idle':>9}")
     with tempfile.TemporaryDirectory() as folder:
@@ -85,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -193,9 +193,8 @@ def last_state(run_dir: Path) -> Path:
         print(f"note: {run_dir} has no last.pt; its best.pt holds its one epoch, continuing from it")
         return best
     continue_from = best if best.is_file() else run_dir / run_checkpoints(run_dir)[0]
-    raise UserError(f"{run_dir} holds {', '.join(described)} but no last.pt, so --resume will not start it again "
-                    f"over them; continue from that checkpoint with python train.py --resume {continue_from}, or "
-                    "start a new run")
+    raise UserError(f"{run_dir} holds {', '.join(described)} but no last.pt; continue from it with "
+                    f"python train.py --resume {continue_from}, or start a new run")
 
 
 CURVES_SECONDS = 5  # curves.png is redrawn at most this often, and after the last epoch: drawing takes ~0.15 s,
