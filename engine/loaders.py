@@ -234,6 +234,7 @@ class StreamLoader:
         self.stream, self.batching, self.device = stream, batching, device
         self.normalise = Normalise(info.mean, info.std).to(device)
         self.epoch = 0
+        self.length: tuple[Share, int] | None = None  # len(self) for a share: the loop asks every batch
 
     def set_epoch(self, epoch: int) -> None:
         if self.epoch == 0 and epoch > 1 and self.batching.shuffle_seed is not None and is_main():
@@ -252,7 +253,10 @@ class StreamLoader:
                      self.device.type == "cuda")
 
     def __len__(self) -> int:
-        return self.stream.num_batches(self.share())
+        share = self.share()
+        if self.length is None or self.length[0] != share:
+            self.length = share, self.stream.num_batches(share)
+        return self.length[1]
 
     def __iter__(self):
         share = self.share()

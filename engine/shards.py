@@ -195,8 +195,9 @@ def open_index(cfg: DataConfig) -> tuple[Address, Index]:
         return _last["value"]
     index = parse_index(index_text(where), url)
     if not index.complete:
-        raise UserError(f"{url}: tools/make_shards.py has not finished these shards ({sum(map(len, index.splits.values()))}"
-                        " written so far); run the same command again to finish them")
+        done = sum(map(len, index.splits.values()))
+        raise UserError(f"{url}: tools/make_shards.py has not finished these shards ({done} written so far); run the "
+                        "same command again to finish them")
     empty = [split for split in SPLITS if not index.splits[split]]
     if empty:
         raise UserError(f"{url} lists no {empty[0]} shards; write the shards again with tools/make_shards.py")
@@ -503,8 +504,8 @@ class Shards(Source):
         if where.is_local:
             check_present(urls, split)
         decoder = Decoder(index.channels, index.image_size, len(index.class_names), index.multilabel, cfg.max_pixels)
-        return ShardSplit(urls, [entry.count for entry in entries], (index.channels, index.image_size,
-                                                                       index.image_size), decoder, cfg.shuffle_buffer), None
+        shape = (index.channels, index.image_size, index.image_size)
+        return ShardSplit(urls, [entry.count for entry in entries], shape, decoder, cfg.shuffle_buffer), None
 
     def files(self, cfg: DataConfig, split: str) -> tuple[Path, list[Path]]:
         where, index = open_index(cfg)

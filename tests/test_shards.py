@@ -25,7 +25,7 @@ from engine.datasets import describe, load_split  # noqa: E402
 from engine.datasource import Share  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.hooks import Hook  # noqa: E402
-from engine.loaders import Normalise, make_eval_loader, normalisation, train_val_split  # noqa: E402
+from engine.loaders import make_eval_loader, normalisation, train_val_split  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
 from engine.shards import INDEX_NAME, read_index_file, reading_plan  # noqa: E402
 from engine.storage import CRASH_ENV  # noqa: E402

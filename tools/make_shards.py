@@ -51,7 +51,7 @@ def shard_size(text: str) -> ShardSize:
     """argparse type: N images, or N MB (2^20 bytes each)."""
     number = text[:-2] if text.upper().endswith("MB") else text
     if not number.strip().isdigit() or int(number) < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of images (1000) or of megabytes (100MB), got {shown(text)}")
+        raise argparse.ArgumentTypeError(f"expected a number of images (1000) or megabytes (100MB), got {shown(text)}")
     return ShardSize(text, int(number) * (2 ** 20 if number != text else 1), number != text)
 
 
