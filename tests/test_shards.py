@@ -144,6 +144,13 @@ def test_a_run_from_shards_repeats_bitwise_and_its_checkpoint_reproduces_its_num
     assert torch.equal(order, loader.normalise(loader.raw_images(torch.arange(142)).float()))
 
 
+def test_int8_export_calibrates_on_a_sample_of_the_train_stream(straight):
+    import export
+
+    images = export.calibration_images(load_checkpoint(straight[1] / "best.pt"))
+    assert images.shape == (min(450, export.quantize.CALIBRATION_IMAGES), 1, 8, 8) and images.dtype == "uint8"
+
+
 def test_a_resumed_run_continues_at_the_epoch_boundary_and_says_so(straight, capsys):
     cfg, run_dir = straight
 
@@ -295,6 +302,32 @@ def test_without_webdataset_shards_say_what_to_install(shards, tiny_cfg, monkeyp
     shard_cfg(tiny_cfg, shards, "data.val_fraction=0.2")
     assert "data.val_fraction has no effect: data.name=shards reads the validation split its files hold" in (
         capsys.readouterr().out)
+
+
+def test_a_folder_source_keeps_its_png_and_jpeg_files_as_they_are(tmp_path):
+    from PIL import Image
+
+    pixels = load_digits("test")[0]
+    for split, count in (("train", 12), ("test", 4)):
+        for k in range(count):
+            folder = tmp_path / "photos" / split / "ab"[k % 2]
+            folder.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(pixels[k, 0].numpy()).convert("RGB").resize((16, 16))
+            image.save(folder / f"{k}.{('png', 'jpg', 'bmp')[k % 3]}")
+    args = ["data.name=folder", f"data.root={tmp_path / 'photos'}", "data.image_size=8", "data.val_fraction=0.25",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+    code, _, err = call_script(make_shards.main, "--out", "shards", *args, cwd=tmp_path)
+    assert code == 0, err
+    wds = __import__("webdataset")
+    stored = {sample["__key__"]: sample for sample in wds.WebDataset(str(tmp_path / "shards" / "test-000000.tar"),
+                                                                     shardshuffle=False)}
+    files = sorted((tmp_path / "photos" / "test").rglob("*.*"))  # the source's order: class by class, by name
+    for key, path in zip(sorted(stored), files):
+        kept = {".png": "png", ".jpg": "jpg", ".bmp": None}[path.suffix]
+        assert (stored[key][kept] == path.read_bytes()) if kept else "png" in stored[key], path.name
+    source = load_config(None, args)
+    shards = load_config(None, ["data.name=shards", f"data.root={tmp_path / 'shards'}", "data.num_workers=0"])
+    assert torch.equal(torch.stack(list(load_split(shards.data, "test")[0])), load_split(source.data, "test")[0])
 
 
 def test_multilabel_shards_give_rows_of_labels(tmp_path):
