@@ -62,6 +62,7 @@ class DataConfig:
     max_memory_mb: int = field(metadata=at_least(0))
     max_pixels: int = field(metadata=at_least(1))
     num_workers: Literal["auto"] | int = field(metadata=at_least(0))
+    shuffle_buffer: int = field(metadata=at_least(1))
     cache_dir: str
     labels: str
     test_labels: str
@@ -452,7 +453,9 @@ def without_effect(cfg: Config, keys: list[str]) -> list[str]:
            for key in (f.name for f in dataclasses.fields(ModelConfig)) if key not in reads},
         **unread_by_parts(cfg),
         "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
-        "data.val_fraction": f"data.folds={data.folds} validates on fold data.fold instead" if data.folds else "",
+        "data.val_fraction": (f"data.folds={data.folds} validates on fold data.fold instead" if data.folds else
+                              f"data.name={data.name} reads the validation split its files hold"
+                              if source_of(data).holds_val else ""),
         "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
     }
     notes = [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]

@@ -229,7 +229,8 @@ def fingerprint(cfg: DataConfig) -> bytes:
 
 
 MULTILABEL_NEEDS = ("data.multilabel needs data.name=csv (labels in one cell, separated by data.label_separator) "
-                    "or hf (a column of lists of labels), a test split of its own and data.sampler=shuffle")
+                    "or hf (a column of lists of labels), or shards written from one, a test split of its own and "
+                    "data.sampler=shuffle")
 
 
 class Csv(FileSet):

@@ -232,7 +232,7 @@ def header(cfg: Config, info: DataInfo, model: nn.Module, run_dir: Path, loaders
     (train_loader, val_loader), world = loaders, rank_and_world()[1]
     parameters = sum(p.numel() for p in model.parameters())
     return (f"device: {train_loader.device}{f' x {world} processes' if world > 1 else ''}\n"
-            f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images "
+            f"data: {cfg.data.name}, {train_loader.num_images} train / {val_loader.num_images} val images "
             f"of {info.in_channels}x{info.image_size}x{info.image_size}, {len(info.class_names)} classes\n"
             f"model: {cfg.model.name}, {parameters:,} parameters\n"
             f"changed from config.yaml: {' '.join(changed_keys(cfg)) or 'none'}\n"

@@ -200,7 +200,7 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
             loader, results = reference(ckpt, tta, temperature)
         except UserError as err:
             raise UserError(f"{err} (needed to check the export; pass --no-verify to skip the check)") from None
-        images = loader.raw_images(torch.arange(len(loader.labels)))  # uint8 (N, C, H, W)
+        images = loader.raw_images(torch.arange(loader.num_images))  # uint8 (N, C, H, W)
     example = torch.zeros(2, info.in_channels, info.image_size, info.image_size, dtype=torch.uint8)
     program = export_program(deployable(with_tta(model_from_checkpoint(ckpt, CPU), tta), info, temperature), example)
     meta = metadata(ckpt, path, results and results["map" if info.multilabel else "accuracy"], tta)
