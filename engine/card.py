@@ -286,12 +286,14 @@ def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> dict:
 
 
 def print_test(path: Path, device: torch.device, tta: str) -> tuple[dict, dict]:
-    """The test split's loss and accuracy (mAP for multi-label), and with tta the accuracy averaged over its views
-    too; returns the checkpoint and the results without the views."""
+    """The test split's loss and accuracy (mAP for multi-label), and with tta the same averaged over its views too;
+    returns the checkpoint and the results over the run's views (what test.py reports, and the card says)."""
     best, _, test = evaluate_checkpoint(path, device, tta="none")
     line = f"test ({path.name}, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%"
     line += f"  mAP {100 * test['map']:.2f}%" if "map" in test else ""  # data.multilabel: accuracy is subset accuracy
     if tta != "none":
-        line += f"  with tta {tta} {100 * evaluate_checkpoint(path, device, tta=tta)[2]['accuracy']:.2f}%"
+        test = evaluate_checkpoint(path, device, tta=tta)[2]
+        line += f"  with tta {tta} " + (f"mAP {100 * test['map']:.2f}%" if "map" in test else
+                                          f"{100 * test['accuracy']:.2f}%")
     print(line)
     return best, test

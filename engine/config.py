@@ -22,7 +22,8 @@ from engine.errors import UserError, shown
 from engine.escape import markdown_cell, printable
 from engine.hooks import HOOKS
 from engine.losses import LOSSES
-from engine.optim import OPTIMIZERS, SCHEDULERS, momentum
+from engine.needs import check_config
+from engine.optim import OPTIMIZERS, SCHEDULERS
 from engine.yamlfile import dump_yaml, flatten, parse_yaml, read_yaml, text_of
 from model import MODELS, ModelConfig, model_class, settings_of
 
@@ -248,9 +249,7 @@ def config_from_dict(raw: Any) -> Config:
     if isinstance(cfg.train.class_weights, list) and not any(w > 0 for w in cfg.train.class_weights):
         raise UserError(f"train.class_weights: {shown(cfg.train.class_weights)} gives every class weight 0, so no "
                         "image counts in the loss; give the classes that should count a weight above 0, or balanced")
-    if cfg.train.nesterov and (cfg.train.optimizer != "sgd" or momentum(cfg.train) == 0):
-        raise UserError("train.nesterov: Nesterov momentum needs train.optimizer=sgd and train.momentum above 0; "
-                        "set those or train.nesterov=false")
+    check_config(cfg)  # what each feature needs of the other settings (engine/needs.py NEEDS)
     check_source(cfg.data.name)
     if cfg.data.fold >= max(cfg.data.folds, 1):
         raise UserError(f"data.fold={cfg.data.fold} needs data.folds above it (the folds are 0 .. folds-1); "

@@ -228,11 +228,6 @@ def fingerprint(cfg: DataConfig) -> bytes:
     return b"|".join(texts + [read.encode()])
 
 
-MULTILABEL_NEEDS = ("data.multilabel needs data.name=csv (labels in one cell, separated by data.label_separator) "
-                    "or hf (a column of lists of labels), or shards written from one, a test split of its own and "
-                    "data.sampler=shuffle")
-
-
 class Csv(FileSet):
     """data.name=csv: the images under data.root that data.labels (and data.test_labels) list."""
     reads = FileSet.reads + ("labels", "test_labels", "image_column", "label_column", "multilabel", "label_separator")
@@ -245,8 +240,6 @@ class Csv(FileSet):
 
     def class_names(self, cfg: DataConfig) -> list[str]:
         """The labels, sorted (as numbers if all are integers); each part of a cell when multilabel."""
-        if cfg.multilabel and (cfg.test_fraction or cfg.sampler == "balanced"):
-            raise UserError(MULTILABEL_NEEDS)
         names = class_names([name for text in splits(cfg)["train"].labels for name in label_set(text, cfg)])
         if len(names) < 2:
             raise UserError(f"{csv_path(cfg, 'labels')} has one class ({names[0]}); a classifier needs at least two")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.builtin_sets import CIFAR10, FASHION_MNIST, MNIST, Digits
-from engine.csvdata import MULTILABEL_NEEDS, Csv
+from engine.csvdata import Csv
 from engine.datasource import DataInfo, Images, Source, cache_file, missing_methods
 from engine.distributed import local_main_first
 from engine.errors import UserError
@@ -53,8 +53,6 @@ def describe(cfg: DataConfig) -> DataInfo:
     if cfg.test_fraction and "test_fraction" not in source.reads:
         raise UserError(f"data.test_fraction: {cfg.name} has a test split of its own; it is for data sets without "
                         "one (folder, csv); set data.test_fraction=0")
-    if cfg.multilabel and "multilabel" not in source.reads:
-        raise UserError(MULTILABEL_NEEDS)
     return source.describe(cfg)
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from engine.csvdata import MULTILABEL_NEEDS, class_names as sorted_names
+from engine.csvdata import class_names as sorted_names
 from engine.datasource import DataInfo, Images, Source, cached, folder_size, read_image, scan
 from engine.errors import UserError, printable, shown
 from engine.folders import held_out_mask
@@ -550,8 +550,6 @@ class Hf(Source):
              "test_fraction", "image_column", "label_column", "multilabel")
 
     def describe(self, cfg: DataConfig) -> DataInfo:
-        if cfg.multilabel and (cfg.test_fraction or cfg.sampler == "balanced"):
-            raise UserError(MULTILABEL_NEEDS)
         return DataInfo(cfg.channels, folder_size(cfg), open_set(cfg).class_names, multilabel=cfg.multilabel)
 
     def load(self, cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:

@@ -43,7 +43,7 @@ from engine.errors import UserError  # noqa: E402
 from engine.escape import printable  # noqa: E402
 from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, make_eval_loader,  # noqa: E402
                             subset)
-from engine import quantize  # noqa: E402
+from engine import needs, quantize  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
 from engine.multilabel import evaluate_multilabel  # noqa: E402
 from engine.storage import writing  # noqa: E402
@@ -173,7 +173,7 @@ def reference(ckpt: dict, tta: str, temperature: float = 1.0) -> tuple[Loader, d
     computes (test.py evaluates under the run's autocast, e.g. bf16 for run.amp=bf16)."""
     cfg, info = config_of(ckpt), data_of(ckpt)
     loader = make_eval_loader(cfg, info, "test", eval_batch_size(cfg.train, CPU), CPU)
-    model = with_tta(model_from_checkpoint(ckpt, CPU), tta)
+    model = with_tta(model_from_checkpoint(ckpt, CPU), tta, info.multilabel)
     if info.multilabel:  # at the thresholds stored in the checkpoint
         return loader, evaluate_multilabel(model, loader, CPU, thresholds=info.thresholds)
     return loader, evaluate(model, loader, len(info.class_names), CPU, temperature=temperature)
@@ -193,8 +193,7 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
     info, results, images, temperature = data_of(ckpt), None, None, temperature_of(ckpt, path)
-    if info.multilabel:
-        refuse_for_multilabel(tta, int8)
+    needs.check(needs.for_checkpoint(needs.EXPORT, ckpt, tta, needs.option_names(int8=int8)))  # engine/needs.py
     if check:
         try:
             loader, results = reference(ckpt, tta, temperature)
@@ -202,7 +201,8 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
             raise UserError(f"{err} (needed to check the export; pass --no-verify to skip the check)") from None
         images = loader.raw_images(torch.arange(loader.num_images))  # uint8 (N, C, H, W)
     example = torch.zeros(2, info.in_channels, info.image_size, info.image_size, dtype=torch.uint8)
-    program = export_program(deployable(with_tta(model_from_checkpoint(ckpt, CPU), tta), info, temperature), example)
+    model = with_tta(model_from_checkpoint(ckpt, CPU), tta, info.multilabel)
+    program = export_program(deployable(model, info, temperature), example)
     meta = metadata(ckpt, path, results and results["map" if info.multilabel else "accuracy"], tta)
     onnx_path, pt2_path = path.with_name("model.onnx"), path.with_name("model.pt2")
     # Written under temporary names (torch.export.load wants the .pt2 suffix) and renamed once checked.
@@ -241,16 +241,6 @@ def print_checks(info: DataInfo, results: dict | None, checks: list[str], num_im
         return
     print(f"checked on the test split ({num_images} images, PyTorch {score} {100 * results[score.lower()]:.2f}%): "
           + "; ".join(checks))
-
-
-def refuse_for_multilabel(tta: str, int8: bool) -> None:
-    """--tta averages softmax probabilities and --int8 is judged by top-1 accuracy: neither fits per-label sigmoids."""
-    if tta != "none":
-        raise UserError(f"--tta {tta} averages softmax probabilities over views, and a multi-label model's outputs "
-                        "are per-label sigmoids; export it without --tta")
-    if int8:
-        raise UserError("--int8 is checked by top-1 accuracy, which a multi-label model does not have; export it "
-                        "without --int8 (model.onnx is float32)")
 
 
 def calibration_images(ckpt: dict) -> np.ndarray:
