@@ -98,7 +98,7 @@ def test_a_bare_block_scalar_separator_names_the_quoting(tmp_path, written):
     assert load_config(None, ["data.label_separator=|"]).data.label_separator == "|"
     assert load_config(None, ["data.label_separator='|'"]).data.label_separator == "|"  # quoted: YAML
     with pytest.raises(UserError, match="data.label_separator is empty"):
-        load_config(None, ["data.multilabel=true", "data.label_separator="])
+        load_config(None, ["data.name=csv", "data.multilabel=true", "data.label_separator="])
 
 
 def test_a_mapping_where_a_list_of_text_goes_is_one_line(tmp_path):
