@@ -41,16 +41,17 @@ def train_val_split(labels: torch.Tensor, fraction: float, seed: int, folds: int
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale. The sums are of integers, so exact:
+    the same images give the same bits whatever the thread count or chunking."""
+    total = torch.zeros(images.shape[1], dtype=torch.int64)
     squares = torch.zeros_like(total)
-    for chunk in images.split(1024):  # chunks keep the float copy small
-        chunk = chunk.double() / 255
+    for chunk in images.split(1024):  # chunks keep the int64 copy small
+        chunk = chunk.long()
         total += chunk.sum(dim=(0, 2, 3))
         squares += chunk.pow(2).sum(dim=(0, 2, 3))
     count = images.numel() / images.shape[1]
-    mean = total / count
-    std = (squares / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    mean = total.double() / count / 255
+    std = (squares.double() / count / 255**2 - mean.pow(2)).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
 
 

@@ -154,6 +154,25 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def abandoned(path: Path) -> bool | None:
+    """Whether the lock file at path was left by a process that died: it names its owner, and no process holds it
+    (the system drops a dead process's lock). None when that cannot be told: no such file, an empty one (its owner
+    is between creating and locking it), or no fcntl."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, FileNotFoundError):
+        return None
+    try:
+        owner = os.read(fd, 200)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False  # its owner holds it
+    finally:
+        os.close(fd)
+    return True if owner else None
+
+
 class RunLock:
     """One writer per run folder: an exclusive lock on <run>/.lock (or another name), which holds the owner's pid.
 

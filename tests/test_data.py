@@ -54,6 +54,20 @@ def test_batches_are_normalised_with_training_statistics(tiny_cfg):
     assert info.mean == pytest.approx(mean) and info.std == pytest.approx(std)
 
 
+def test_channel_statistics_are_the_same_bits_whatever_the_thread_count():
+    images = torch.randint(0, 256, (5000, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(channel_stats(images))
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1] == results[2]  # exact: shards written by one process equal another's
+    assert results[0][0] == pytest.approx(images.double().mean(dim=(0, 2, 3)).div(255).tolist())
+
+
 def write_folder(root, classes=("cat", "dog"), per_class=3, size=(10, 6)):
     for split in ("train", "test"):
         for i, name in enumerate(classes):

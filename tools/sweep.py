@@ -36,7 +36,7 @@ from engine.errors import UserError, shown  # noqa: E402
 from engine.escape import CsvWriter  # noqa: E402
 from engine.hooks import Hook, as_params, use_store  # noqa: E402
 from engine.runs import finished, what_to_train, yaml_value  # noqa: E402
-from engine.storage import RunFolderInUse, RunLock, make_folder, write_text  # noqa: E402
+from engine.storage import RunLock, abandoned, make_folder, write_text  # noqa: E402
 
 SWEEPS_DIR = Path("checkpoints") / "sweeps"  # relative to where the command runs, as run.output_dir is
 
@@ -213,8 +213,9 @@ def run_trials(study, sweep: Sweep, space: dict, folder: Path) -> None:
                 if failed_in_a_row == 3:
                     raise UserError(f"3 trials in a row failed, the last with: {err}") from None
                 continue
+            # told while the lock is held: another worker never sees this trial running without its lock
+            study.tell(trial, score if state == TrialState.COMPLETE else None, state=state)
         failed_in_a_row = 0
-        study.tell(trial, score if state == TrialState.COMPLETE else None, state=state)
         print(f"trial {trial.number} {state.name.lower()}: {sweep.metric} {score:.4f}", flush=True)
 
 
@@ -254,15 +255,11 @@ def continue_stopped(study, sweep: Sweep, folder: Path) -> int:
     return counted(study.get_trials(deepcopy=False))
 
 
-def was_killed(trial, folder: Path, grace: float = 5.0) -> bool:
-    """A running trial whose lock no process holds, some seconds after it started (it takes its lock just after)."""
-    if time.time() - trial.datetime_start.timestamp() < grace:
-        return False
-    try:
-        RunLock(folder, trial_lock(trial.number)).acquire().release()
-    except RunFolderInUse:
-        return False
-    return True
+def was_killed(trial, folder: Path, grace: float = 60.0) -> bool:
+    """A running trial whose worker died: its lock file names the worker but no process holds it, or it has no lock
+    grace seconds after it started (killed between asking for the trial and locking it)."""
+    left = abandoned(folder / trial_lock(trial.number))
+    return left if left is not None else time.time() - trial.datetime_start.timestamp() > grace
 
 
 def run_trial(trial, sweep: Sweep, space: dict, folder: Path) -> tuple:
