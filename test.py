@@ -24,6 +24,7 @@ from torch import nn
 from engine import needs
 from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
 from engine.card import write_card
+from engine.editable import kept_keys
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.cli import (add_checkpoint_arguments, checkpoint_among, checkpoint_and_config, is_checkpoint_argument,
                         positive_int, run_cli)
@@ -111,7 +112,7 @@ def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
 
     run_dir, prefix, report_name = output_names(path, split)
     title = f"{summary['data']} {split} ({path.name}): accuracy {100 * summary['accuracy']:.2f}%"
-    write_text(run_dir / report_name, json.dumps(summary, indent=2))
+    write_text(run_dir / report_name, json.dumps(kept_keys(run_dir / report_name, summary), indent=2))
     write_confusion_csv(confusion, names, run_dir / f"{prefix}confusion_matrix.csv")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix.png", title + " (counts)")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix_normalised.png",
@@ -184,7 +185,7 @@ def report_multilabel(path: Path, ckpt: dict, split: str, results: dict) -> None
                "per_label": per_label(results, names)}
     print_multilabel(summary)
     run_dir, prefix, report_name = output_names(path, split)
-    write_text(run_dir / report_name, json.dumps(summary, indent=2))
+    write_text(run_dir / report_name, json.dumps(kept_keys(run_dir / report_name, summary), indent=2))
     title = f"{summary['data']} {split} ({path.name}): mAP {100 * summary['map']:.2f}%"
     plot_label_scores(names, results["probs"], results["targets"], summary["per_label"],
                       run_dir / f"{prefix}label_scores.png", title)
