@@ -24,12 +24,12 @@ from torch import nn
 from engine import needs
 from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
 from engine.card import write_card
-from engine.editable import kept_keys
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
 from engine.cli import (add_checkpoint_arguments, checkpoint_among, checkpoint_and_config, is_checkpoint_argument,
                         positive_int, run_cli)
 from engine.datasource import read_image
 from engine.devices import select_device, trained_dtype
+from engine.editable import kept_keys
 from engine.entry import Parser
 from engine.errors import UserError, shown
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay

@@ -387,6 +387,7 @@ def without_effect(cfg: Config, keys: list[str]) -> list[str]:
         "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
         "data.val_fraction": f"data.folds={data.folds} validates on fold data.fold instead" if data.folds else "",
         "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
+        "train.loss": "data.multilabel=true trains with binary cross-entropy per label" if data.multilabel else "",
     }
     notes = [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
     if train.tta != "none" and not source_of(data).mirrors:  # a recipe's choice, but rarely a good one here
