@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
                             f"before {option} (python test.py {image} {option} IMG)")
 
     path, cfg = checkpoint_and_config(args)
-    options = needs.option_names(calibrate=args.calibrate, min_confidence=args.min_confidence)
-    needs.check(needs.for_checkpoint(needs.PREDICT if args.predict else needs.TEST, load_checkpoint(path), args.tta,
-                                     options))  # what each feature needs (engine/needs.py), before any work
+    ckpt, entry = load_checkpoint(path), needs.PREDICT if args.predict else needs.TEST
+    needs.check(needs.for_checkpoint(entry, config_of(ckpt), data_of(ckpt), args.tta, needs.option_names(
+        calibrate=args.calibrate, min_confidence=args.min_confidence)))  # engine/needs.py: before any work
     device = select_device(cfg.run.device)
     if args.calibrate:
         print(describe_fit(calibrate(path, device, args.batch_size)))

@@ -191,7 +191,7 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
     info, results, images, temperature = data_of(ckpt), None, None, temperature_of(ckpt, path)
-    needs.check(needs.for_checkpoint(needs.EXPORT, ckpt, tta, needs.option_names(int8=int8)))  # engine/needs.py
+    needs.check(needs.for_checkpoint(needs.EXPORT, config_of(ckpt), info, tta, needs.option_names(int8=int8)))
     exports_of(path.parent)  # an exports.json edited into something unreadable is named now, not after the export
     if check:
         try:
