@@ -13,11 +13,11 @@ Outputs go to the checkpoint's run folder.
     python test.py run.device=cpu run.output_dir=runs   # the latest run under runs/, on the CPU
 """
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
+import engine  # noqa: F401 -- first: it sets how OpenMP threads wait, before torch loads OpenMP
 import torch
 from torch import nn
 
@@ -32,6 +32,7 @@ from engine.devices import select_device, trained_dtype
 from engine.editable import kept_keys
 from engine.entry import Parser
 from engine.errors import UserError, shown
+from engine.escape import CsvWriter, printable
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
 from engine.imagefiles import min_confidence, read_inputs, report_labels, report_predictions
 from engine.loaders import Batching, Loader
@@ -203,13 +204,13 @@ def print_report(report: dict) -> None:
           f"macro F1 {100 * report['macro_f1']:.2f}%")
     print(f"{'class':<16}{'accuracy/recall':>16}{'precision':>11}{'f1':>8}{'support':>9}")
     for row in report["per_class"]:
-        print(f"{row['class'][:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
+        print(f"{printable(row['class'])[:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
               f"{100 * row['f1']:>7.2f}%{row['support']:>9}")
 
 
 def write_confusion_csv(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
     with replacing(path, binary=False) as f:
-        writer = csv.writer(f)
+        writer = CsvWriter(f)
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, confusion.tolist()):
             writer.writerow([name, *row])

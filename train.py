@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import engine  # noqa: F401 -- first: it sets how OpenMP threads wait, before torch loads OpenMP
 import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm

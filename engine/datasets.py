@@ -18,6 +18,7 @@ from engine.distributed import local_main_first
 from engine.errors import UserError
 from engine.folders import Folder
 from engine.hfdata import Hf
+from engine.shards import Shards
 
 if TYPE_CHECKING:
     from engine.config import DataConfig
@@ -30,6 +31,7 @@ SOURCES: dict[str, Source] = {
     "folder": Folder(),
     "csv": Csv(),
     "hf": Hf(),
+    "shards": Shards(),
 }
 
 
@@ -54,8 +56,9 @@ def describe(cfg: DataConfig) -> DataInfo:
     return source.describe(cfg)
 
 
-def load_split(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
-    """The 'train' or 'test' split: uint8 images (N, C, H, W) (or files read per batch) and labels.
+def load_split(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor | None]:
+    """The 'train' or 'test' split: uint8 images (N, C, H, W) (or files read per batch) and labels; or a Stream
+    and None (shards, which also hold a 'val' split).
 
     Under torchrun the first process on each machine downloads, decodes and caches; the others then read
     its cache."""
