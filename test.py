@@ -29,6 +29,7 @@ from engine.cli import (add_checkpoint_arguments, checkpoint_among, checkpoint_a
                         positive_int, run_cli)
 from engine.datasource import read_image
 from engine.devices import select_device, trained_dtype
+from engine.editable import kept_keys
 from engine.entry import Parser
 from engine.errors import UserError, shown
 from engine.escape import CsvWriter, printable
@@ -74,9 +75,9 @@ def main(argv: list[str] | None = None) -> None:
                             f"before {option} (python test.py {image} {option} IMG)")
 
     path, cfg = checkpoint_and_config(args)
-    options = needs.option_names(calibrate=args.calibrate, min_confidence=args.min_confidence)
-    needs.check(needs.for_checkpoint(needs.PREDICT if args.predict else needs.TEST, load_checkpoint(path), args.tta,
-                                     options))  # what each feature needs (engine/needs.py), before any work
+    ckpt, entry = load_checkpoint(path), needs.PREDICT if args.predict else needs.TEST
+    needs.check(needs.for_checkpoint(entry, config_of(ckpt), data_of(ckpt), args.tta, needs.option_names(
+        calibrate=args.calibrate, min_confidence=args.min_confidence)))  # engine/needs.py: before any work
     device = select_device(cfg.run.device)
     if args.calibrate:
         print(describe_fit(calibrate(path, device, args.batch_size)))
@@ -112,7 +113,7 @@ def report(path: Path, args: argparse.Namespace, device: torch.device) -> None:
 
     run_dir, prefix, report_name = output_names(path, split)
     title = f"{summary['data']} {split} ({path.name}): accuracy {100 * summary['accuracy']:.2f}%"
-    write_text(run_dir / report_name, json.dumps(summary, indent=2))
+    write_text(run_dir / report_name, json.dumps(kept_keys(run_dir / report_name, summary), indent=2))
     write_confusion_csv(confusion, names, run_dir / f"{prefix}confusion_matrix.csv")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix.png", title + " (counts)")
     plot_confusion(confusion, names, run_dir / f"{prefix}confusion_matrix_normalised.png",
@@ -185,7 +186,7 @@ def report_multilabel(path: Path, ckpt: dict, split: str, results: dict) -> None
                "per_label": per_label(results, names)}
     print_multilabel(summary)
     run_dir, prefix, report_name = output_names(path, split)
-    write_text(run_dir / report_name, json.dumps(summary, indent=2))
+    write_text(run_dir / report_name, json.dumps(kept_keys(run_dir / report_name, summary), indent=2))
     title = f"{summary['data']} {split} ({path.name}): mAP {100 * summary['map']:.2f}%"
     plot_label_scores(names, results["probs"], results["targets"], summary["per_label"],
                       run_dir / f"{prefix}label_scores.png", title)

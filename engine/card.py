@@ -1,13 +1,16 @@
 """MODEL_CARD.md: what a run's best.pt is, what it was trained on, how well and how far to trust it.
 
 train.py writes it when training ends, test.py refreshes it after testing best.pt, export.py after an
-export; all offline, from the checkpoint, the data set's files and the run folder. Each `## ` section
-is rebuilt from what the caller knows; one it cannot rebuild (test results without a test run, the
-code version after training, the data set's files on a machine without them) keeps its earlier text.
-The last section, "Intended use and limits", is the user's: written once, then kept as it is.
+export; all offline, from the checkpoint, the data set's files and the run folder. Only the generated part,
+between its START and END lines, is rewritten: each `## ` section in it is rebuilt from what the caller knows,
+and one it cannot rebuild (test results without a test run, the code version after training, the data set's
+files on a machine without them) keeps its earlier text. Everything outside it is the user's and kept as it is:
+"Intended use and limits" (written once below it), and any text added above or below; an edit inside the
+generated part is kept below it, and a card saved in another encoding is read as such (engine/editable.py).
 """
 import csv
 import hashlib
+import io
 import json
 import re
 import shlex
@@ -22,6 +25,8 @@ from engine.calibration import calibrate, describe_fit, describe_thresholds, spl
 from engine.checkpoint import config_of, data_of, model_from_checkpoint, temperature_of
 from engine.config import Config, changed_keys, to_dict
 from engine.datasets import file_list, source_of
+from engine.editable import as_number, read_mapping, read_text
+from engine.errors import UserError
 from engine.escape import markdown_cell, printable
 from engine.hooks import make_hooks
 from engine.metrics import evaluate_checkpoint, per_class
@@ -31,6 +36,8 @@ from engine.yamlfile import Dumper
 CARD_NAME = "MODEL_CARD.md"
 EXPORTS_NAME = "exports.json"  # export.py: each exported file's checkpoint, size, sha256 and check
 USER_SECTION = "## Intended use and limits"
+GENERATED = ("## Data", "## Model", "## Training", "## Test results", "## Calibration", "## Exported files",
+             "## Reproduce")  # the sections write_card rebuilds
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,17 +75,23 @@ def code_version() -> str:
     return f"git commit {commit.stdout.strip()}" + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
+def exports_of(run_dir: Path) -> dict:
+    """run_dir/exports.json (export.py's records, which a person may annotate): {} when absent; refused by name when
+    it is not a JSON object (export.py checks it before it exports)."""
+    return read_mapping(run_dir / EXPORTS_NAME, "a JSON object of exported files and their records",
+                        "fix the edit, or move the file away (the next export starts a new one)")
+
+
 def record_export(file: Path, checkpoint: Path, epoch: int, check: str) -> None:
-    """Add an exported file, what it came from and how it was checked to its folder's exports.json."""
-    path = file.parent / EXPORTS_NAME
-    try:
-        exports = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        exports = {}
-    exports = exports if isinstance(exports, dict) else {}
-    exports[file.name] = {"checkpoint": checkpoint.name, "epoch": epoch, "bytes": file.stat().st_size,
-                          "sha256": sha256_of(file), "check": check, "date": time.strftime("%Y-%m-%d %H:%M")}
-    write_text(path, json.dumps(exports, indent=2))
+    """Add an exported file, what it came from and how it was checked to its folder's exports.json; the other
+    entries, and keys a person added to this one, stay."""
+    path, exports = file.parent / EXPORTS_NAME, exports_of(file.parent)
+    earlier = exports.get(file.name)
+    kept = earlier if isinstance(earlier, dict) else {} if earlier is None else {"edited": earlier}
+    exports[file.name] = {**kept, "checkpoint": checkpoint.name,
+                          "epoch": epoch, "bytes": file.stat().st_size, "sha256": sha256_of(file), "check": check,
+                          "date": time.strftime("%Y-%m-%d %H:%M")}
+    write_text(path, json.dumps(exports, indent=2, ensure_ascii=False))
 
 
 def data_section(cfg: Config, ckpt: dict) -> str | None:
@@ -118,8 +131,7 @@ def model_section(cfg: Config, ckpt: dict) -> str:
 def training_section(cfg: Config, run_dir: Path) -> str:
     lines = [f"- changed from config.yaml: {markdown_cell(' '.join(changed_keys(cfg))) or 'none'}"]
     try:
-        with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
-            history = list(csv.DictReader(f))
+        history = list(csv.DictReader(io.StringIO(read_text(run_dir / "metrics.csv") or "", newline="")))
         seconds = sum(float(row.get("seconds") or 0) for row in history)
         last = history[-1]
         lines += [f"- {len(history)} of {cfg.train.epochs} epochs in {seconds:.0f} s of training and validation "
@@ -169,17 +181,19 @@ def calibration_section(ckpt: dict, results: dict | None, path: Path) -> str | N
 
 
 def exports_section(run_dir: Path, ckpt: dict) -> str:
-    path = run_dir / EXPORTS_NAME
     try:
-        exports = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        exports = {}
-    if not isinstance(exports, dict) or not exports:
+        exports = exports_of(run_dir)
+    except UserError as err:  # the card still says what it can, and why the files are not listed
+        return f"Not listed: {err}."
+    if not exports:
         return "None yet: `python tools/export.py <run>` writes model.onnx and model.pt2 (`--int8`: model.int8.onnx)."
     lines = ["| file | from | size | check | now |", "| --- | --- | ---: | --- | --- |"]
     for name, entry in sorted(exports.items()):
-        file = run_dir / name
-        if not file.is_file():
+        entry = entry if isinstance(entry, dict) else {}  # an entry edited into something else: its fields unknown
+        file, size = run_dir / name, as_number(entry.get("bytes"))
+        if Path(name).name != name or name in (".", "..") or len(name.encode()) > 255:
+            state = "not a file name of this folder"
+        elif not file.is_file():
             state = "deleted"
         elif sha256_of(file) != entry.get("sha256"):
             state = "changed since the check: export again"
@@ -188,7 +202,7 @@ def exports_section(run_dir: Path, ckpt: dict) -> str:
         else:
             state = f"as checked (sha256 `{entry['sha256'][:12]}`)"
         cells = [name, f"{entry.get('checkpoint')}, epoch {entry.get('epoch')}",
-                 f"{entry.get('bytes', 0) / 1e3:,.0f} kB", entry.get("check", "not checked"), state]
+                 f"{'?' if size is None else f'{size / 1e3:,.0f}'} kB", entry.get("check", "not checked"), state]
         lines.append(f"| {' | '.join(map(markdown_cell, cells))} |")
     return "\n".join(lines)
 
@@ -215,8 +229,8 @@ def default_use(cfg: Config, ckpt: dict) -> str:
     info = data_of(ckpt)
     return "\n".join([
         USER_SECTION, "",
-        "<!-- This section is yours: edit it below its heading (keep the heading line); train.py, test.py and "
-        "export.py keep it as it is when they refresh the card. -->",
+        "<!-- This section is yours, as is anything you write above or below the generated part: train.py, "
+        "test.py and export.py keep it as it is when they refresh the card. -->",
         f"- Intended use: telling apart {info.in_channels}x{info.image_size}x{info.image_size} images of these "
         f"{len(info.class_names)} classes, from the same source as the {cfg.data.name} data set.",
         "- It always answers with one of these classes, also for an image of something else; with "
@@ -244,11 +258,57 @@ def sections_of(text: str) -> dict[str, str]:
     return sections
 
 
+# The generated part of the card lies between these lines; the start line holds a hash of what was written, so
+# that an edit inside it is noticed (and kept) rather than overwritten.
+START = ("<!-- The generated part of this card: train.py, test.py and tools/export.py rewrite what lies between this "
+         "line and the end line (an edit in it is kept below); write your own text above or below. sha256:{} -->")
+START_LINE = re.compile("^" + re.escape(START).replace(re.escape("{}"), "([0-9a-f]{16})") + "$", re.M)
+END = "<!-- The end of the generated part. -->"
+KEPT = "## Kept: your edit of the generated part"
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def card_parts(text: str | None, path: Path) -> tuple[str, str, str | None]:
+    """(the person's text above the generated part, the generated part, the person's text below it; None for a
+    new card) of a card's text. An edit inside the generated part is moved below it, under KEPT; a card whose
+    marker lines were damaged is kept below whole; a card from before the markers keeps what it has beyond the
+    sections written here."""
+    if text is None:
+        return "", "", None
+    starts, ends = list(START_LINE.finditer(text)), text.count(END)
+    if len(starts) == 1 and ends == 1 and starts[0].end() < text.index(END):
+        above, block, below = text[:starts[0].start()], text[starts[0].end():text.index(END)], text[
+            text.index(END) + len(END):]
+        if digest(block) != starts[0][1]:
+            print(f"note: {path}'s generated part was edited; the edit is kept under '{KEPT}' below it")
+            below = f"{below.rstrip()}\n\n{KEPT} ({time.strftime('%Y-%m-%d %H:%M')})\n{block.rstrip()}\n"
+        return above, block, below
+    if starts or ends:  # the old marker lines are made inert, so that the next refresh finds the new ones alone
+        print(f"note: {path}'s lines marking its generated part were edited; its earlier text is kept below the new "
+              "generated part")
+        earlier = START_LINE.sub("<!-- An earlier start of the generated part. -->", text).replace(
+            END, "<!-- An earlier end of the generated part. -->")
+        return "", "", "\n" + earlier
+    title = text.find("# Model card")  # a card from before the markers: its own sections are the person's
+    above, rest = (text[:title], text[title:]) if title >= 0 else ("", text)
+    sections = sections_of(rest)
+    mine = [f"{heading}\n\n{body}" for heading, body in sections.items() if heading not in GENERATED and
+            heading != USER_SECTION]
+    below = "\n\n".join(["", *mine, sections.get(USER_SECTION, "")]).rstrip() + "\n"
+    return above, rest, below
+
+
 def write_card(run_dir: Path, ckpt: dict, results: dict | None = None, code: str | None = None) -> Path:
     """Write (or refresh) run_dir/MODEL_CARD.md for best.pt's checkpoint ckpt; results: evaluate()'s on the
-    test split, or None to keep the card's test results; code: code_version() at training, or None to keep it."""
+    test split, or None to keep the card's test results; code: code_version() at training, or None to keep it.
+    Only the part between the START and END lines is rewritten; what a person wrote outside it stays."""
     cfg, path = config_of(ckpt), run_dir / CARD_NAME
-    previous = sections_of(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    text = read_text(path, "; it is rewritten as UTF-8, all its text kept")
+    above, block, below = card_parts(text and text.replace("\r\n", "\n"), path)
+    previous = sections_of(block)
     built = {"## Data": data_section(cfg, ckpt), "## Model": model_section(cfg, ckpt),
              "## Training": training_section(cfg, run_dir), "## Test results": test_section(ckpt, results),
              "## Calibration": calibration_section(ckpt, results, run_dir / "best.pt"),
@@ -259,14 +319,15 @@ def write_card(run_dir: Path, ckpt: dict, results: dict | None = None, code: str
                "## Calibration": "Not measured yet: `python test.py <run>` fills this in.",
                "## Reproduce": f"```bash\npython train.py --config {shell_word(str(run_dir / 'config.yaml'))}\n```\n"
                                "- code: not recorded (the card was first written after training)"}
-    parts = [f"# Model card: {markdown_cell(run_dir.name)}", "",
+    parts = ["", f"# Model card: {markdown_cell(run_dir.name)}", "",
              f"{cfg.model.name} trained on {cfg.data.name}. Written by train.py when training ended and refreshed "
-             f"by test.py and tools/export.py (last: {time.strftime('%Y-%m-%d %H:%M')}); every section but the "
-             "last is rebuilt then. How to read it: docs/trust.md.", ""]
+             f"by test.py and tools/export.py (last: {time.strftime('%Y-%m-%d %H:%M')}); every section down to the "
+             "end of the generated part is rebuilt then. How to read it: docs/trust.md.", ""]
     for heading, body in built.items():
         parts += [heading, "", body if body is not None else previous.get(heading, missing[heading]), ""]
-    parts.append(previous.get(USER_SECTION, default_use(cfg, ckpt)))
-    write_text(path, "\n".join(parts).rstrip("\n") + "\n")
+    generated = "\n".join(parts)
+    below = f"\n\n{default_use(cfg, ckpt)}" if below is None else below
+    write_text(path, f"{above}{START.format(digest(generated))}{generated}{END}{below.rstrip()}\n")
     return path
 
 

@@ -456,6 +456,7 @@ def without_effect(cfg: Config, keys: list[str]) -> list[str]:
                               f"data.name={data.name} reads the validation split its files hold"
                               if source_of(data).holds_val else ""),
         "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
+        "train.loss": "data.multilabel=true trains with binary cross-entropy per label" if data.multilabel else "",
     }
     notes = [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
     if train.tta != "none" and not source_of(data).mirrors:  # a recipe's choice, but rarely a good one here

@@ -251,12 +251,10 @@ def for_training(cfg: Config, info: DataInfo, steps: int) -> Use:
     return Use(TRAIN, cfg, info.in_channels, info.image_size, info.multilabel, steps, cfg.train.tta)
 
 
-def for_checkpoint(entry: str, ckpt: dict, tta: str | None = None, options: tuple[str, ...] = ()) -> Use:
-    """A checkpoint reader's use: the checkpoint's config and data, the views it evaluates over (tta, default the
-    run's train.tta) and the feature options given."""
-    from engine.checkpoint import config_of, data_of
-
-    cfg, info = config_of(ckpt), data_of(ckpt)
+def for_checkpoint(entry: str, cfg: Config, info: DataInfo, tta: str | None = None,
+                   options: tuple[str, ...] = ()) -> Use:
+    """A checkpoint reader's use: the checkpoint's config and data (config_of, data_of), the views it evaluates
+    over (tta, default the run's train.tta) and the feature options given."""
     return Use(entry, cfg, info.in_channels, info.image_size, info.multilabel, None, tta or cfg.train.tta,
                frozenset(options))
 

@@ -2,6 +2,7 @@
 the files that record each epoch (metrics.csv, curves.png, the epoch line).
 """
 import contextlib
+import difflib
 import itertools
 import os
 import shutil
@@ -16,8 +17,8 @@ from torch import nn
 from engine import distributed
 from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
 from engine.columns import csv_columns
-from engine.config import (Config, apply_override, changed_keys, config_from_dict, flatten, load_config, read_config,
-                           to_yaml, with_defaults)
+from engine.config import (DEFAULT_CONFIG, Config, apply_override, changed_keys, config_from_dict, flatten,
+                           load_config, read_config, to_dict, to_yaml, with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
 from engine.errors import UserError, shown
@@ -26,6 +27,8 @@ from engine.loaders import Loader
 from engine.optim import FIXED_SCHEDULES
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
+from engine.editable import comments_kept, read_text
+from engine.yamlfile import parse_yaml, read_yaml
 
 
 # Keys a resumed run may change; anything else would make it a different experiment.
@@ -113,15 +116,18 @@ def config_edits(ckpt: dict, run_dir: Path, overrides: list[str]) -> list[str]:
     change become overrides (named), any other is refused (a resumed run continues its checkpoint's settings)."""
     if not (run_dir / "config.yaml").is_file():
         return []
-    try:
-        saved = read_config(run_dir / "config.yaml")
-    except UserError:
-        saved = None
+    saved = read_config(run_dir / "config.yaml")  # an edit it cannot read is named, with the fix
+    fix = "undo the edit, or delete the file (--resume writes it again from the checkpoint)"
     if not isinstance(saved, dict):
-        print(f"note: {run_dir / 'config.yaml'} is not a config; it is rewritten from the checkpoint")
-        return []
+        raise UserError(f"{run_dir / 'config.yaml'} holds {shown(saved, 40)}, not a config (data:, model:, ...); {fix}")
     given = {text.partition("=")[0] for text in overrides}
     ours, theirs = flatten(ckpt["config"]), flatten(saved)
+    known = flatten(read_yaml(DEFAULT_CONFIG))
+    unknown = [key for key in theirs if key not in known]
+    if unknown:  # a key --resume would not read, and the rewrite would drop
+        guess = difflib.get_close_matches(unknown[0], list(known), n=1)
+        raise UserError(f"{run_dir / 'config.yaml'} has {shown(unknown[0])}, which is not a config key"
+                        f"{f' (did you mean {guess[0]}?)' if guess else ''}; {fix}")
     edited = [key for key in ours if key in theirs and theirs[key] != ours[key] and key != "run.name"
               and key not in given]
     refused = [key for key in edited if key not in RESUMABLE]
@@ -240,9 +246,20 @@ def header(cfg: Config, info: DataInfo, model: nn.Module, run_dir: Path, loaders
 
 
 def write_config(cfg: Config, run_dir: Path) -> None:
-    """The resolved config, from rank 0: what --resume and a new run with --config read back."""
-    if is_main():
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
+    """The resolved config, from rank 0: what --resume and a new run with --config read back. A config.yaml that
+    holds this config already (a resumed run's, a person's comments in it) is left as it is; a rewritten one keeps
+    the comments a person added (engine/editable.py)."""
+    if not is_main():
+        return
+    path, text = run_dir / "config.yaml", to_yaml(cfg)
+    old = read_text(path) if path.is_file() else None
+    if old is not None and old != text:
+        try:
+            if flatten(parse_yaml(old, str(path))) == flatten(to_dict(cfg)):
+                return
+        except UserError:
+            pass
+    write_text(path, comments_kept(old, text))
 
 
 def remove_unstarted(run_dir: Path) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from engine.editable import decode
 from engine.errors import UserError
 
 
@@ -151,7 +152,7 @@ def read_yaml(path: str | Path, written: dict[str, yaml.ScalarNode] | None = Non
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass an existing file with --config")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text, _ = decode(path.read_bytes(), legacy=False)  # UTF-8, or UTF-16/32 with a byte order mark
     except UnicodeDecodeError as err:
         raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:

@@ -55,7 +55,8 @@ class Demo:
 def load_demo(path: Path, device: torch.device, max_pixels: int, min_confidence: float | None = None) -> Demo:
     """The checkpoint's model, and its test accuracy (multi-label: mAP) when the test split is on this machine."""
     ckpt = load_checkpoint(path)
-    needs.check(needs.for_checkpoint(needs.DEMO, ckpt, None, needs.option_names(min_confidence=min_confidence)))
+    needs.check(needs.for_checkpoint(needs.DEMO, config_of(ckpt), data_of(ckpt), None,
+                                     needs.option_names(min_confidence=min_confidence)))  # engine/needs.py
     cfg, temperature, multilabel = config_of(ckpt), temperature_of(ckpt, path), data_of(ckpt).multilabel
     score = "test mAP" if multilabel else "test accuracy"
     try:

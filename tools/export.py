@@ -32,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 from engine.calibration import TemperatureScale  # noqa: E402
-from engine.card import record_export, write_card  # noqa: E402
+from engine.card import exports_of, record_export, write_card  # noqa: E402
 from engine.checkpoint import (FORMAT_VERSION, config_of, data_of, load_checkpoint, model_from_checkpoint,  # noqa: E402
                                temperature_of)
 from engine.cli import add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
@@ -193,7 +193,8 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
     info, results, images, temperature = data_of(ckpt), None, None, temperature_of(ckpt, path)
-    needs.check(needs.for_checkpoint(needs.EXPORT, ckpt, tta, needs.option_names(int8=int8)))  # engine/needs.py
+    needs.check(needs.for_checkpoint(needs.EXPORT, config_of(ckpt), info, tta, needs.option_names(int8=int8)))
+    exports_of(path.parent)  # an exports.json edited into something unreadable is named now, not after the export
     if check:
         try:
             loader, results = reference(ckpt, tta, temperature)
