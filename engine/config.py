@@ -116,6 +116,7 @@ class RunConfig:
     compile: bool
     cudnn_benchmark: bool
     deterministic: bool
+    requeue: bool
 
 
 @dataclass
