@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -113,7 +114,7 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def received_whole(stream: torch.utils.data.DataLoader):
+def received_whole(stream: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
     """The DataLoader's batches, each received whole: a stop signal that comes while the main process takes a batch
     from a worker (a hand-over of file descriptors) is raised once it has it; interrupted in the middle, the worker's
     side of the hand-over printed a ConnectionResetError traceback."""
