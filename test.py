@@ -13,14 +13,15 @@ Outputs go to the checkpoint's run folder.
     python test.py run.device=cpu run.output_dir=runs   # the latest run under runs/, on the CPU
 """
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
+import engine  # noqa: F401 -- first: it sets how OpenMP threads wait, before torch loads OpenMP
 import torch
 from torch import nn
 
+from engine import needs
 from engine.calibration import calibrate, describe_fit, describe_thresholds, split_calibration
 from engine.card import write_card
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of
@@ -30,15 +31,16 @@ from engine.datasource import read_image
 from engine.devices import select_device, trained_dtype
 from engine.entry import Parser
 from engine.errors import UserError, shown
+from engine.escape import CsvWriter, printable
 from engine.explain import conv_outputs, grad_cam, last_conv, overlay
-from engine.imagefiles import NO_MIN_CONFIDENCE, min_confidence, read_inputs, report_labels, report_predictions
+from engine.imagefiles import min_confidence, read_inputs, report_labels, report_predictions
 from engine.loaders import Batching, Loader
 from engine.metrics import TOP_K, evaluate, evaluate_checkpoint, per_class, top_k_accuracy
 from engine.multilabel import evaluate_multilabel, per_label, print_report as print_multilabel
 from engine.plots import (plot_cam, plot_confusion, plot_label_scores, plot_maps, plot_misclassified,
                           plot_reliability)
 from engine.storage import replacing, write_text
-from engine.tta import VIEWS
+from engine.tta import VIEWS, with_tta
 
 NUM_MISCLASSIFIED = 36  # images in the misclassified grid
 
@@ -54,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-maps", metavar="IMG", help="draw kernels and feature maps for this image")
     parser.add_argument("--cam", metavar="IMG", help="draw the Grad-CAM heatmap of the predicted class for this image")
     parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size (default: the run's)")
-    parser.add_argument("--tta", choices=list(VIEWS), help="average the report over these views of each image "
-                        "(default: the run's train.tta); flip is wrong for digits and text")
+    parser.add_argument("--tta", choices=list(VIEWS), help="average the report and --predict over these views of each "
+                        "image (default: the run's train.tta); flip is wrong for digits and text")
     parser.add_argument("--calibrate", action="store_true",
                         help="first fit the temperature on the validation split and store it in the checkpoint")
     parser.add_argument("--min-confidence", type=min_confidence, metavar="P",
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
                             f"before {option} (python test.py {image} {option} IMG)")
 
     path, cfg = checkpoint_and_config(args)
+    options = needs.option_names(calibrate=args.calibrate, min_confidence=args.min_confidence)
+    needs.check(needs.for_checkpoint(needs.PREDICT if args.predict else needs.TEST, load_checkpoint(path), args.tta,
+                                     options))  # what each feature needs (engine/needs.py), before any work
     device = select_device(cfg.run.device)
     if args.calibrate:
         print(describe_fit(calibrate(path, device, args.batch_size)))
@@ -198,13 +203,13 @@ def print_report(report: dict) -> None:
           f"macro F1 {100 * report['macro_f1']:.2f}%")
     print(f"{'class':<16}{'accuracy/recall':>16}{'precision':>11}{'f1':>8}{'support':>9}")
     for row in report["per_class"]:
-        print(f"{row['class'][:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
+        print(f"{printable(row['class'])[:15]:<16}{100 * row['recall']:>15.2f}%{100 * row['precision']:>10.2f}%"
               f"{100 * row['f1']:>7.2f}%{row['support']:>9}")
 
 
 def write_confusion_csv(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
     with replacing(path, binary=False) as f:
-        writer = csv.writer(f)
+        writer = CsvWriter(f)
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, confusion.tolist()):
             writer.writerow([name, *row])
@@ -222,13 +227,13 @@ def predict(path: Path, args: argparse.Namespace, device: torch.device, max_pixe
     args.predict; returns the number of files that could not be read."""
     ckpt = load_checkpoint(path)
     info, temperature, cfg = data_of(ckpt), temperature_of(ckpt, path), config_of(ckpt)
-    threshold = getattr(args, "min_confidence", None)
-    if info.multilabel and threshold is not None:
-        raise UserError(NO_MIN_CONFIDENCE)
+    threshold, tta = getattr(args, "min_confidence", None), getattr(args, "tta", None) or cfg.train.tta
     names, top_k = info.class_names, min(args.top_k, len(info.class_names))
     files, images, failures = read_inputs(args.predict, info.in_channels, info.image_size, max_pixels)
-    model, amp = model_from_checkpoint(ckpt, device), trained_dtype(ckpt, device)
-    model_name = f"{path} ({cfg.model.name} on {cfg.data.name}, epoch {ckpt['epoch']})"
+    model = with_tta(model_from_checkpoint(ckpt, device), tta, info.multilabel)  # the views test.py's report takes
+    amp = trained_dtype(ckpt, device)
+    views = f", views {tta}" if tta != "none" else ""
+    model_name = f"{path} ({cfg.model.name} on {cfg.data.name}, epoch {ckpt['epoch']}{views})"
     if info.multilabel:
         probs = torch.zeros(0, len(names))  # (N, K) sigmoids
         if len(files):

@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import engine  # noqa: F401 -- first: it sets how OpenMP threads wait, before torch loads OpenMP
 import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from engine import distributed, ema, runs
+from engine import distributed, ema, needs, runs
 from engine.card import finish_run
 from engine.checkpoint import RunState, checkpoint_dict, restore, save_checkpoint
 from engine.cli import make_parser, run_cli
@@ -53,6 +54,8 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
     hooks = [*make_hooks(cfg.log.hooks), *hooks]  # log.hooks; one that lacks its package fails here, before any work
     # 1. data: train and validation batches, normalised by the train split (or as the resumed or pretrained run was)
     cfg, pretrained, train_loader, val_loader, info = load_data(cfg, resume, device)
+    run_steps = steps_per_epoch(len(train_loader), cfg.train) * cfg.train.epochs
+    needs.check(needs.for_training(cfg, info, run_steps))  # what each feature needs (engine/needs.py), before any work
     # 2. model training: the model, the loss J, and the optimizer that steps w <- w - a*dJ/dw
     model, new_layers, frozen_norms = setup_model(cfg, info, device, resume, pretrained)
     initialise(model, cfg.model, train_loader, is_resumed=resume is not None)  # model.whiten, model.dirac
@@ -195,7 +198,8 @@ def validate(run: "Run", val_loader: Loader) -> dict:
     device = val_loader.device
     weight = class_weights(run.cfg.train, run.info.class_counts, device)
     if run.info.multilabel:  # per-label AP, F1 and thresholds (engine/multilabel.py)
-        val = evaluate_multilabel(model, val_loader, device, run.step.amp_dtype, weight)
+        val = evaluate_multilabel(with_tta(model, run.cfg.train.tta, multilabel=True), val_loader, device,
+                                  run.step.amp_dtype, weight)  # as test.py
         run.info = replace(run.info, thresholds=val["thresholds"])  # stored with this epoch's weights
         return val
     return evaluate(with_tta(model, run.cfg.train.tta), val_loader, len(run.info.class_names), device,

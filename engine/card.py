@@ -9,6 +9,7 @@ The last section, "Intended use and limits", is the user's: written once, then k
 import csv
 import hashlib
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -21,6 +22,7 @@ from engine.calibration import calibrate, describe_fit, describe_thresholds, spl
 from engine.checkpoint import config_of, data_of, model_from_checkpoint, temperature_of
 from engine.config import Config, changed_keys, to_dict
 from engine.datasets import file_list, source_of
+from engine.escape import markdown_cell, printable
 from engine.hooks import make_hooks
 from engine.metrics import evaluate_checkpoint, per_class
 from engine.storage import write_text
@@ -84,7 +86,8 @@ def data_section(cfg: Config, ckpt: dict) -> str | None:
     found = file_list_digest(cfg)
     if found is None:
         return None
-    lines = [f"- data set: {cfg.data.name} ({source_of(cfg.data).where(cfg.data)}); {info.in_channels}x{info.image_size}x{info.image_size} images, "
+    where = markdown_cell(source_of(cfg.data).where(cfg.data))
+    lines = [f"- data set: {cfg.data.name} ({where}); {info.in_channels}x{info.image_size}x{info.image_size} images, "
              f"{len(info.class_names)} classes; validation: {100 * cfg.data.val_fraction:g}% of the training "
              f"split (stratified, run.seed {cfg.run.seed})",
              f"- file list: sha256 `{found[0][:16]}` of the names and sizes of its {found[1]:,} "
@@ -92,7 +95,7 @@ def data_section(cfg: Config, ckpt: dict) -> str | None:
              "(another copy of the data set with the same files gives the same hash)"]
     if info.class_counts:
         lines += ["", "| class | training images |", "| --- | ---: |"]
-        lines += [f"| {name} | {count:,} |" for name, count in zip(info.class_names, info.class_counts)]
+        lines += [f"| {markdown_cell(name)} | {count:,} |" for name, count in zip(info.class_names, info.class_counts)]
     return "\n".join(lines)
 
 
@@ -108,12 +111,12 @@ def model_section(cfg: Config, ckpt: dict) -> str:
         f"validation split; {val}), trained in {ckpt.get('amp', 'none')} precision",
         f"- input: images of {info.in_channels}x{info.image_size}x{info.image_size}, normalised with mean "
         f"{[round(m, 4) for m in info.mean]} and std {[round(s, 4) for s in info.std]} (0..1 scale); "
-        f"output: probabilities of the classes {', '.join(info.class_names)}",
+        f"output: probabilities of the classes {', '.join(map(markdown_cell, info.class_names))}",
         "", "```yaml", settings.rstrip("\n"), "```"])
 
 
 def training_section(cfg: Config, run_dir: Path) -> str:
-    lines = [f"- changed from config.yaml: {' '.join(changed_keys(cfg)) or 'none'}"]
+    lines = [f"- changed from config.yaml: {markdown_cell(' '.join(changed_keys(cfg))) or 'none'}"]
     try:
         with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as f:
             history = list(csv.DictReader(f))
@@ -137,7 +140,7 @@ def test_section(ckpt: dict, results: dict | None) -> str | None:
              f"**{100 * results['accuracy']:.2f}%**, balanced accuracy {100 * results['balanced_accuracy']:.2f}%, "
              f"macro F1 {100 * results['macro_f1']:.2f}%, loss {results['loss']:.4f}.", "",
              "| class | accuracy (recall) | precision | F1 | test images |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {row['class']} | {100 * row['recall']:.2f}% | {100 * row['precision']:.2f}% | "
+    lines += [f"| {markdown_cell(row['class'])} | {100 * row['recall']:.2f}% | {100 * row['precision']:.2f}% | "
               f"{100 * row['f1']:.2f}% | {row['support']:,} |" for row in per_class(results["confusion"], names)]
     return "\n".join(lines)
 
@@ -184,20 +187,28 @@ def exports_section(run_dir: Path, ckpt: dict) -> str:
             state = f"from an earlier best.pt (epoch {entry.get('epoch')}): export again"
         else:
             state = f"as checked (sha256 `{entry['sha256'][:12]}`)"
-        lines.append(f"| {name} | {entry.get('checkpoint')}, epoch {entry.get('epoch')} | "
-                     f"{entry.get('bytes', 0) / 1e3:,.0f} kB | {entry.get('check', 'not checked')} | {state} |")
+        cells = [name, f"{entry.get('checkpoint')}, epoch {entry.get('epoch')}",
+                 f"{entry.get('bytes', 0) / 1e3:,.0f} kB", entry.get("check", "not checked"), state]
+        lines.append(f"| {' | '.join(map(markdown_cell, cells))} |")
     return "\n".join(lines)
 
 
 def reproduce_section(cfg: Config, run_dir: Path, code: str | None) -> str | None:
     if code is None:
         return None
-    keys = " ".join(shlex.quote(key) for key in changed_keys(cfg))
+    keys = " ".join(map(shell_word, changed_keys(cfg)))
     return "\n".join([
         "```bash", f"python train.py {keys}".rstrip() + "   # the keys above over config.yaml",
-        f"python train.py --config {shlex.quote(str(run_dir / 'config.yaml'))}   # or the run's saved config "
+        f"python train.py --config {shell_word(str(run_dir / 'config.yaml'))}   # or the run's saved config "
         "(into a new folder)", "```",
         f"- code: {code}; on the CPU the same code, config and seed give the same numbers (docs/runs.md)"])
+
+
+def shell_word(text: str) -> str:
+    """text as one bash word on one line: shlex's quoting, or $'...' with escapes for control characters."""
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + printable(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
 
 
 def default_use(cfg: Config, ckpt: dict) -> str:
@@ -218,7 +229,8 @@ def default_use(cfg: Config, ckpt: dict) -> str:
 
 def sections_of(text: str) -> dict[str, str]:
     """A card's '## ' sections: heading -> body; the user's section (heading included) to the end, whole."""
-    generated, found, user = text.partition(USER_SECTION)
+    found = re.search(f"^{re.escape(USER_SECTION)}\\s*$", text, re.M)  # its own line, not a class so named
+    generated, user = (text[:found.start()], text[found.start() + len(USER_SECTION):]) if found else (text, "")
     sections, heading, lines = {}, None, []
     for line in [*generated.splitlines(), "## end"]:
         if line.startswith("## "):
@@ -245,9 +257,9 @@ def write_card(run_dir: Path, ckpt: dict, results: dict | None = None, code: str
     missing = {"## Data": "The data set's files were not on this machine when the card was written.",
                "## Test results": "Not measured yet: `python test.py <run>` fills this in.",
                "## Calibration": "Not measured yet: `python test.py <run>` fills this in.",
-               "## Reproduce": f"```bash\npython train.py --config {run_dir / 'config.yaml'}\n```\n"
+               "## Reproduce": f"```bash\npython train.py --config {shell_word(str(run_dir / 'config.yaml'))}\n```\n"
                                "- code: not recorded (the card was first written after training)"}
-    parts = [f"# Model card: {run_dir.name}", "",
+    parts = [f"# Model card: {markdown_cell(run_dir.name)}", "",
              f"{cfg.model.name} trained on {cfg.data.name}. Written by train.py when training ended and refreshed "
              f"by test.py and tools/export.py (last: {time.strftime('%Y-%m-%d %H:%M')}); every section but the "
              "last is rebuilt then. How to read it: docs/trust.md.", ""]
@@ -274,12 +286,14 @@ def finish_run(run_dir: Path, cfg: Config, device: torch.device) -> dict:
 
 
 def print_test(path: Path, device: torch.device, tta: str) -> tuple[dict, dict]:
-    """The test split's loss and accuracy (mAP for multi-label), and with tta the accuracy averaged over its views
-    too; returns the checkpoint and the results without the views."""
+    """The test split's loss and accuracy (mAP for multi-label), and with tta the same averaged over its views too;
+    returns the checkpoint and the results over the run's views (what test.py reports, and the card says)."""
     best, _, test = evaluate_checkpoint(path, device, tta="none")
     line = f"test ({path.name}, epoch {best['epoch']}): loss {test['loss']:.4f}  accuracy {100 * test['accuracy']:.2f}%"
     line += f"  mAP {100 * test['map']:.2f}%" if "map" in test else ""  # data.multilabel: accuracy is subset accuracy
     if tta != "none":
-        line += f"  with tta {tta} {100 * evaluate_checkpoint(path, device, tta=tta)[2]['accuracy']:.2f}%"
+        test = evaluate_checkpoint(path, device, tta=tta)[2]
+        line += f"  with tta {tta} " + (f"mAP {100 * test['map']:.2f}%" if "map" in test else
+                                          f"{100 * test['accuracy']:.2f}%")
     print(line)
     return best, test

@@ -25,7 +25,7 @@ from engine.config import Config, config_from_dict, to_dict, with_defaults
 from engine.datasets import DataInfo
 from engine.devices import AMP_NAMES
 from engine.distributed import gather, rank_and_world
-from engine.errors import UserError, shown
+from engine.errors import UserError, refusal, shown
 from engine.storage import RunLock, atomic_save
 from model import build_model
 
@@ -49,6 +49,10 @@ def load_checkpoint(path: str | Path) -> dict:
             raise UserError(f"checkpoint {path} was refused: it holds objects other than plain data "
                             "(tensors, numbers, strings, lists, dicts), so it could run code when loaded") from None
         raise UserError(unreadable(path)) from None
+    except OSError as err:
+        reason = refusal(err)
+        raise UserError(f"checkpoint {path} cannot be read ({reason}); check that it is readable" if reason
+                        else unreadable(path)) from None
     except Exception:  # on a file that is not a checkpoint the unpickler raises almost any type (IndexError, ...)
         raise UserError(unreadable(path)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:

@@ -8,7 +8,8 @@ from engine import entry
 from engine.checkpoint import resolve, run_checkpoints
 from engine.config import Config, key_help, load_config
 from engine.entry import Parser, check_interrupted  # noqa: F401 (the scripts import them from here)
-from engine.errors import UserError, printable, shown
+from engine.errors import UserError, shown
+from engine.escape import printable
 from model import ShapeError
 
 

@@ -7,6 +7,7 @@ messages with a did-you-mean hint, checks Literal choices and ranges, and reads 
 import copy
 import dataclasses
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,12 @@ import yaml
 from engine.datasets import SOURCES, check_source, source_of
 from engine.columns import METRICS, metrics_for
 from engine.errors import UserError, shown
+from engine.escape import markdown_cell, printable
 from engine.hooks import HOOKS
 from engine.losses import LOSSES
-from engine.optim import OPTIMIZERS, SCHEDULERS, momentum
-from engine.yamlfile import dump_yaml, flatten, parse_yaml, read_yaml
+from engine.needs import check_config
+from engine.optim import OPTIMIZERS, SCHEDULERS
+from engine.yamlfile import dump_yaml, flatten, parse_yaml, read_yaml, text_of
 from model import MODELS, ModelConfig, model_class, settings_of
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -60,6 +63,7 @@ class DataConfig:
     max_memory_mb: int = field(metadata=at_least(0))
     max_pixels: int = field(metadata=at_least(1))
     num_workers: Literal["auto"] | int = field(metadata=at_least(0))
+    shuffle_buffer: int = field(metadata=at_least(1))
     cache_dir: str
     labels: str
     test_labels: str
@@ -110,7 +114,7 @@ class RunConfig:
     device: str
     output_dir: str
     name: str
-    threads: int = field(metadata=between(0, 4096))
+    threads: Literal["auto"] | int = field(metadata=between(0, 4096))
     channels_last: bool
     amp: Literal["auto", "none", "bf16", "fp16"]
     compile: bool
@@ -137,7 +141,10 @@ class Config:
 
 def fail_unknown(key: str, known: list[str], path: str) -> None:
     guess = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(known)}"
+    listed = ", ".join(known)
+    if len(listed) > 150:  # the line stays short: the first keys, and where to find them all
+        listed = f"{listed[:listed.rindex(', ', 0, 150)]}, ... ({len(known)} in all: --help lists them)"
+    hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {listed}"
     raise UserError(f"unknown config key {shown(path + key)}; {hint}")
 
 
@@ -243,9 +250,7 @@ def config_from_dict(raw: Any) -> Config:
     if isinstance(cfg.train.class_weights, list) and not any(w > 0 for w in cfg.train.class_weights):
         raise UserError(f"train.class_weights: {shown(cfg.train.class_weights)} gives every class weight 0, so no "
                         "image counts in the loss; give the classes that should count a weight above 0, or balanced")
-    if cfg.train.nesterov and (cfg.train.optimizer != "sgd" or momentum(cfg.train) == 0):
-        raise UserError("train.nesterov: Nesterov momentum needs train.optimizer=sgd and train.momentum above 0; "
-                        "set those or train.nesterov=false")
+    check_config(cfg)  # what each feature needs of the other settings (engine/needs.py NEEDS)
     check_source(cfg.data.name)
     if cfg.data.fold >= max(cfg.data.folds, 1):
         raise UserError(f"data.fold={cfg.data.fold} needs data.folds above it (the folds are 0 .. folds-1); "
@@ -286,7 +291,7 @@ def with_unread_model_keys(raw: Any) -> Any:
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         return raw
     check_model_name(model["name"])
-    unread = {key: value for key, value in read_yaml(DEFAULT_CONFIG)["model"].items()
+    unread = {key: value for key, value in read_config(DEFAULT_CONFIG)["model"].items()
               if key not in settings_of(model["name"])}
     return {**raw, "model": {**model, **unread}}  # a value set for an unread key has no effect (load_config notes it)
 
@@ -304,12 +309,70 @@ def check_device_name(name: str, key: str) -> None:
         raise UserError(f"{key}: {shown(name)} is not allowed; use auto | cpu | cuda | cuda:N | mps")
 
 
+@functools.lru_cache(maxsize=4096)
+def is_text_key(cls: type, key: str) -> bool:
+    """Whether the dotted key (list items by index: log.hooks.0) of the dataclass cls is typed str."""
+    tp: Any = cls
+    for part in key.split("."):
+        if get_origin(tp) is list and part.isdigit():
+            tp = get_args(tp)[0]
+        elif dataclasses.is_dataclass(tp) and part in (hints := get_type_hints(tp)):
+            tp = hints[part]
+        else:
+            return False
+    return tp is str
+
+
+STR_TAG, NULL_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:null"
+
+
+def as_written(raw: Any, written: dict[str, yaml.ScalarNode], cls: type, where: str) -> Any:
+    """raw (read from YAML) with each text key of cls holding its text as written, not what YAML made of it:
+    `no`, `1.0e3`, `0x10`, `2024-01-01` stay that text; a bare | or > (a block scalar, so an empty text), an
+    anchor (&x) with no value and null or ~ are refused, naming the key, the value and the quoting to use."""
+    for key, node in written.items():
+        if not is_text_key(cls, key):
+            continue
+        text = printable(text_of(node)[:40])
+        if node.style in ("|", ">") and not node.value.strip():
+            raise UserError(f"{where}: {key}: {text} begins a YAML block scalar, which is empty here; "
+                            f"write {key}: \"{text}\"")
+        if getattr(node, "anchor", None) and not node.value:
+            raise UserError(f"{where}: {key}: {text} marks a YAML anchor and leaves the value empty; "
+                            f"write {key}: \"{text}\"")
+        if node.tag == NULL_TAG and node.value:
+            raise UserError(f"{where}: {key}: YAML reads {node.value} as no value; write {key}: \"\" for none, "
+                            f"or {key}: \"{node.value}\" for the text")
+        if node.style is None and node.tag != STR_TAG:  # a number, boolean, date or empty (null): as written
+            *parents, last = key.split(".")
+            parent = raw
+            try:
+                for part in parents:
+                    parent = parent[int(part) if isinstance(parent, list) else part]
+                parent[int(last) if isinstance(parent, list) else last] = node.value
+            except (KeyError, IndexError, TypeError, ValueError):  # a mapping where a list goes: build() names it
+                pass
+    return raw
+
+
+def read_config(path: str | Path, cls: type | None = None) -> Any:
+    """A config file (config.yaml, a --config recipe, a run's config.yaml; cls for another kind, such as a sweep
+    file) as plain data, its text keys as written (as_written)."""
+    written: dict[str, yaml.ScalarNode] = {}
+    raw = read_yaml(path, written)
+    return as_written(raw, written, cls or Config, f"config file {path}")
+
+
 def apply_override(raw: dict, text: str) -> None:
-    """Set one dotted key in the raw config: 'train.lr=0.01', 'model.conv_blocks.0.out_channels=8'."""
+    """Set one dotted key in the raw config: 'train.lr=0.01', 'model.conv_blocks.0.out_channels=8'. The value is
+    YAML, except that a text key takes it as written unless it is quoted ('data.label_separator=|' is a |)."""
     key, sep, value_text = text.partition("=")
     if not sep or not key:
         raise UserError(f"override {shown(text)} is not of the form key=value, e.g. train.lr=0.01")
-    value = parse_yaml(value_text, f"override {shown(text)}: the value") if value_text else ""
+    if is_text_key(Config, key) and not value_text.startswith(("'", '"')):
+        value = value_text
+    else:
+        value = parse_yaml(value_text, f"override {shown(text)}: the value") if value_text else ""
     *parents, last = key.split(".")
     node: Any = raw
     for part in parents:
@@ -340,7 +403,7 @@ def index(node: list, part: str, key: str) -> int:
 
 def with_defaults(raw: dict, defaults: dict | None = None) -> dict:
     """raw with any key it lacks taken from config.yaml (for configs saved before a key was added)."""
-    merged = copy.deepcopy(read_yaml(DEFAULT_CONFIG) if defaults is None else defaults)
+    merged = copy.deepcopy(read_config(DEFAULT_CONFIG) if defaults is None else defaults)
     for key, value in raw.items():
         is_section = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = with_defaults(value, merged[key]) if is_section else copy.deepcopy(value)
@@ -350,9 +413,9 @@ def with_defaults(raw: dict, defaults: dict | None = None) -> dict:
 def load_config(path: str | Path | None, overrides: list[str]) -> Config:
     """config.yaml, merged with the file at path if given (a recipe holding only the keys it changes,
     or a run's complete config.yaml), plus dotted overrides, validated."""
-    raw = read_yaml(DEFAULT_CONFIG)
+    raw = read_config(DEFAULT_CONFIG)
     if path is not None:
-        file_raw = read_yaml(path)
+        file_raw = read_config(path)
         if not isinstance(file_raw, dict):
             raise UserError(f"config file {path} must map sections (data:, model:, ...) to keys, got {shown(file_raw)}")
         raw = with_defaults(file_raw, raw)
@@ -361,6 +424,9 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
             break
         apply_override(raw, text)
     cfg = config_from_dict(raw)
+    if cfg.data.multilabel and not cfg.data.label_separator:  # runs saved with one split at spaces; new ones say
+        raise UserError('data.label_separator is empty, so the labels of a cell would be split at spaces; write '
+                        'data.label_separator: " " for that, or the character between the labels (e.g. "|")')
     for note in without_effect(cfg, set_keys(file_raw if path is not None else {}, overrides)):
         print(f"note: {note}")
     return cfg
@@ -368,7 +434,7 @@ def load_config(path: str | Path | None, overrides: list[str]) -> Config:
 
 def set_keys(file_raw: dict, overrides: list[str]) -> list[str]:
     """The keys the user set: overrides, and the keys of a --config file whose value differs from config.yaml's."""
-    defaults = flatten(read_yaml(DEFAULT_CONFIG))
+    defaults = flatten(read_config(DEFAULT_CONFIG))
     keys = [key for key, value in flatten(file_raw).items() if key in defaults and value != defaults[key]]
     keys += [".".join(text.partition("=")[0].split(".")[:2]) for text in overrides]  # model.conv_blocks.0.x
     return list(dict.fromkeys(keys))
@@ -387,7 +453,9 @@ def without_effect(cfg: Config, keys: list[str]) -> list[str]:
            for key in (f.name for f in dataclasses.fields(ModelConfig)) if key not in reads},
         **unread_by_parts(cfg),
         "data.crop_padding": "data.augment=none crops nothing" if data.augment == "none" else "",
-        "data.val_fraction": f"data.folds={data.folds} validates on fold data.fold instead" if data.folds else "",
+        "data.val_fraction": (f"data.folds={data.folds} validates on fold data.fold instead" if data.folds else
+                              f"data.name={data.name} reads the validation split its files hold"
+                              if source_of(data).holds_val else ""),
         "train.backbone_lr": "model.pretrained=none: every layer is new" if cfg.model.pretrained == "none" else "",
     }
     notes = [f"{key} has no effect: {unread[key]}" for key in keys if unread.get(key)]
@@ -425,7 +493,7 @@ def to_dict(cfg: Config) -> dict:
 
 def changed_keys(cfg: Config) -> list[str]:
     """key=value for each setting that differs from config.yaml; run.name is left out (each run sets it)."""
-    defaults = flatten(to_dict(config_from_dict(read_yaml(DEFAULT_CONFIG))))
+    defaults = flatten(to_dict(config_from_dict(read_config(DEFAULT_CONFIG))))
     changed = {key: value for key, value in flatten(to_dict(cfg)).items()
                if value != defaults.get(key) and key != "run.name"}
     return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=1000).strip()}" if isinstance(value, list)
@@ -468,6 +536,6 @@ def key_reference(path: Path = DEFAULT_CONFIG) -> str:
     """docs/config.md's table of every key, made from config.yaml (tools/config_reference.py writes it there)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, value, comment in config_keys(path):
-        meaning = " ".join(comment).replace("|", "\\|")
-        rows.append(f"| `{key}` | `{value}` | {meaning} |" if value else f"| `{key}` | | {meaning} |")
+        meaning = markdown_cell(" ".join(comment))
+        rows.append(f"| `{key}` | `{markdown_cell(value)}` | {meaning} |" if value else f"| `{key}` | | {meaning} |")
     return "\n".join(rows)

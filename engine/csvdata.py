@@ -5,7 +5,8 @@ a header names each image and its label, as Kaggle sets and labelling tools expo
     cats/001.jpg,cat
     dog_7.png,dog
 
-Read with the standard library's csv module (a BOM and Windows line endings are fine). This module reads
+Read with the standard library's csv module (a BOM and Windows line endings are fine; the columns may be
+separated by , ; tab or |, whichever splits the header line into the most columns). This module reads
 and checks the tables; the source Csv decodes, caches and streams the files as a folder's (engine/folders.py).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 IMAGE_COLUMNS = ("file", "image", "filename", "path", "image_id", "id")  # data.image_column=auto: the first found
 SPLIT_COLUMN = "split"  # optional: train | test per row, when there is no data.test_labels
 SHOWN = 3  # rows quoted in a message
+SEPARATORS = (",", ";", "\t", "|")  # between columns: the one that splits the header most, a comma on a tie
 
 
 @dataclass
@@ -52,11 +54,20 @@ def csv_path(cfg: DataConfig, key: str) -> Path:
     return given
 
 
-def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """The header and (line number, row) of a CSV; utf-8-sig drops a BOM, newline='' reads CRLF files."""
+def separator_of(header_line: str) -> str:
+    """The column separator of a CSV: of SEPARATORS, the one that splits its header line into the most columns
+    (a spreadsheet set to a European locale saves with ;)."""
+    return max(SEPARATORS, key=lambda sep: len(next(csv.reader([header_line], delimiter=sep), [])))
+
+
+def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]], str]:
+    """The header, (line number, row) of a CSV and its separator; utf-8-sig drops a BOM, newline='' reads CRLF
+    files."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            separator = separator_of(f.readline())
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=separator)
             rows = [(reader.line_num, row) for row in reader]
             header = [name.strip() for name in reader.fieldnames or []]
     except UnicodeDecodeError as err:
@@ -68,12 +79,19 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     if not header:
         raise UserError(f"{path} is empty; it needs a header line (e.g. file,label) and one row per image")
     names = {name: name.strip() for name in reader.fieldnames}  # the keys of each row, before stripping
-    return header, [(line, {names[n]: (v or "").strip() for n, v in row.items() if n in names}) for line, row in rows]
+    stripped = [(line, {names[n]: (v or "").strip() for n, v in row.items() if n in names}) for line, row in rows]
+    return header, stripped, separator
 
 
-def columns(cfg: DataConfig, header: list[str], path: Path) -> tuple[str, str]:
-    """The image-path and label columns of this header, or an error naming the columns found."""
+def listed(header: list[str], separator: str) -> str:
+    """A CSV's columns for a message, with the separator they were split at."""
     found = ", ".join(header[:10]) + (", ..." if len(header) > 10 else "")
+    return f"{found} (separated by {separator!r})"
+
+
+def columns(cfg: DataConfig, header: list[str], separator: str, path: Path) -> tuple[str, str]:
+    """The image-path and label columns of this header, or an error naming the columns found."""
+    found = listed(header, separator)
     image = cfg.image_column
     if image == "auto":
         image = next((name for name in IMAGE_COLUMNS if name in header), "")
@@ -87,10 +105,11 @@ def columns(cfg: DataConfig, header: list[str], path: Path) -> tuple[str, str]:
     return image, cfg.label_column
 
 
-def rows_of(cfg: DataConfig, path: Path, split: str | None, table: tuple[list[str], list] | None = None) -> Rows:
+def rows_of(cfg: DataConfig, path: Path, split: str | None,
+            table: tuple[list[str], list, str] | None = None) -> Rows:
     """The rows of one CSV (only those whose split column is `split`, when given), checked; table: read_rows'."""
-    header, rows = table or read_rows(path)
-    image, label = columns(cfg, header, path)
+    header, rows, separator = table or read_rows(path)
+    image, label = columns(cfg, header, separator, path)
     if split is not None:
         bad = [(line, row[SPLIT_COLUMN]) for line, row in rows if row[SPLIT_COLUMN].lower() not in ("train", "test")]
         if bad:
@@ -158,8 +177,9 @@ def read_splits(cfg: DataConfig, train_path: Path) -> dict[str, Rows | None]:
     elif cfg.test_fraction:
         found = {"train": rows_of(cfg, train_path, None, table), "test": None}
     else:
-        raise UserError(f"data.labels: {train_path} has no test split; set data.test_labels to a second CSV, add "
-                        f"a '{SPLIT_COLUMN}' column (train | test), or hold some out with data.test_fraction=0.2")
+        raise UserError(f"data.labels: {train_path} has no test split (its columns: {listed(table[0], table[2])}); "
+                        f"set data.test_labels to a second CSV, add a '{SPLIT_COLUMN}' column (train | test), or hold "
+                        "some out with data.test_fraction=0.2")
     if found["test"] is not None and cfg.test_fraction:
         raise UserError("data.test_fraction holds out a test split, but the CSV data set has one already; "
                         "set data.test_fraction=0")
@@ -208,10 +228,6 @@ def fingerprint(cfg: DataConfig) -> bytes:
     return b"|".join(texts + [read.encode()])
 
 
-MULTILABEL_NEEDS = ("data.multilabel needs data.name=csv (labels in one cell, separated by data.label_separator) "
-                    "or hf (a column of lists of labels), a test split of its own and data.sampler=shuffle")
-
-
 class Csv(FileSet):
     """data.name=csv: the images under data.root that data.labels (and data.test_labels) list."""
     reads = FileSet.reads + ("labels", "test_labels", "image_column", "label_column", "multilabel", "label_separator")
@@ -224,8 +240,6 @@ class Csv(FileSet):
 
     def class_names(self, cfg: DataConfig) -> list[str]:
         """The labels, sorted (as numbers if all are integers); each part of a cell when multilabel."""
-        if cfg.multilabel and (cfg.test_fraction or cfg.sampler == "balanced"):
-            raise UserError(MULTILABEL_NEEDS)
         names = class_names([name for text in splits(cfg)["train"].labels for name in label_set(text, cfg)])
         if len(names) < 2:
             raise UserError(f"{csv_path(cfg, 'labels')} has one class ({names[0]}); a classifier needs at least two")

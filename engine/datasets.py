@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.builtin_sets import CIFAR10, FASHION_MNIST, MNIST, Digits
-from engine.csvdata import MULTILABEL_NEEDS, Csv
+from engine.csvdata import Csv
 from engine.datasource import DataInfo, Images, Source, cache_file, missing_methods
 from engine.distributed import local_main_first
 from engine.errors import UserError
 from engine.folders import Folder
 from engine.hfdata import Hf
+from engine.shards import Shards
 
 if TYPE_CHECKING:
     from engine.config import DataConfig
@@ -30,6 +31,7 @@ SOURCES: dict[str, Source] = {
     "folder": Folder(),
     "csv": Csv(),
     "hf": Hf(),
+    "shards": Shards(),
 }
 
 
@@ -51,13 +53,12 @@ def describe(cfg: DataConfig) -> DataInfo:
     if cfg.test_fraction and "test_fraction" not in source.reads:
         raise UserError(f"data.test_fraction: {cfg.name} has a test split of its own; it is for data sets without "
                         "one (folder, csv); set data.test_fraction=0")
-    if cfg.multilabel and "multilabel" not in source.reads:
-        raise UserError(MULTILABEL_NEEDS)
     return source.describe(cfg)
 
 
-def load_split(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
-    """The 'train' or 'test' split: uint8 images (N, C, H, W) (or files read per batch) and labels.
+def load_split(cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor | None]:
+    """The 'train' or 'test' split: uint8 images (N, C, H, W) (or files read per batch) and labels; or a Stream
+    and None (shards, which also hold a 'val' split).
 
     Under torchrun the first process on each machine downloads, decodes and caches; the others then read
     its cache."""

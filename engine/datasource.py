@@ -1,6 +1,7 @@
 """What a data source is (Source), and what every source shares: DataInfo, image files decoded on
-demand, and the cache of decoded splits. The sources themselves are in engine/builtin_sets.py,
-engine/folders.py, engine/csvdata.py and engine/hfdata.py; their registry SOURCES is in engine/datasets.py.
+demand, streams read front to back (Stream), and the cache of decoded splits. The sources themselves are in
+engine/builtin_sets.py, engine/folders.py, engine/csvdata.py, engine/hfdata.py and engine/shards.py; their
+registry SOURCES is in engine/datasets.py.
 """
 from __future__ import annotations
 
@@ -43,15 +44,17 @@ class Source:
     REQUIRED = ("describe", "load", "files")
     reads: tuple[str, ...] = ()  # data.* keys it reads besides those every source gets: the others get a note
     mirrors: bool = True  # a mirrored image keeps its class (photos); False (digits): train.tta flips get a note
+    holds_val: bool = False  # True (shards): load(cfg, 'val') is a validation split of its own; data.val_fraction
+    # has no effect
 
     def describe(self, cfg: DataConfig) -> DataInfo:
         """Required: channels, image size and class names (and multilabel); cheaply, as a run asks several times."""
         raise NotImplementedError
 
-    def load(self, cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:
+    def load(self, cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor | None]:
         """Required: the 'train' or 'test' split as uint8 images (N, C, H, W) in memory (or a Dataset read per
         batch: FileImages, hfdata's RowImages) and labels: int64 (N,) class indices, or (N, K) rows of 0/1 when
-        multilabel."""
+        multilabel. Or a Stream, whose labels come with its images (labels None): shards, which also have 'val'."""
         raise NotImplementedError
 
     def files(self, cfg: DataConfig, split: str) -> tuple[Path, list[Path]]:
@@ -106,8 +109,51 @@ class FileImages(torch.utils.data.Dataset):
     def select(self, idx: torch.Tensor) -> FileImages:
         return FileImages([self.files[i] for i in idx.tolist()], self.cfg)
 
+    def encoded(self, i: int) -> bytes | None:
+        """The i-th image's file as stored (tools/make_shards.py keeps PNG and JPEG files as they are)."""
+        return Path(self.files[i]).read_bytes()
 
-Images = torch.Tensor | FileImages  # uint8 (N, C, H, W) in memory, or files read per batch
+
+@dataclass(frozen=True)
+class Share:
+    """What one process reads of a Stream in one pass."""
+    batch_size: int
+    seed: int | None = None  # None: its share once, in a fixed order (evaluation); else shuffled, fixed batch count
+    epoch: int = 0
+    rank: int = 0
+    world: int = 1
+    num_workers: int = 0  # DataLoader worker processes; 0: the calling process reads
+    pin_memory: bool = False
+
+
+class Stream:
+    """A split read front to back rather than by index (engine/shards.py): too big for one machine's memory or
+    disk, or on another machine. Its labels come with its images, a batch at a time; the loaders read it through
+    batches() (engine/loaders.py StreamLoader)."""
+    image_shape: tuple[int, int, int]  # (C, H, W) of every image it yields
+
+    def __len__(self) -> int:
+        """Images in the split."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        """The uint8 images (C, H, W), in the stored order."""
+        raise NotImplementedError
+
+    def select(self, idx: torch.Tensor) -> Stream:
+        """The images at positions idx (ascending) of the stored order."""
+        raise NotImplementedError
+
+    def batches(self, share: Share):
+        """An iterable of (uint8 images (B, C, H, W), labels) for one pass of one process."""
+        raise NotImplementedError
+
+    def num_batches(self, share: Share) -> int:
+        """How many batches batches(share) yields: the same on every process when training."""
+        raise NotImplementedError
+
+
+Images = torch.Tensor | FileImages | Stream  # uint8 (N, C, H, W) in memory, files read per batch, or a stream
 
 
 def scan(folder: Path) -> list[Path]:

@@ -3,6 +3,8 @@ import contextlib
 import os
 import random
 
+from pathlib import Path
+
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -48,6 +50,29 @@ def has_native_bf16(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a private call: absent from some builds
         return False
+
+
+def thread_count(threads: str | int) -> tuple[int, str]:
+    """run.threads -> PyTorch's intra-op threads (0: its default), and why. auto: the CPUs this process may use,
+    shared among this machine's torchrun ranks. Not the machine's load: the thread count changes the numbers (the
+    order of float sums), and a run must repeat on the same machine; threads sleep rather than spin while they
+    wait (engine/__init__.py), which keeps a busy machine sane (docs/speed.md, benchmarks/busy.py)."""
+    if threads != "auto":
+        return threads, "as configured"
+    cpus = usable_cpus()
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
+    return max(1, int(cpus) // ranks), f"{cpus:g} usable CPUs{f' for {ranks} processes' if ranks > 1 else ''}"
+
+
+def usable_cpus() -> float:
+    """The CPUs this process may run on (its affinity mask: taskset, Slurm), capped by a cgroup's CPU quota
+    (docker --cpus, Kubernetes limits): os.cpu_count() counts the machine's."""
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:  # cgroup v2: "max 100000" (no quota) or "150000 100000" (1.5 CPUs)
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    return cpus if quota == "max" else max(1.0, min(cpus, int(quota) / int(period)))
 
 
 def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
@@ -99,8 +124,11 @@ AMP_NAMES = {dtype: name for name, dtype in AMP_DTYPES.items()}
 def apply_switches(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
                                                                                          torch.dtype | None]:
     """Speed switches and DDP: returns the model to call (wrapped, compiled or itself) and the autocast dtype."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads, why = thread_count(cfg.threads)
+    if threads:
+        torch.set_num_threads(threads)
+    if cfg.threads == "auto" and device.type == "cpu":
+        print(f"threads: auto -> {threads} ({why})")
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     is_cuda = device.type == "cuda"

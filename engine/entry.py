@@ -1,5 +1,6 @@
 """The one entry point of every script (train.py, test.py, tools/, benchmarks/): run_cli turns every way a
-script can end into an exit status and at most one short `error:` line. Free of PyTorch, so that
+script can end into an exit status and at most one short `error:` line, and while it runs what it prints on
+stdout has its control characters escaped (EscapedOutput). Free of PyTorch, so that
 tools/predict_onnx.py, which runs where PyTorch is not installed, ends the same way.
 
 Exit statuses, also listed in docs/troubleshooting.md: 0 done, 1 (test.py --predict, predict_onnx.py) some
@@ -8,6 +9,7 @@ stop: 129 SIGHUP, 130 Ctrl-C (SIGINT), 138 SIGUSR1 (Slurm's early warning), 143 
 """
 import argparse
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -17,9 +19,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn
+from typing import Callable, Iterator, NoReturn, TextIO
 
-from engine.errors import UserError, printable
+from engine.errors import UserError
+from engine.escape import printable
 
 EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
 EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
@@ -27,7 +30,8 @@ EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
 # a scheduler's stop (scancel, Kubernetes, torchrun), a closed terminal, and Slurm's early warning (sbatch --signal).
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")
                 if hasattr(signal, name)]  # Windows has the first two
-LINE_MAX = 600  # characters of an error line; messages abbreviate what they quote (errors.shown) to stay below
+LINE_MAX = 300  # characters of an error line, `error: ` included; messages abbreviate what they quote (errors.shown)
+PATH_SHOWN = 90  # characters a long path (or any long word) keeps in a line over LINE_MAX, then 60, then 30
 received: list[int] = []  # stop signals seen during this run_cli call
 handling_pid = [0]  # the process whose run_cli installed on_signal; a forked child (a DataLoader worker) ignores it
 deferring = [0]  # > 0: stop signals are only recorded, and raised at the next check_interrupted
@@ -95,6 +99,20 @@ def stopped_by() -> int | None:
     return received[-1] if received else None
 
 
+class EscapedOutput:
+    """sys.stdout while a script runs: each line written through escape.printable (newlines kept), so that a name
+    a user gave (a class folder, a CSV cell, a file name) reaches the terminal escaped, whichever print shows it."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write("\n".join(map(printable, text.split("\n"))))
+
+    def __getattr__(self, name: str):  # flush, fileno, isatty, encoding...: the stream's own
+        return getattr(self.stream, name)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors, like every other error here."""
 
@@ -103,14 +121,46 @@ class Parser(argparse.ArgumentParser):
 
 
 def one_line(message: str) -> str:
-    """The message as one short line: control characters escaped, cut at LINE_MAX as a last guard."""
-    line = printable(message)
-    return line if len(line) <= LINE_MAX else f"{line[:LINE_MAX - 30]}... ({len(line):,} characters in all)"
+    """The message as one line that fits LINE_MAX after `error: `: control characters escaped; if too long, the
+    middle of each long path shortened (paths stay as the user wrote them, only abridged), and as a last guard
+    the middle of the line, so that its start (what) and its end (the cause and the fix) remain."""
+    line, room = printable(message), LINE_MAX - len("error: ")
+    if len(line) > room:  # any very long word, then paths ever shorter
+        line = re.sub(rf"\S{{{PATH_SHOWN + 1},}}", lambda word: abridged(word[0], PATH_SHOWN), line)
+    for size in (PATH_SHOWN * 2 // 3, PATH_SHOWN // 3):
+        if len(line) > room:
+            line = re.sub(rf"(?=\S*[/\\])\S{{{size + 1},}}", lambda word: abridged(word[0], size), line)
+    return line if len(line) <= room else abridged(line, room, " ... ")
+
+
+def abridged(text: str, size: int, gap: str = "...") -> str:
+    """text in size characters: its first third and its end, with gap between."""
+    head = (size - len(gap)) // 3
+    return f"{text[:head]}{gap}{text[-(size - len(gap) - head):]}"
 
 
 def fail(message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
     print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(status)
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG,
+               errno.ENAMETOOLONG, errno.ENOENT, errno.EISDIR, errno.ENOTDIR}
+FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError's line: the file (and a second one, of a rename) as given, and the system's own reason."""
+    reason = err.strerror or message_of(err) or type(err).__name__
+    if err.filename is not None:
+        files = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+        return (f"{files}: {reason}; check that it exists, is readable, and that its folder is writable with "
+                "free space")
+    if err.errno in DISK_ERRORS or isinstance(err, FILE_ERRORS):  # no file named (a write() of a library, a
+        # DataLoader worker's error, which arrives as text): at least the true cause, never the network
+        return (f"a file could not be written or read: {reason}; free some space, or choose a writable folder "
+                "(run.output_dir, --output)")
+    return f"{reason} ({type(err).__name__}); check the ports and network this command uses"
 
 
 # A DataLoader worker's exception reaches the main process as its type with this text around the original.
@@ -136,7 +186,7 @@ def report_unexpected(err: BaseException, script: str) -> NoReturn:
     """One line naming the exception and where it was raised; the full traceback goes to a file."""
     frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-    text = message_of(err).splitlines()[0][:200] if message_of(err).strip() else ""
+    text = message_of(err).splitlines()[0][:80] if message_of(err).strip() else ""  # the line keeps the file's path
     name = f"{script}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-traceback.txt"
     path = Path(tempfile.gettempdir()) / name
     try:
@@ -155,12 +205,8 @@ def fail_for(err: Exception, script: str, user_errors: tuple[type, ...]) -> NoRe
     if is_out_of_memory(err):
         fail(f"out of memory ({message_of(err).splitlines()[0][:120] if str(err) else type(err).__name__}); lower "
              "train.batch_size or train.eval_batch_size, the model's widths, or data.image_size")
-    if isinstance(err, OSError) and err.filename:  # a file the user named or a folder they chose: theirs to fix
-        fail(f"{err.filename}: {err.strerror or message_of(err)}; check that it exists, is readable, "
-             "and that its folder is writable with free space")
-    if isinstance(err, OSError):  # the machine's: a port in use, a network or device error
-        fail(f"{message_of(err) or type(err).__name__} ({type(err).__name__}); check the files, ports and network "
-             "this command uses")
+    if isinstance(err, OSError):  # a file the user named or a folder they chose, or the machine's: port, network
+        fail(os_error_line(err))
     report_unexpected(err, script)
 
 
@@ -176,6 +222,8 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     in_main_thread = threading.current_thread() is threading.main_thread()
     handling_pid[0] = os.getpid()
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS} if in_main_thread else {}
+    stdout = sys.stdout
+    sys.stdout = escaped = EscapedOutput(stdout)
     try:
         status = main(argv)
     except KeyboardInterrupt as err:
@@ -191,5 +239,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if sys.stdout is escaped:  # a torchrun rank other than 0 has replaced it with os.devnull
+            sys.stdout = stdout
     if isinstance(status, int) and status:
         sys.exit(status)

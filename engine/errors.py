@@ -1,5 +1,8 @@
 """The error a user can fix: scripts print it as one `error:` line and exit 2 (engine/entry.py run_cli), and
-the two ways every message shows what the user gave: abbreviated (shown) and on one line (printable)."""
+the two ways every message shows what the user gave: abbreviated (shown) and on one line (escape.printable)."""
+import errno
+
+from engine.escape import printable
 
 
 class UserError(Exception):
@@ -8,14 +11,6 @@ class UserError(Exception):
 
 SHOWN_CHARS = 60  # of a value quoted in a message: enough to recognise it, never a screenful
 SHOWN_ITEMS = 3  # of a list or mapping
-
-
-def printable(text: object) -> str:
-    """text on one line: control characters (a newline in a file name, an escape sequence) written as escapes."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
@@ -49,3 +44,12 @@ def repr_limited(value: list | tuple | dict, limit: int) -> str | None:
     text = ", ".join(parts)
     return "[" + text + "]" if isinstance(value, list) else "(" + text + ")" if isinstance(value, tuple) else (
         "{" + text + "}")
+
+
+REFUSALS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.EISDIR, errno.ENXIO, errno.ESTALE}
+
+
+def refusal(err: OSError) -> str | None:
+    """The system's reason when it refused to read a file (permissions, an I/O error); None for the OSError a
+    reader raises over a damaged file (Pillow's, or EINVAL from a truncated checkpoint's zip)."""
+    return err.strerror if err.errno in REFUSALS else None

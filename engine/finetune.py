@@ -11,7 +11,7 @@ from engine.config import Config, TrainConfig
 from engine.datasets import source_of
 from engine.datasource import DEFAULT_SIZE, DataInfo
 from engine.devices import sync_batchnorm, wrap
-from engine.errors import UserError, shown
+from engine.errors import UserError, refusal, shown
 from engine.loaders import Loader, make_train_loaders
 from model import ModelConfig, TorchvisionModel, build_model, model_class
 
@@ -43,7 +43,10 @@ def read_pretrained(cfg: ModelConfig) -> Pretrained | None:
                         "(.pt/.pth) or of a checkpoint of this template (e.g. checkpoints/<run>/best.pt)")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unpickling, truncation and format errors all mean the same here
+    except Exception as err:  # unpickling, truncation and format errors all mean the same here
+        if isinstance(err, OSError) and refusal(err):
+            raise UserError(f"model.pretrained: {path} cannot be read ({refusal(err)}); check that it is "
+                            "readable") from None
         raise UserError(f"model.pretrained: {path} is not a state dict or checkpoint readable with "
                         "weights_only=True; save one with torch.save(model.state_dict(), path)") from None
     if isinstance(loaded, dict) and loaded.get("format_version") == FORMAT_VERSION:  # a run of this template

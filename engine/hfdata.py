@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from engine.csvdata import MULTILABEL_NEEDS, class_names as sorted_names
+from engine.csvdata import class_names as sorted_names
 from engine.datasource import DataInfo, Images, Source, cached, folder_size, read_image, scan
 from engine.errors import UserError, printable, shown
 from engine.folders import held_out_mask
@@ -493,12 +493,20 @@ class RowImages(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        return decode_cell(*self.cell(i), self.cfg, self.found.root)
+
+    def cell(self, i: int) -> tuple[object, str]:
+        """The i-th image's cell and its name for messages (file and row)."""
         if self.columns is None:
             self.columns = [open_arrow(path).column(self.found.image) for path, *_ in self.files]
         index = int(self.rows[i])
         k = bisect.bisect_right(self.starts, index) - 1
-        cell = self.columns[k][index - self.starts[k]].as_py()
-        return decode_cell(cell, f"{self.files[k][1]} row {index - self.starts[k]}", self.cfg, self.found.root)
+        return self.columns[k][index - self.starts[k]].as_py(), f"{self.files[k][1]} row {index - self.starts[k]}"
+
+    def encoded(self, i: int) -> bytes | None:
+        """The i-th image's file bytes as the row holds them; None for a cell that only names a file."""
+        cell = self.cell(i)[0]
+        return cell.get("bytes") if isinstance(cell, dict) else cell
 
     def select(self, idx: torch.Tensor) -> RowImages:
         return RowImages(self.files, self.found, self.rows[idx], self.cfg)
@@ -542,8 +550,6 @@ class Hf(Source):
              "test_fraction", "image_column", "label_column", "multilabel")
 
     def describe(self, cfg: DataConfig) -> DataInfo:
-        if cfg.multilabel and (cfg.test_fraction or cfg.sampler == "balanced"):
-            raise UserError(MULTILABEL_NEEDS)
         return DataInfo(cfg.channels, folder_size(cfg), open_set(cfg).class_names, multilabel=cfg.multilabel)
 
     def load(self, cfg: DataConfig, split: str) -> tuple[Images, torch.Tensor]:

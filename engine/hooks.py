@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.columns import METRICS
 from engine.distributed import is_main
 from engine.errors import UserError, shown
+from engine.storage import write_text
 from engine.yamlfile import flatten
 
 
@@ -96,7 +97,7 @@ class MLflow(Hook):
         self.mlflow.log_metrics(numbers, step=row["epoch"], run_id=self.run_id)
         id_file = run.run_dir / self.ID_FILE  # written with the first epoch: a run that never starts leaves no file
         if not id_file.is_file():
-            id_file.write_text(self.run_id + "\n")
+            write_text(id_file, self.run_id + "\n")
 
     def on_run_end(self, run) -> None:
         client = self.mlflow.MlflowClient()

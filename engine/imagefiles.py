@@ -5,7 +5,6 @@ test.py --predict, demo.py and predict_onnx.py (which must run where PyTorch is 
 decode images and print predictions through these functions, so they agree on both.
 """
 import argparse
-import csv
 import io
 import struct
 import sys
@@ -16,7 +15,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from engine.errors import printable
+from engine.entry import one_line
+from engine.errors import refusal
+from engine.escape import CsvWriter, printable
 
 
 class ImageError(ValueError):
@@ -75,7 +76,9 @@ def decode_image(path: Path | BinaryIO, channels: int, size: int, max_pixels: in
     except Image.DecompressionBombError:
         raise ImageError(f"{name} has more pixels than Pillow opens (a decompression bomb?); it is over "
                          f"data.max_pixels ({max_pixels:,}) too; shrink it or remove it") from None
-    except DAMAGED:
+    except DAMAGED as err:
+        if isinstance(err, OSError) and refusal(err):  # the system's, not Pillow's over a damaged file
+            raise ImageError(f"{name} cannot be read ({refusal(err)}); check that it is readable") from None
         raise ImageError(f"{name} is not a readable image; remove it or replace it with a PNG or JPEG") from None
 
 
@@ -111,7 +114,7 @@ def read_inputs(inputs: list[str], channels: int, size: int,
         except ImageError as err:
             errors.append(str(err))
     for message in errors:
-        print(f"error: {printable(message)}", file=sys.stderr)
+        print(f"error: {one_line(message)}", file=sys.stderr)
     return good, np.stack(images) if images else np.zeros((0, channels, size, size), np.uint8), len(errors)
 
 
@@ -169,7 +172,7 @@ def report_predictions(files: list[Path], predictions: list[list[tuple[str, floa
     probabilities still listed (`file: unknown (below 90%): 3 62.1%, ...`), and the CSV gains an answer column.
     A multi-label image may have fewer than top_k pairs (NO_LABEL when none): its CSV row is padded."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = CsvWriter(buffer, lineterminator="\n")
     chosen = [] if min_confidence is None else ["answer"]
     writer.writerow(["file", *chosen] + [f"{key}_{i + 1}" for i in range(top_k) for key in ("class", "prob")]
                     + ["model"])

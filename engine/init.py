@@ -78,7 +78,7 @@ def initialise(model: nn.Module, cfg: ModelConfig, train_loader: Loader, is_resu
     if not is_resumed and cfg.dirac:
         dirac(model)
     if not is_resumed and cfg.whiten != "none":
-        n = len(train_loader.labels)  # evenly spaced: folders are stored class by class
+        n = train_loader.num_images  # evenly spaced: folders are stored class by class
         spread = torch.linspace(0, n - 1, min(WHITEN_IMAGES, n)).round().long()
         images = train_loader.raw_images(spread).to(train_loader.device)
         whiten(first_conv(model), train_loader.normalise(images))

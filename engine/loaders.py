@@ -2,7 +2,8 @@
 train/validation/test loaders a run uses.
 
 Small data sets are decoded once into uint8 tensors and moved to the device once; folders too large for
-memory (data.max_memory_mb) are read per batch by DataLoader workers. Both look the same to the loop.
+memory (data.max_memory_mb) are read per batch by DataLoader workers; streams (shards) are read front to back
+by DataLoader workers (StreamLoader). All look the same to the loop.
 """
 import atexit
 import math
@@ -18,10 +19,11 @@ from torch import nn
 from engine.augment import Augmentation, augment_images, augment_normalised, generator_for
 from engine.config import Config, DataConfig, TrainConfig
 from engine.datasets import cache_path, check_held_out, describe, held_out_names, load_split
-from engine.datasource import DataInfo, Images, read_cache, write_cache
-from engine.distributed import local_main_first, rank_and_world
+from engine.datasource import DataInfo, Images, Share, Stream, read_cache, write_cache
+from engine.distributed import is_main, local_main_first, rank_and_world
 from engine.entry import STOP_SIGNALS, raise_deferred, stops_deferred
 from engine.errors import UserError
+from engine.escape import printable
 
 STATS_SAMPLE = 20_000  # images used for the per-channel mean and std
 
@@ -62,8 +64,10 @@ def subset(images: Images, idx: torch.Tensor) -> Images:
 
 
 def decoded(images: Images) -> torch.Tensor:
-    """The images as one uint8 tensor (N, C, H, W), decoding files if need be."""
-    return images if isinstance(images, torch.Tensor) else torch.stack([images[i] for i in range(len(images))])
+    """The images as one uint8 tensor (N, C, H, W), decoding files (or reading a stream) if need be."""
+    if isinstance(images, torch.Tensor):
+        return images
+    return torch.stack(list(images) if isinstance(images, Stream) else [images[i] for i in range(len(images))])
 
 
 class Normalise(nn.Module):
@@ -176,6 +180,11 @@ class Loader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def num_images(self) -> int:
+        """Images in the split (all processes' shares together)."""
+        return len(self.labels)
+
     def raw_images(self, idx: torch.Tensor) -> torch.Tensor:
         """The stored uint8 images (len(idx), C, H, W) at positions idx, on the CPU."""
         return decoded(subset(self.images, idx.to(self.device) if self.stream is None else idx)).cpu()
@@ -227,13 +236,8 @@ class Loader:
                                                            self.device)
         flips = self.alternate_flips(aug)
         for batch, images in zip(batches, raw):
-            images, labels = images.float(), self.labels[batch]  # (B, C, H, W) on the 0..255 scale
-            if aug is not None:
-                images = augment_images(images, aug, generator, None if flips is None else flips[batch])
-            images = self.normalise(images)
-            if aug is not None:
-                images, labels = augment_normalised(images, labels, aug, generator)
-            yield images, labels
+            yield prepared(images, self.labels[batch], self.normalise, (aug, generator),
+                           None if flips is None else flips[batch])
 
     def alternate_flips(self, aug: Augmentation | None) -> torch.Tensor | None:
         """With data.flip=alternate, which images this epoch mirrors (N,): a random half fixed by the seed in odd
@@ -243,6 +247,82 @@ class Loader:
         first = torch.rand(len(self.labels), generator=torch.Generator().manual_seed(self.batching.shuffle_seed))
         first = first < 0.5
         return (first if self.epoch % 2 == 1 else ~first).to(self.device)
+
+
+def prepared(images: torch.Tensor, labels: torch.Tensor, normalise: Normalise,
+             augmenting: tuple[Augmentation | None, torch.Generator | None],
+             flips: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of uint8 images (B, C, H, W) on the device, normalised and (with an augmentation) augmented:
+    (images, targets). flips: data.flip=alternate's choice of images to mirror."""
+    aug, generator = augmenting
+    images = images.float()  # (B, C, H, W) on the 0..255 scale
+    if aug is not None:
+        images = augment_images(images, aug, generator, flips)
+    images = normalise(images)
+    if aug is not None:
+        images, labels = augment_normalised(images, labels, aug, generator)
+    return images, labels
+
+
+class StreamLoader:
+    """A Loader of a Stream (data.name=shards): batches read front to back by DataLoader workers, a fresh pass
+    each epoch, normalised and augmented on the device as Loader's are.
+
+    With a seed it trains: the stream's shards come in an order seeded by (seed, epoch), each process reads
+    shards of its own and the same number of full batches (len(self)), shuffled in a buffer seeded by (seed,
+    epoch, rank, worker), so an epoch is the same whenever it is read: a run repeats bitwise, and --resume,
+    which starts at an epoch boundary, continues as the uninterrupted run would. Without a seed it reads each
+    image once, in a fixed order (under torchrun, each process its shards)."""
+
+    def __init__(self, stream: Stream, batching: Batching, info: DataInfo, device: torch.device):
+        self.rank, self.world = rank_and_world()
+        self.stream, self.batching, self.device = stream, batching, device
+        self.normalise = Normalise(info.mean, info.std).to(device)
+        self.epoch = 0
+        self.length: tuple[Share, int] | None = None  # len(self) for a share: the loop asks every batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.epoch == 0 and epoch > 1 and self.batching.shuffle_seed is not None and is_main():
+            print(f"data: the stream starts at the beginning of epoch {epoch}, which reads as in an uninterrupted "
+                  "run (a stream resumes at epoch boundaries only)")
+        self.epoch = epoch
+
+    @property
+    def num_images(self) -> int:
+        return len(self.stream)
+
+    def share(self, is_ordered: bool = False) -> Share:
+        """What this process reads this epoch; is_ordered: all of the split in its fixed order, as one process."""
+        rank, world, seed = (0, 1, None) if is_ordered else (self.rank, self.world, self.batching.shuffle_seed)
+        return Share(self.batching.size, seed, self.epoch, rank, world, self.batching.num_workers,
+                     self.device.type == "cuda")
+
+    def __len__(self) -> int:
+        share = self.share()
+        if self.length is None or self.length[0] != share:
+            self.length = share, self.stream.num_batches(share)
+        return self.length[1]
+
+    def __iter__(self):
+        share = self.share()
+        aug = self.batching.augmentation if share.seed is not None else None
+        generator = None if aug is None else generator_for(share.seed, self.epoch, self.rank, self.device)
+        for images, labels in self.stream.batches(share):
+            yield prepared(images.to(self.device, non_blocking=True), labels.to(self.device), self.normalise,
+                           (aug, generator))
+
+    def raw_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images (len(idx), C, H, W) at positions idx of the order one process evaluates the split in
+        (what evaluate() returns per image), on the CPU; read up to the last of them."""
+        wanted, found, start = idx.tolist(), {}, 0
+        needed = set(wanted)
+        for images, _ in self.stream.batches(self.share(is_ordered=True)):
+            found.update({k: images[k - start] for k in range(start, start + len(images)) if k in needed})
+            start += len(images)
+            if start > max(wanted, default=-1):
+                break
+        return torch.stack([found[k] for k in wanted]) if wanted else torch.zeros(0, *self.stream.image_shape,
+                                                                                 dtype=torch.uint8)
 
 
 def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -271,26 +351,35 @@ def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
     return cfg.batch_size * (4 if device.type == "cuda" else 1)
 
 
-def make_eval_loader(cfg: Config, info: DataInfo, split: str, batch_size: int, device: torch.device) -> Loader:
+def make_eval_loader(cfg: Config, info: DataInfo, split: str, batch_size: int,
+                     device: torch.device) -> Loader | StreamLoader:
     """The 'val' or 'test' split in a fixed order, normalised with the training statistics in info."""
     if split == "val":
         images, labels = load_split(cfg.data, "train")
-        _, idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed, cfg.data.folds, cfg.data.fold)
-        images, labels = subset(images, idx), labels[idx]
+        if isinstance(images, Stream):  # a stream's source holds its validation split (shards: make_shards.py's)
+            images, labels = load_split(cfg.data, "val")
+        else:
+            _, idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed, cfg.data.folds, cfg.data.fold)
+            images, labels = subset(images, idx), labels[idx]
     else:
         check_held_out(cfg.data, info.held_out)
         images, labels = load_split(cfg.data, "test")
     check_matches(images, labels, info, cfg.data)
-    return Loader(images, labels, Batching(batch_size, num_workers=num_workers(cfg.data)), info, device)
+    batching = Batching(batch_size, num_workers=num_workers(cfg.data))
+    return StreamLoader(images, batching, info, device) if isinstance(images, Stream) else Loader(
+        images, labels, batching, info, device)
 
 
-def check_matches(images: Images, labels: torch.Tensor, info: DataInfo, cfg: DataConfig) -> None:
-    """The test split must have the shape and classes the model was trained on."""
+def check_matches(images: Images, labels: torch.Tensor | None, info: DataInfo, cfg: DataConfig) -> None:
+    """The test split must have the shape and classes the model was trained on (a stream's labels are checked
+    as they are read)."""
     expected = (info.in_channels, info.image_size, info.image_size)
-    shape = tuple(images[0].shape) if len(images) else ()
+    shape = tuple(images.image_shape) if isinstance(images, Stream) else tuple(images[0].shape) if len(images) else ()
     if shape != expected:
         raise UserError(f"data.{cfg.name}: test images are {shape} but the model expects "
                         f"{expected}; use the data settings the model was trained with")
+    if labels is None:
+        return
     if len(labels) == 0 or (labels.ndim == 1 and int(labels.max()) >= len(info.class_names)):
         raise UserError(f"data.{cfg.name}: test labels do not match the {len(info.class_names)} "
                         "training classes; use the same class folders in train/ and test/")
@@ -336,19 +425,21 @@ def augmentation(cfg: Config, num_classes: int) -> Augmentation:
 
 
 def make_train_loaders(cfg: Config, device: torch.device,
-                       stats: tuple[list[float], list[float]] | None = None) -> tuple[Loader, Loader, DataInfo]:
+                       stats: tuple[list[float], list[float]] | None = None
+                       ) -> tuple[Loader | StreamLoader, Loader | StreamLoader, DataInfo]:
     """Shuffled training and fixed-order validation loaders, and the data info stored in checkpoints.
 
     stats: the (mean, std) to normalise with, e.g. the pretrained weights' (averaged over channels when
     their channel count differs, e.g. ImageNet's for grey images); None = the train split's."""
     info = describe(cfg.data)
     images, labels = load_split(cfg.data, "train")
+    if isinstance(images, Stream):
+        return stream_loaders(cfg, images, info, stats, device)
     train_idx, val_idx = train_val_split(labels, cfg.data.val_fraction, cfg.run.seed, cfg.data.folds, cfg.data.fold)
     if stats is None:
         norm = normalisation(cfg, images, train_idx)
         stats = norm["mean"], norm["std"]
-    if len(stats[0]) != info.in_channels:
-        stats = tuple([sum(values) / len(values)] * info.in_channels for values in stats)
+    stats = per_channel(stats, info.in_channels)
     counts = label_counts(labels[train_idx], len(info.class_names)).tolist()
     info = replace(info, mean=stats[0], std=stats[1], class_counts=counts, held_out=held_out_names(cfg.data))
     note_small_val(labels[val_idx], info.class_names, cfg.data.val_fraction)
@@ -365,6 +456,29 @@ def make_train_loaders(cfg: Config, device: torch.device,
     return train_loader, val_loader, info
 
 
+def per_channel(stats: tuple[list[float], list[float]], channels: int) -> tuple[list[float], list[float]]:
+    """(mean, std) for the data's channels: averaged over theirs when the count differs (ImageNet's for grey)."""
+    if len(stats[0]) == channels:
+        return stats
+    return tuple([sum(values) / len(values)] * channels for values in stats)
+
+
+def stream_loaders(cfg: Config, train: Stream, info: DataInfo, stats: tuple[list[float], list[float]] | None,
+                   device: torch.device) -> tuple[StreamLoader, StreamLoader, DataInfo]:
+    """make_train_loaders for a stream (shards): its source describes the train split's statistics and class
+    counts and holds the validation split."""
+    mean, std = per_channel(stats or (info.mean, info.std), info.in_channels)
+    info = replace(info, mean=mean, std=std)
+    check_crop(cfg.data, info.image_size)
+    val, _ = load_split(cfg.data, "val")
+    workers = num_workers(cfg.data)
+    shuffled = Batching(cfg.train.batch_size, cfg.run.seed, augmentation(cfg, len(info.class_names)), workers)
+    train_loader = StreamLoader(train, shuffled, info, device)
+    len(train_loader)  # a batch size over the split, or fewer shards than processes: refused before any work
+    val_loader = StreamLoader(val, Batching(eval_batch_size(cfg.train, device), num_workers=workers), info, device)
+    return train_loader, val_loader, info
+
+
 FEW_VAL_IMAGES = 5  # per class: below this, validation accuracy moves in steps too coarse to pick best.pt by
 
 
@@ -372,10 +486,9 @@ def note_small_val(val_labels: torch.Tensor, class_names: list[str], fraction: f
     """A note when the validation split has fewer than a handful of images of some class."""
     counts = label_counts(val_labels, len(class_names))
     if int(counts.min()) < FEW_VAL_IMAGES:
-        fewest = int(counts.min())
-        print(f"note: the validation split has only {fewest} image{'' if fewest == 1 else 's'} of class "
-              f"{class_names[int(counts.argmin())]} ({len(val_labels)} in all), too few to pick best.pt reliably; "
-              f"raise data.val_fraction (now {fraction})")
+        fewest, name = int(counts.min()), printable(class_names[int(counts.argmin())])
+        print(f"note: the validation split has only {fewest} image{'' if fewest == 1 else 's'} of class {name} "
+              f"({len(val_labels)} in all), too few to pick best.pt reliably; raise data.val_fraction (now {fraction})")
 
 
 def label_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

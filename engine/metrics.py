@@ -107,7 +107,8 @@ def evaluate_checkpoint(path: Path, device: torch.device, split: str = "test", b
     (or the one given): (checkpoint, loader, results)."""
     ckpt = load_checkpoint(path)
     cfg = config_of(ckpt)
-    model, info = with_tta(model_from_checkpoint(ckpt, device), tta or cfg.train.tta), data_of(ckpt)
+    info = data_of(ckpt)
+    model = with_tta(model_from_checkpoint(ckpt, device), tta or cfg.train.tta, info.multilabel)
     loader = make_eval_loader(cfg, info, split, batch_size or eval_batch_size(cfg.train, device), device)
     if info.multilabel:  # at the thresholds chosen on validation, stored in the checkpoint
         return ckpt, loader, evaluate_multilabel(model, loader, device, trained_dtype(ckpt, device),

@@ -14,6 +14,7 @@ from torch import nn
 
 from engine.devices import autocast
 from engine.distributed import all_reduce_sum, gather
+from engine.escape import printable
 from engine.losses import bce
 
 
@@ -103,5 +104,5 @@ def print_report(report: dict) -> None:
     print(f"{'label':<16}{'AP':>8}{'F1':>8}{'precision':>11}{'recall':>8}{'threshold':>11}{'support':>9}")
     for row in report["per_label"]:
         ap = "-" if row["ap"] is None else f"{100 * row['ap']:.2f}%"
-        print(f"{row['class'][:15]:<16}{ap:>8}{100 * row['f1']:>7.2f}%{100 * row['precision']:>10.2f}%"
+        print(f"{printable(row['class'])[:15]:<16}{ap:>8}{100 * row['f1']:>7.2f}%{100 * row['precision']:>10.2f}%"
               f"{100 * row['recall']:>7.2f}%{row['threshold']:>11.3f}{row['support']:>9}")

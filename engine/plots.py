@@ -21,6 +21,7 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
+    matplotlib.rcParams["text.parse_math"] = False  # a $ in a class name is a $, not TeX (which could fail to parse)
     import matplotlib.pyplot
 
     return matplotlib.pyplot

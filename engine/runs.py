@@ -2,7 +2,6 @@
 the files that record each epoch (metrics.csv, curves.png, the epoch line).
 """
 import contextlib
-import csv
 import itertools
 import os
 import shutil
@@ -20,16 +19,16 @@ from engine import distributed
 from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
 from engine.columns import csv_columns
 from engine.config import (Config, RunConfig, apply_override, changed_keys, config_from_dict, flatten, load_config,
-                           to_dict, to_yaml, with_defaults)
+                           read_config, to_dict, to_yaml, with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
 from engine.entry import stopped_by
-from engine.errors import UserError, printable, shown
+from engine.errors import UserError, shown
+from engine.escape import CsvWriter, printable
 from engine.loaders import Loader
 from engine.optim import FIXED_SCHEDULES
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
-from engine.yamlfile import read_yaml
 
 
 # Keys a resumed run may change; anything else would make it a different experiment.
@@ -118,7 +117,7 @@ def config_edits(ckpt: dict, run_dir: Path, overrides: list[str]) -> list[str]:
     if not (run_dir / "config.yaml").is_file():
         return []
     try:
-        saved = read_yaml(run_dir / "config.yaml")
+        saved = read_config(run_dir / "config.yaml")
     except UserError:
         saved = None
     if not isinstance(saved, dict):
@@ -169,7 +168,7 @@ def to_resume(resume: str, config: str | None, overrides: list[str]) -> tuple[Co
                             "first file was written, so there is nothing to resume; start the run again with "
                             "the same command (the folder is reused)")
         print(f"note: {path.parent} has no completed epoch yet; starting it again from its config.yaml")
-        return overridden(read_yaml(path.parent / "config.yaml"), overrides), None, path.parent
+        return overridden(read_config(path.parent / "config.yaml"), overrides), None, path.parent
     if distributed.is_torchrun() and not path.is_file():
         raise UserError(f"rank {os.environ['RANK']} cannot find {path}: under torchrun on several machines "
                         "run.output_dir must be storage that every machine sees (e.g. NFS)")
@@ -197,9 +196,8 @@ def last_state(run_dir: Path) -> Path:
         print(f"note: {run_dir} has no last.pt; its best.pt holds its one epoch, continuing from it")
         return best
     continue_from = best if best.is_file() else run_dir / run_checkpoints(run_dir)[0]
-    raise UserError(f"{run_dir} holds {', '.join(described)} but no last.pt, so --resume will not start it again "
-                    f"over them; continue from that checkpoint with python train.py --resume {continue_from}, or "
-                    "start a new run")
+    raise UserError(f"{run_dir} holds {', '.join(described)} but no last.pt; continue from it with "
+                    f"python train.py --resume {continue_from}, or start a new run")
 
 
 CURVES_SECONDS = 5  # curves.png is redrawn at most this often, and after the last epoch: drawing takes ~0.15 s,
@@ -210,10 +208,11 @@ def write_metrics(history: list[dict], run_dir: Path, is_last: bool = True) -> N
     """metrics.csv, rewritten from the full history every epoch, and curves.png when it is CURVES_SECONDS old.
 
     The columns are every row's: epochs resumed from a build with other metrics leave the columns they lack empty."""
+    columns = csv_columns(history)
     with replacing(run_dir / "metrics.csv", binary=False) as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns(history), restval="")
-        writer.writeheader()
-        writer.writerows(history)
+        writer = CsvWriter(f)
+        writer.writerow(columns)
+        writer.writerows([row.get(column, "") for column in columns] for row in history)
     curves = run_dir / "curves.png"
     if is_last or not curves.is_file() or time.time() - curves.stat().st_mtime >= CURVES_SECONDS:
         plot_curves(history, curves)
@@ -251,7 +250,7 @@ def requeued_run(cfg: Config) -> Path | None:
 def requeue_overrides(cfg: Config, run_dir: Path, overrides: list[str]) -> list[str]:
     """The command's overrides that a resumed run may change; any other must agree with the run's config."""
     try:
-        saved = flatten(to_dict(config_from_dict(with_defaults(read_yaml(run_dir / "config.yaml")))))
+        saved = flatten(to_dict(config_from_dict(with_defaults(read_config(run_dir / "config.yaml")))))
     except (UserError, AttributeError, TypeError):  # no or no valid config.yaml: --resume names what it holds
         return [text for text in overrides if text.partition("=")[0] in RESUMABLE]
     ours = flatten(to_dict(cfg))
@@ -269,7 +268,7 @@ def header(cfg: Config, info: DataInfo, model: nn.Module, run_dir: Path, loaders
     (train_loader, val_loader), world = loaders, rank_and_world()[1]
     parameters = sum(p.numel() for p in model.parameters())
     return (f"device: {train_loader.device}{f' x {world} processes' if world > 1 else ''}\n"
-            f"data: {cfg.data.name}, {len(train_loader.labels)} train / {len(val_loader.labels)} val images "
+            f"data: {cfg.data.name}, {train_loader.num_images} train / {val_loader.num_images} val images "
             f"of {info.in_channels}x{info.image_size}x{info.image_size}, {len(info.class_names)} classes\n"
             f"model: {cfg.model.name}, {parameters:,} parameters\n"
             f"changed from config.yaml: {' '.join(changed_keys(cfg)) or 'none'}\n"

@@ -5,7 +5,9 @@ leaves either the old file or the new one. A write that fails (disk full, read-o
 long) becomes one StorageError naming the file. A run folder has one writer at a time (RunLock).
 """
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -43,10 +45,34 @@ def crash_point(name: str, point: str) -> None:
 
 
 def write_failure(path: Path, err: BaseException) -> StorageError:
-    """The one message for a file that could not be written."""
-    reason = err.strerror if isinstance(err, OSError) and err.strerror else "the disk is full or the write failed"
+    """The one message for a file that could not be written: the file as given and the system's reason (torch.save
+    reports a full disk as a RuntimeError without one: then the free space on the folder's disk tells)."""
+    if isinstance(err, OSError) and err.strerror:
+        reason = err.strerror
+    else:
+        try:
+            full = shutil.disk_usage(path.parent).free < FULL_BYTES
+        except OSError:
+            full = False
+        said = str(err).strip().splitlines()[0][:80] if str(err).strip() else type(err).__name__
+        reason = os.strerror(errno.ENOSPC) if full else f"the write failed: {said}"
     return StorageError(f"could not write {path} ({reason}); free some space or choose a writable folder; "
                         "files already there are intact")
+
+
+FULL_BYTES = 1 << 20  # free space below which a write that failed without a reason is taken for a full disk
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Any write failure in the block (an OSError, which a write() raises without a file name, or torch's
+    RuntimeError) becomes one StorageError naming path."""
+    try:
+        yield
+    except BaseException as err:
+        if is_write_failure(err):
+            raise write_failure(Path(path), err) from None
+        raise
 
 
 def is_write_failure(err: BaseException) -> bool:
@@ -70,10 +96,11 @@ def replacing(path: str | Path, binary: bool = True) -> Iterator[IO]:
         os.replace(tmp, path)
         crash_point(path.name, "replaced")
     except BaseException as err:  # includes Ctrl-C: never leave a half-written temporary file behind
+        failure = write_failure(path, err) if is_write_failure(err) else None  # the disk as it was full
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if is_write_failure(err):
-            raise write_failure(path, err) from None
+        if failure is not None:
+            raise failure from None
         raise
 
 
@@ -158,8 +185,13 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        try:
+            with writing(self.path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        except StorageError:
+            os.close(fd)
+            raise
         self.fd = fd
         return self
 

@@ -11,7 +11,7 @@ from engine.errors import UserError
 
 
 class UniqueKeys:
-    """For PyYAML's safe loader: a key given twice in one mapping is an error, not the last value."""
+    """For PyYAML's safe loaders: a key given twice in one mapping is an error, not the last value."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
@@ -25,13 +25,23 @@ class UniqueKeys:
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """PyYAML's node, which also keeps its anchor (&name): `key: &x` leaves key empty, and that is named."""
+        event = self.peek_event()
+        anchor = None if isinstance(event, yaml.AliasEvent) else getattr(event, "anchor", None)
+        node = super().compose_node(parent, index)
+        if anchor is not None:
+            node.anchor = anchor
+        return node
+
 
 class UniqueKeyLoader(UniqueKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """libyaml's parser where PyYAML has it (15x faster than PyYAML's own)."""
+    """libyaml's parser where PyYAML has it, 15x faster than PyYAML's own: for documents read as plain data."""
 
 
 class ExplainingLoader(UniqueKeys, yaml.SafeLoader):
-    """PyYAML's own parser: on an error, its line is where the problem is (libyaml's can be the end of the text)."""
+    """PyYAML's own parser, for what libyaml's does not give: each value's text as written and its anchor
+    (scalar_nodes, text_of), and on an error the line where the problem is (libyaml's can be the text's end)."""
 
 
 
@@ -75,28 +85,55 @@ def check_depth(text: str, where: str) -> None:
 
 
 
-def load_yaml(text: str, where: str, loader_class: type = UniqueKeyLoader) -> Any:
-    """yaml.load with unique keys, refusing a document whose aliases expand beyond YAML_NODES_MAX values."""
+def load_yaml(text: str, where: str, written: dict[str, yaml.ScalarNode] | None = None) -> Any:
+    """yaml.load with unique keys, refusing a document whose aliases expand beyond YAML_NODES_MAX values;
+    written, if given, receives scalar_nodes() of the document."""
     check_depth(text, where)
-    loader = loader_class(text)
+    loader = UniqueKeyLoader(text) if written is None else ExplainingLoader(text)
     try:
         node = loader.get_single_node()
         if node is not None and expanded_size(node, YAML_NODES_MAX, {}) > YAML_NODES_MAX:
             raise UserError(f"{where} holds more than {YAML_NODES_MAX:,} values once its aliases (*name) are "
                             "expanded; a config needs a few hundred at most")
+        if node is not None and written is not None:
+            written.update(scalar_nodes(node))
         return None if node is None else loader.construct_document(node)
     finally:
         loader.dispose()
 
 
+def scalar_nodes(node: yaml.Node, prefix: str = "") -> dict[str, yaml.ScalarNode]:
+    """Dotted key (list items by index: log.hooks.0) -> the node of each scalar value: its text as written
+    (node.value), its style (None plain, ' or " quoted, | or > a block) and the type YAML gave it (node.tag)."""
+    if isinstance(node, yaml.ScalarNode):
+        return {prefix: node}
+    pairs = node.value if isinstance(node, yaml.MappingNode) else enumerate(node.value)
+    found = {}
+    for key, child in pairs:
+        name = str(key.value if isinstance(key, yaml.Node) else key)
+        found.update(scalar_nodes(child, f"{prefix}.{name}" if prefix else name))
+    return found
 
-def parse_yaml(text: str, where: str) -> Any:
-    """YAML text -> plain data; where names the file or override in messages."""
+
+
+def text_of(node: yaml.ScalarNode) -> str:
+    """A scalar as its document writes it: `&x` for an anchor with no value, a block scalar's first line (|-)."""
+    start, end = node.start_mark, node.end_mark
+    if start is None or start.buffer is None:
+        return node.value
+    text = start.buffer[start.pointer:end.pointer]
+    return text.split("\n")[0].split(" #")[0].strip() if node.style in ("|", ">") else text
+
+
+def parse_yaml(text: str, where: str, written: dict[str, yaml.ScalarNode] | None = None) -> Any:
+    """YAML text -> plain data; where names the file or override in messages; written: as load_yaml's."""
     try:
         try:
-            return load_yaml(text, where)
+            return load_yaml(text, where, written)
         except yaml.YAMLError:
-            return load_yaml(text, where, ExplainingLoader)  # the same error, with the line where it is
+            if written is not None:
+                raise
+            return load_yaml(text, where, {})  # PyYAML's parser: the same error, with the line where it is
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -108,7 +145,8 @@ def parse_yaml(text: str, where: str) -> Any:
 
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, written: dict[str, yaml.ScalarNode] | None = None) -> Any:
+    """A YAML file -> plain data, or one UserError naming the file; written: as load_yaml's."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass an existing file with --config")
@@ -118,7 +156,7 @@ def read_yaml(path: str | Path) -> Any:
         raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:
         raise UserError(f"config file {path} cannot be read ({err.strerror}); check its permissions") from None
-    raw = parse_yaml(text, f"config file {path}")
+    raw = parse_yaml(text, f"config file {path}", written)
     if raw is None:
         raise UserError(f"config file {path} is empty; start from a copy of config.yaml")
     return raw

@@ -1,10 +1,13 @@
 """Device choice, CUDA and torchrun plumbing, checked on the CPU by simulating devices and ranks;
 the gpu-marked tests run the real thing where a CUDA device exists."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from conftest import ROOT
 from engine import devices, distributed, runs
 from engine.checkpoint import load_checkpoint
 from engine.datasets import DataInfo
@@ -17,6 +20,33 @@ from engine.optim import make_optimizer
 import train as train_module
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("affinity, cpu_max, ranks, threads", [
+    ({0, 1}, None, 1, 2), ({0, 1, 2, 3}, "max 100000", 1, 4), ({0, 1, 2, 3}, "150000 100000", 1, 1),
+    ({0, 1, 2, 3}, "250000 100000", 1, 2), (set(range(16)), None, 4, 4), ({0}, "50000 100000", 2, 1),
+])
+def test_auto_threads_are_the_cpus_this_process_may_use(monkeypatch, tmp_path, affinity, cpu_max, ranks, threads):
+    """Its affinity mask (taskset, Slurm), a cgroup's quota (docker --cpus), shared by torchrun's local ranks."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: affinity)
+    real_path = devices.Path
+    cgroup = tmp_path / "cpu.max"
+    if cpu_max:
+        cgroup.write_text(cpu_max + "\n")
+    monkeypatch.setattr(devices, "Path", lambda p: cgroup if p == "/sys/fs/cgroup/cpu.max" else real_path(p))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    assert devices.thread_count("auto")[0] == threads
+    assert devices.thread_count(3) == (3, "as configured")
+
+
+def test_scripts_make_openmp_threads_sleep_while_they_wait():
+    """OMP_WAIT_POLICY=PASSIVE (unless the user set one) before torch loads OpenMP: engine/__init__.py sets it and
+    train.py and test.py import engine first."""
+    code = ("import sys, os, train, test; order = list(sys.modules); "
+            "print(os.environ['OMP_WAIT_POLICY'], order.index('engine') < order.index('torch'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert found.stdout.split() == ["PASSIVE", "True"], found.stderr
 
 
 def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch):

@@ -20,8 +20,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# Paths a document may name that need not exist in the repository.
-GENERATED = ("checkpoints/", ".venv/", "data/cache/", "data/MNIST/", "data/hf/")  # written at run time, ignored by git
+# Paths a document may name that need not exist in the repository: written at run time, ignored by git.
+GENERATED = ("checkpoints/", ".venv/", "data/cache/", "data/MNIST/", "data/hf/", "data/shards/")
 OUTSIDE = ("../shared/",)  # the shared data sets beside the checkout
 PLACEHOLDER = re.compile(r"<[^>]*>|^my_")  # checkpoints/<run>, my_photos/train/..., my_images/
 MODULES = {"pytest", "venv"}  # what `python -m` may run

@@ -11,7 +11,7 @@ import test as test_script
 import train as train_module
 
 
-def test_ema_weights_are_the_average_of_the_trained_weights_every_n_steps(tiny_cfg, monkeypatch):
+def test_ema_weights_are_the_warmed_up_average_of_the_trained_weights_every_n_steps(tiny_cfg, monkeypatch):
     decay, every = 0.8, 3
     seen, last = [], {}  # the weights at each update of the average, and after the last step, copied
     real_update = ema.update
@@ -27,8 +27,9 @@ def test_ema_weights_are_the_average_of_the_trained_weights_every_n_steps(tiny_c
     steps = int(ckpt["scheduler"]["last_epoch"])  # the schedule steps once per batch
     assert ckpt["ema_updates"] == len(seen) == steps // every > 1
     expected = dict(seen[0])  # the first update copies the weights
-    for weights in seen[1:]:
-        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    for t, weights in enumerate(seen[1:], 1):  # the decay warms up: min(decay, (1 + t) / (10 + t))
+        d = min(decay, (1 + t) / (10 + t))
+        expected = {k: d * expected[k] + (1 - d) * weights[k] for k in expected}
     for key, value in expected.items():  # weights and batch-norm statistics alike
         assert torch.allclose(ckpt["model"][key], value, atol=1e-6), key
     assert all(torch.equal(ckpt["trained_model"][k], last[k]) for k in last)  # kept for --resume

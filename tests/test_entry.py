@@ -57,6 +57,12 @@ INJECTED = {  # name -> (exception, exit status, text the one line holds)
                          "error: photos/b\\nc.png is not a readable image"),
     "worker OSError": (worker_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "gone.png")), 2,
                        "gone.png"),
+    "rename OSError": (OSError(errno.EXDEV, "Invalid cross-device link", "a.tmp", None, "/mnt/a"), 2,
+                       "error: a.tmp -> /mnt/a: Invalid cross-device link"),
+    "OSError of a write() that names no file": (OSError(errno.ENOSPC, "No space left on device"), 2,
+                                                "error: a file could not be written or read: No space left on device"),
+    "network OSError": (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), 2,
+                        "error: Connection refused (ConnectionRefusedError); check the ports and network"),
     "unexpected": (RuntimeError("boom " * 1000), 3, "error: unexpected RuntimeError"),
     "Ctrl-C": (KeyboardInterrupt(), 130, ""),
 }

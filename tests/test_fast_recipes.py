@@ -102,9 +102,10 @@ def test_nesterov_reaches_the_optimizer_and_needs_sgd_with_momentum(tiny_cfg):
     model = build_model(cfg.model, 1, 10, 8)
     step = train_module.make_step(model, None, cfg.train, DataInfo(1, 8, [str(i) for i in range(10)]), None, 10)
     assert step.optimizer.param_groups[0]["nesterov"] is True
-    for bad in (["train.optimizer=adam"], ["train.optimizer=sgd", "train.momentum=0"]):
-        with pytest.raises(UserError, match=r"^train.nesterov: Nesterov momentum needs train.optimizer=sgd and "
-                                            r"train.momentum above 0; set those or train.nesterov=false$"):
+    for bad, needs in ((["train.optimizer=adam"], "train.optimizer=sgd, and train.optimizer is adam"),
+                       (["train.optimizer=sgd", "train.momentum=0"],
+                        "train.momentum above 0, and train.momentum is 0")):
+        with pytest.raises(UserError, match=rf"^train.nesterov=true needs {needs}.*; set .*train.nesterov=false$"):
             tiny_cfg("train.nesterov=true", *bad)
 
 

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY, call_script, copy_run, forked, needs_fork, snapshot, wait_until
-from engine import runs, storage
+from engine import imagefiles, runs, storage
 from engine.checkpoint import load_checkpoint
+from engine.entry import LINE_MAX
 from engine.errors import UserError
 import test as test_script
 from tools import compare
@@ -152,6 +153,57 @@ def test_a_file_name_that_is_too_long_is_one_line(tiny_run, tmp_path):
     assert "(File name too long)" in one_error_line(stderr)
 
 
+NO_SPACE = os.strerror(errno.ENOSPC)
+
+
+def no_space(named: bool):
+    """A write that fails as on a full disk: an OSError with the file's name, or without (as write() raises it)."""
+    def write(*args, **kwargs):
+        raise OSError(errno.ENOSPC, NO_SPACE, *(["elsewhere.tmp"] if named else []))
+    return write
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["unnamed", "named"])
+@pytest.mark.parametrize("point", ["checkpoint", "export onnx", "export pt2"])
+def test_a_full_disk_at_each_write_point_names_the_file_and_the_cause(tiny_run, tmp_path, monkeypatch, point, named):
+    if point == "checkpoint":  # under a long output folder: the line abridges the path, never the cause
+        output = tmp_path / ("d" * 120) / ("e" * 120)
+        monkeypatch.setattr(torch, "save", no_space(named))
+        main, written = train.main, output / "r" / "best.pt"
+        args = [*TINY, "train.epochs=1", "data.cache_dir=", f"run.output_dir={output}", "run.name=r"]
+    else:
+        for extra in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(extra)
+        from tools import export
+        copy_run(tiny_run, tmp_path)
+        if point == "export onnx":
+            monkeypatch.setattr(torch.onnx.ONNXProgram, "save", no_space(named))
+        else:
+            monkeypatch.setattr(torch.export, "save", no_space(named))
+        main, written = export.main, Path("checkpoints", "r", "model.onnx" if point == "export onnx" else "model.pt2")
+        args = ["checkpoints/r", "--no-verify"]
+    code, _, stderr = call_script(main, *args, cwd=tmp_path)
+    assert code == 2
+    line = one_error_line(stderr)
+    assert len(line) <= LINE_MAX and f"{str(written)[-40:]} ({NO_SPACE}); free some space" in line, line
+    assert line.startswith(f"error: could not write {str(written)[:20]}")
+
+
+@pytest.mark.parametrize("reader", ["image", "checkpoint"])
+def test_a_file_the_system_will_not_read_is_named_with_its_reason(tiny_run, tmp_path, monkeypatch, reader):
+    copy_run(tiny_run, tmp_path)
+    image(tmp_path / "digit.png")
+    refused = OSError(errno.EIO, os.strerror(errno.EIO), "where the system failed")
+    if reader == "image":  # as root in CI a chmod 000 file stays readable: the refusal is injected
+        monkeypatch.setattr(imagefiles.Image, "open", lambda *args, **kwargs: (_ for _ in ()).throw(refused))
+        expected, status = "digit.png cannot be read (Input/output error)", 1
+    else:
+        monkeypatch.setattr(torch, "load", lambda *args, **kwargs: (_ for _ in ()).throw(refused))
+        expected, status = "checkpoint checkpoints/r/best.pt cannot be read (Input/output error)", 2
+    code, _, stderr = call_script(test_script.main, "checkpoints/r", "--predict", "digit.png", cwd=tmp_path)
+    assert code == status and expected in one_error_line(stderr)
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str):
     """A small tmpfs at path: a real file system that fills up; skips where mount is not allowed."""
@@ -275,7 +327,10 @@ def test_kill_9_at_every_write_then_resume_ends_with_every_file(tmp_path, one_th
 
     left = sorted(path.name.split(".")[0] for path in run_dir.glob("*.tmp"))  # kill -9 between write and rename
     assert point.startswith("random") or left == ([point.split(".")[0]] if point.endswith(":written:1") else []), left
-    code, out, err = call_script(train.main, "--resume", str(run_dir), cwd=tmp_path)
+    if not run_dir.exists():  # a random kill while the config was still being read: no folder, nothing written
+        code, out, err = call_script(train.main, *args, cwd=tmp_path)
+    else:
+        code, out, err = call_script(train.main, "--resume", str(run_dir), cwd=tmp_path)
     if left and (run_dir / "config.yaml").exists():  # the next --resume removes it, and says so
         assert f"note: removed {left[0]}." in out, out
     if not (run_dir / "config.yaml").exists():  # killed before the run's first file: nothing to resume ...

@@ -14,7 +14,6 @@ from PIL import Image
 
 from conftest import ROOT, TINY, call_script
 from engine.checkpoint import data_of, load_checkpoint, model_from_checkpoint
-from engine.datasets import describe
 from engine.errors import UserError
 from engine.imagefiles import NO_LABEL, above_thresholds, read_inputs, report_labels
 from engine.loaders import Batching, Loader
@@ -177,19 +176,48 @@ def test_demo_shows_the_labels_above_threshold(multilabel_run):
 
 def test_options_that_do_not_apply_to_multilabel_are_one_line(multilabel_export):
     root = multilabel_export[1].parents[2]
-    for main, args, says in ((export.main, ["checkpoints/m", "--tta", "flip"], "--tta flip averages softmax"),
-                             (export.main, ["checkpoints/m", "--int8"], "--int8 is checked by top-1 accuracy"),
+    single = "needs single-label data (one class per image), and this model is multi-label"
+    for main, args, says in ((export.main, ["checkpoints/m", "--int8"], f"--int8 {single}"),
                              (predict_onnx.main, ["checkpoints/m/model.onnx", "img/0.png", "--min-confidence", "0.9"],
                               "--min-confidence does not apply to a multi-label model"),
                              (test_script.main, ["checkpoints/m", "--predict", "img/0.png", "--min-confidence", "0.9"],
-                              "--min-confidence does not apply to a multi-label model")):
+                              f"--min-confidence {single}"),
+                             (test_script.main, ["checkpoints/m", "--calibrate"], f"--calibrate {single}")):
         code, out, err = call_script(main, *args, cwd=root)
         assert code == 2 and err.startswith(f"error: {says}") and err.count("\n") == 1, (args, err)
 
 
+def test_multilabel_tta_averages_sigmoids_in_test_py_and_the_export(multilabel_export, tmp_path):
+    """Each label's probability is the mean of its sigmoids over the views, in test.py's report and in the exported
+    graph (whose own check compares it with PyTorch's), never a softmax across labels."""
+    import onnxruntime
+
+    root, ckpt = multilabel_export[1].parents[2], multilabel_export[0]
+    model = model_from_checkpoint(ckpt, CPU).eval()
+    images = torch.from_numpy(read_inputs([str(root / "img" / f"{i}.png") for i in range(60)], 3, 8)[1])
+    batch = next(iter(Loader(images, torch.zeros(len(images), 3), Batching(64), data_of(ckpt), CPU)))[0]
+    with torch.inference_mode():
+        expected = (model(batch).sigmoid() + model(batch.flip(-1)).sigmoid()) / 2  # (60, 3)
+    run_dir = tmp_path / "m"
+    __import__("shutil").copytree(root / "checkpoints" / "m", run_dir)
+    onnx_path, _ = export.export(run_dir / "best.pt", tta="flip")
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected.numpy()).max() < 1e-5
+    code, out, err = call_script(test_script.main, str(run_dir), "--tta", "flip", cwd=root)
+    assert code == 0, err
+    report = json.loads((run_dir / "test_report.json").read_text())
+    probs = expected[45:].double()  # the test split: images 45..59
+    targets = torch.tensor([[name in row[1].split() for name in ("blue", "green", "red")] for row in (
+        list(csv.reader(open(root / "train.csv")))[1:])])[45:].double()
+    assert report["map"] == pytest.approx(sum(average_precision(probs[:, k], targets[:, k]) for k in range(3)) / 3,
+                                          abs=1e-5)
+
+
 def test_multilabel_needs_a_csv_with_a_test_split(tiny_cfg, tmp_path):
-    with pytest.raises(UserError, match="data.multilabel needs data.name=csv"):
-        describe(tiny_cfg("data.multilabel=true").data)
+    with pytest.raises(UserError, match="data.multilabel=true needs a data source that reads label sets"):
+        tiny_cfg("data.multilabel=true")
+    with pytest.raises(UserError, match="data.multilabel=true needs data.sampler=shuffle"):
+        tiny_cfg("data.multilabel=true", "data.name=csv", "data.sampler=balanced")
 
 
 def test_an_image_with_no_label_above_threshold_says_so(capsys):

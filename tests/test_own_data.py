@@ -111,7 +111,7 @@ def test_bad_csv_rows_are_named(tiny_cfg, tmp_path, header, rows, test_rows, mes
 
 def test_csv_without_a_test_split_or_with_a_bad_split_value_says_what_to_do(tiny_cfg, tmp_path):
     bad_csv(tmp_path)
-    with pytest.raises(UserError, match="has no test split; set data.test_labels .* or .* data.test_fraction"):
+    with pytest.raises(UserError, match="has no test split .*; set data.test_labels .* or .* data.test_fraction"):
         describe(csv_cfg(tiny_cfg, tmp_path).data)
     write_csv(tmp_path / "train.csv", ("file", "label", "split"), [(*GOOD[0], "valid"), (*GOOD[1], "train")])
     with pytest.raises(UserError, match="split column must be train or test; row 2 has 'valid'"):

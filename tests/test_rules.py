@@ -41,11 +41,11 @@ def run_dir(tiny_run, tmp_path):
 def test_resume_of_a_folder_without_last_pt_refuses_to_start_over_its_best_pt(run_dir, tmp_path):
     (run_dir / "last.pt").unlink()
     before = snapshot(run_dir)
-    code, _, err = call_script(train.main, "--resume", str(run_dir), cwd=tmp_path)
+    code, _, err = call_script(train.main, "--resume", "checkpoints/r", cwd=tmp_path)  # as a user writes it
     assert code == 2
     line = one_error_line(err)
     epoch = torch.load(run_dir / "best.pt", weights_only=True)["epoch"]
-    assert f"holds best.pt (epoch {epoch}) but no last.pt" in line and f"--resume {run_dir / 'best.pt'}" in line
+    assert f"holds best.pt (epoch {epoch}) but no last.pt" in line and "--resume checkpoints/r/best.pt" in line
     assert snapshot(run_dir) == before
 
 

@@ -144,7 +144,7 @@ def test_train_and_test_scripts_end_to_end(tmp_path):
     assert trained.returncode == 0, trained.stderr
     header = trained.stdout.split("epoch ")[0]  # before the first epoch: a short header, not the whole config
     header = "\n".join(line for line in header.splitlines() if not line.startswith("note: ")) + "\n"  # TINY's widths
-    assert "device: cpu" in header and "model: cnn, 1,586 parameters" in header and len(header.splitlines()) <= 6
+    assert "device: cpu" in header and "model: cnn, 1,586 parameters" in header and len(header.splitlines()) <= 7
     assert re.search(r"changed from config.yaml: model.conv_blocks=.* model.hidden=\[16\] train.epochs=2 "
                      r"run.device=cpu\n", header)
     assert "amp: auto -> " in header

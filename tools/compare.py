@@ -12,12 +12,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
 from engine.cli import run_cli  # noqa: E402
 from engine.columns import METRICS, is_validated  # noqa: E402
-from engine.config import flatten  # noqa: E402
+from engine.config import flatten, read_config  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
+from engine.escape import printable  # noqa: E402
 from engine.plots import plot_comparison  # noqa: E402
 from engine.storage import make_folder  # noqa: E402
-from engine.yamlfile import read_yaml  # noqa: E402
 
 IGNORED = {"run.name", "run.output_dir"}  # differ between any two runs without changing the experiment
 
@@ -32,7 +32,7 @@ def read_run(run_dir: Path, column: str) -> tuple[dict[str, str], list[dict]]:
     for name in ("config.yaml", "metrics.csv"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} has no {name}; pass run folders written by train.py")
-    raw = read_yaml(run_dir / "config.yaml")
+    raw = read_config(run_dir / "config.yaml")
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"{run_dir / 'config.yaml'} is not a run's config (a mapping of sections such as data:, "
                         f"model:), got {shown(raw)}; leave this run out or train it again")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                     (metric.column, args.metric.replace("_", " ")))
     for label, history in zip(labels, histories):
         best = max(history, key=lambda row: row[metric.column])
-        print(f"{label}: best val {args.metric.replace('_', ' ')} {100 * best[metric.column]:.2f}% at epoch "
+        print(f"{printable(label)}: best val {args.metric.replace('_', ' ')} {100 * best[metric.column]:.2f}% at epoch "
               f"{int(best['epoch'])}")
     print(f"wrote {output}")
 

@@ -22,17 +22,19 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: runs from any folder
+from engine import needs  # noqa: E402
 from engine.checkpoint import config_of, data_of, load_checkpoint, model_from_checkpoint, temperature_of  # noqa: E402
 from engine.cli import add_checkpoint_arguments, checkpoint_and_config, run_cli  # noqa: E402
-from engine.devices import select_device  # noqa: E402
+from engine.devices import autocast, select_device, trained_dtype  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
 from engine.explain import conv_outputs, grad_cam, overlay  # noqa: E402
-from engine.imagefiles import (DAMAGED, NO_LABEL, NO_MIN_CONFIDENCE, UNKNOWN, above_thresholds,  # noqa: E402
+from engine.imagefiles import (DAMAGED, NO_LABEL, UNKNOWN, above_thresholds,  # noqa: E402
                                min_confidence, to_array)
 from engine.loaders import Batching, Loader  # noqa: E402
 from engine.metrics import TOP_K, evaluate_checkpoint  # noqa: E402
 from engine.plots import plot_maps  # noqa: E402
+from engine.tta import with_tta  # noqa: E402
 
 DISPLAY = 224  # pixels across the Grad-CAM overlay
 
@@ -47,14 +49,14 @@ class Demo:
     max_pixels: int  # bigger uploads are refused before decoding (data.max_pixels)
     temperature: float = 1.0  # the checkpoint's: probabilities are softmax(logits / temperature)
     min_confidence: float | None = None  # below it the verdict is unknown
+    classify: nn.Module | None = None  # model averaged over the run's train.tta views, as test.py; None: model
 
 
 def load_demo(path: Path, device: torch.device, max_pixels: int, min_confidence: float | None = None) -> Demo:
     """The checkpoint's model, and its test accuracy (multi-label: mAP) when the test split is on this machine."""
     ckpt = load_checkpoint(path)
+    needs.check(needs.for_checkpoint(needs.DEMO, ckpt, None, needs.option_names(min_confidence=min_confidence)))
     cfg, temperature, multilabel = config_of(ckpt), temperature_of(ckpt, path), data_of(ckpt).multilabel
-    if multilabel and min_confidence is not None:
-        raise UserError(NO_MIN_CONFIDENCE)
     score = "test mAP" if multilabel else "test accuracy"
     try:
         accuracy = f"{score} {100 * evaluate_checkpoint(path, device)[2]['map' if multilabel else 'accuracy']:.2f}%"
@@ -62,8 +64,9 @@ def load_demo(path: Path, device: torch.device, max_pixels: int, min_confidence:
         accuracy = f"{score} unknown (the test split is not on this machine)"
     title = (f"**{path.parent.name}/{path.name}**: {cfg.model.name} trained on {cfg.data.name} "
              f"(epoch {ckpt['epoch']}), {accuracy}")
-    return Demo(ckpt, model_from_checkpoint(ckpt, device).eval(), title, device, max_pixels, temperature,
-                min_confidence)
+    model = model_from_checkpoint(ckpt, device).eval()
+    return Demo(ckpt, model, title, device, max_pixels, temperature, min_confidence,
+                with_tta(model, cfg.train.tta, multilabel))
 
 
 def open_upload(upload: dict | None, max_pixels: int) -> Image.Image:
@@ -111,9 +114,12 @@ def analyse(demo: Demo, img: Image.Image) -> tuple[dict, np.ndarray, Image.Image
     image = torch.from_numpy(to_array(img, info.in_channels, info.image_size))  # uint8 (C, H, W)
     images, _ = next(iter(Loader(image[None], torch.zeros(1, dtype=torch.int64), Batching(1), info,
                                   demo.device)))
-    heat, probs = grad_cam(demo.model, images, temperature=demo.temperature)  # the argmax of the logits
+    with torch.inference_mode(), autocast(demo.device, trained_dtype(demo.ckpt, demo.device)):
+        logits = (demo.classify or demo.model)(images).float()  # (1, K): as test.py, over the run's views
+    probs = logits.sigmoid() if info.multilabel else (logits / demo.temperature).softmax(1)
+    heat, _ = grad_cam(demo.model, images, probs.argmax(1), demo.temperature)  # of the most probable class
     conv, _, maps = conv_outputs(demo.model, images)[0]
-    scores, verdict = labels_found(demo, images) if info.multilabel else top_classes(demo, probs[0])
+    scores, verdict = labels_found(demo, probs.cpu()) if info.multilabel else top_classes(demo, probs[0].cpu())
     return scores, overlay(image, heat[0], max(1, DISPLAY // image.shape[-1])), feature_map_image(conv, maps), verdict
 
 
@@ -129,11 +135,10 @@ def top_classes(demo: Demo, probs: torch.Tensor) -> tuple[dict, str]:
     return scores, verdict
 
 
-def labels_found(demo: Demo, images: torch.Tensor) -> tuple[dict, str]:
-    """Multi-label: every label at or above its threshold with its sigmoid probability, and the verdict."""
+def labels_found(demo: Demo, probs: torch.Tensor) -> tuple[dict, str]:
+    """Multi-label: every label at or above its threshold with its sigmoid probability (probs (1, K)), and the
+    verdict."""
     info = data_of(demo.ckpt)
-    with torch.inference_mode():
-        probs = demo.model(images).float().sigmoid().cpu()  # (1, K)
     (found,) = above_thresholds(probs, info.thresholds, info.class_names)
     verdict = "labels: " + (", ".join(f"{name} ({100 * p:.1f}%)" for name, p in found) or NO_LABEL)
     return dict(found), verdict

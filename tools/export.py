@@ -40,11 +40,13 @@ from engine.datasets import load_split  # noqa: E402
 from engine.datasource import DataInfo  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.escape import printable  # noqa: E402
 from engine.loaders import (Loader, Normalise, decoded, eval_batch_size, make_eval_loader,  # noqa: E402
                             subset)
-from engine import quantize  # noqa: E402
+from engine import needs, quantize  # noqa: E402
 from engine.metrics import evaluate  # noqa: E402
 from engine.multilabel import evaluate_multilabel  # noqa: E402
+from engine.storage import writing  # noqa: E402
 from engine.tta import VIEWS, with_tta  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -171,7 +173,7 @@ def reference(ckpt: dict, tta: str, temperature: float = 1.0) -> tuple[Loader, d
     computes (test.py evaluates under the run's autocast, e.g. bf16 for run.amp=bf16)."""
     cfg, info = config_of(ckpt), data_of(ckpt)
     loader = make_eval_loader(cfg, info, "test", eval_batch_size(cfg.train, CPU), CPU)
-    model = with_tta(model_from_checkpoint(ckpt, CPU), tta)
+    model = with_tta(model_from_checkpoint(ckpt, CPU), tta, info.multilabel)
     if info.multilabel:  # at the thresholds stored in the checkpoint
         return loader, evaluate_multilabel(model, loader, CPU, thresholds=info.thresholds)
     return loader, evaluate(model, loader, len(info.class_names), CPU, temperature=temperature)
@@ -191,26 +193,29 @@ def export(path: Path, check: bool = True, tta: str = "none", int8: bool = False
     start = time.perf_counter()
     ckpt = load_checkpoint(path)
     info, results, images, temperature = data_of(ckpt), None, None, temperature_of(ckpt, path)
-    if info.multilabel:
-        refuse_for_multilabel(tta, int8)
+    needs.check(needs.for_checkpoint(needs.EXPORT, ckpt, tta, needs.option_names(int8=int8)))  # engine/needs.py
     if check:
         try:
             loader, results = reference(ckpt, tta, temperature)
         except UserError as err:
             raise UserError(f"{err} (needed to check the export; pass --no-verify to skip the check)") from None
-        images = loader.raw_images(torch.arange(len(loader.labels)))  # uint8 (N, C, H, W)
+        images = loader.raw_images(torch.arange(loader.num_images))  # uint8 (N, C, H, W)
     example = torch.zeros(2, info.in_channels, info.image_size, info.image_size, dtype=torch.uint8)
-    program = export_program(deployable(with_tta(model_from_checkpoint(ckpt, CPU), tta), info, temperature), example)
+    model = with_tta(model_from_checkpoint(ckpt, CPU), tta, info.multilabel)
+    program = export_program(deployable(model, info, temperature), example)
     meta = metadata(ckpt, path, results and results["map" if info.multilabel else "accuracy"], tta)
     onnx_path, pt2_path = path.with_name("model.onnx"), path.with_name("model.pt2")
     # Written under temporary names (torch.export.load wants the .pt2 suffix) and renamed once checked.
     tmp = {final: final.with_name(f"{final.stem}.{os.getpid()}.tmp{final.suffix}") for final in (onnx_path, pt2_path)}
     try:
-        write_onnx(program, example, meta, tmp[onnx_path])
-        torch.export.save(program, tmp[pt2_path], extra_files={"metadata.json": json.dumps(meta)})
+        with writing(onnx_path):  # a full disk names the file, not only "No space left on device"
+            write_onnx(program, example, meta, tmp[onnx_path])
+        with writing(pt2_path):
+            torch.export.save(program, tmp[pt2_path], extra_files={"metadata.json": json.dumps(meta)})
         checks = verify(tmp[onnx_path], tmp[pt2_path], images, results) if check else []
         for final, temporary in tmp.items():
-            os.replace(temporary, final)
+            with writing(final):
+                os.replace(temporary, final)
     finally:
         for temporary in tmp.values():
             temporary.unlink(missing_ok=True)
@@ -230,22 +235,12 @@ def print_checks(info: DataInfo, results: dict | None, checks: list[str], num_im
     """The files' input and output, and what the check on the test split found (results None: not checked)."""
     kind, score = ("per-label probabilities", "mAP") if info.multilabel else ("probabilities", "accuracy")
     print(f"input: uint8 images (N, {info.in_channels}, {info.image_size}, {info.image_size}); "
-          f"output: {kind} (N, {len(info.class_names)}); classes: {', '.join(info.class_names)}")
+          f"output: {kind} (N, {len(info.class_names)}); classes: {', '.join(map(printable, info.class_names))}")
     if results is None:
         print("not checked on the test split (--no-verify)")
         return
     print(f"checked on the test split ({num_images} images, PyTorch {score} {100 * results[score.lower()]:.2f}%): "
           + "; ".join(checks))
-
-
-def refuse_for_multilabel(tta: str, int8: bool) -> None:
-    """--tta averages softmax probabilities and --int8 is judged by top-1 accuracy: neither fits per-label sigmoids."""
-    if tta != "none":
-        raise UserError(f"--tta {tta} averages softmax probabilities over views, and a multi-label model's outputs "
-                        "are per-label sigmoids; export it without --tta")
-    if int8:
-        raise UserError("--int8 is checked by top-1 accuracy, which a multi-label model does not have; export it "
-                        "without --int8 (model.onnx is float32)")
 
 
 def calibration_images(ckpt: dict) -> np.ndarray:
@@ -265,7 +260,8 @@ def export_int8(path: Path, ckpt: dict, meta: dict, check: tuple[torch.Tensor, d
     meta["quantization"] = (f"int8, onnxruntime static QDQ, per-channel weights, calibrated on {len(sample)} "
                             f"training images (seed {config_of(ckpt).run.seed})")
     try:
-        quantize.quantize(onnx_path, tmp, sample, meta)
+        with writing(int8_path):
+            quantize.quantize(onnx_path, tmp, sample, meta)
         float_run, int8_run = (quantize.session(p, threads=1) for p in (onnx_path, tmp))
         probs = quantize.probabilities(lambda batch: int8_run.run(None, {"images": batch})[0], images.numpy())
         labels = results["labels"].numpy()
@@ -278,7 +274,8 @@ def export_int8(path: Path, ckpt: dict, meta: dict, check: tuple[torch.Tensor, d
             raise UserError(f"model.int8.onnx was refused: {numbers}; the earlier model.int8.onnx (if any) was "
                             "kept; use the float model.onnx, or raise --max-drop if the loss is acceptable")
         speed = compare_speed(onnx_path, tmp, float_run, int8_run, images.numpy())
-        os.replace(tmp, int8_path)
+        with writing(int8_path):
+            os.replace(tmp, int8_path)
     finally:
         tmp.unlink(missing_ok=True)
     print(f"int8: {int8_path} checked on the test split: {numbers}")

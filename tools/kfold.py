@@ -10,6 +10,7 @@ best validation score (train.best_metric) and test accuracy with their mean ± s
 and written as folds.csv and folds.png. Running the same command again keeps the finished folds and
 continues an interrupted one from its last.pt.
 """
+import io
 import sys
 from pathlib import Path
 
@@ -20,13 +21,13 @@ from engine.card import CARD_NAME, finish_run  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
 from engine.cli import make_parser, positive_int, run_cli  # noqa: E402
 from engine.columns import spread  # noqa: E402
-from engine.config import Config, check_plain_name, flatten, load_config, to_dict  # noqa: E402
+from engine.config import Config, check_plain_name, flatten, load_config, read_config, to_dict  # noqa: E402
 from engine.devices import select_device  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
+from engine.escape import CsvWriter  # noqa: E402
 from engine.metrics import evaluate_checkpoint  # noqa: E402
 from engine.plots import plot_folds  # noqa: E402
 from engine.storage import write_text  # noqa: E402
-from engine.yamlfile import read_yaml  # noqa: E402
 
 
 def run_fold(cfg: Config, run_dir: Path) -> dict:
@@ -48,7 +49,7 @@ def run_fold(cfg: Config, run_dir: Path) -> dict:
 
 def check_same_settings(cfg: Config, run_dir: Path) -> None:
     """A fold folder kept from an earlier command must hold a run of these settings, or the table would mix them."""
-    saved, now = flatten(read_yaml(run_dir / "config.yaml")), flatten(to_dict(cfg))
+    saved, now = flatten(read_config(run_dir / "config.yaml")), flatten(to_dict(cfg))
     differ = [key for key in now if key in saved and saved[key] != now[key]]
     if differ:
         raise UserError(f"{run_dir} was trained with other settings ({differ[0]}: {shown(saved[differ[0]])}, now "
@@ -77,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"fold": k, "val": 100 * best["best_score"], "test": 100 * test["accuracy"],
                      "epoch": best["epoch"]})
     metric = base.train.best_metric
-    lines = [f"fold,val {metric},test accuracy,best epoch"]
-    lines += [f"{row['fold']},{row['val']:.2f},{row['test']:.2f},{row['epoch']}" for row in rows]
-    write_text(folder / "folds.csv", "\n".join(lines) + "\n")
+    table = io.StringIO()
+    CsvWriter(table, lineterminator="\n").writerows([["fold", f"val {metric}", "test accuracy", "best epoch"]] + [
+        [row["fold"], f"{row['val']:.2f}", f"{row['test']:.2f}", row["epoch"]] for row in rows])
+    write_text(folder / "folds.csv", table.getvalue())
     plot_folds(rows, folder / "folds.png", f"{name}: val {metric} and test accuracy per fold")
-    print("\n".join(lines))
+    print(table.getvalue(), end="")
     print(f"val {metric}: {spread([row['val'] for row in rows], 'fold')}")
     print(f"test accuracy: {spread([row['test'] for row in rows], 'fold')}")
     print(f"wrote {folder / 'folds.csv'} and folds.png")

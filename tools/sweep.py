@@ -28,14 +28,15 @@ import train as train_script  # noqa: E402
 from engine.card import finish_run  # noqa: E402
 from engine.cli import positive_int, run_cli  # noqa: E402
 from engine.columns import METRICS, metrics_for  # noqa: E402
-from engine.config import DEFAULT_CONFIG, at_least, build, check_plain_name, load_config, one_of, to_yaml  # noqa: E402
+from engine.config import (DEFAULT_CONFIG, at_least, build, check_plain_name, load_config, one_of,  # noqa: E402
+                           read_config, to_yaml)
 from engine.devices import select_device  # noqa: E402
 from engine.entry import Parser  # noqa: E402
 from engine.errors import UserError, shown  # noqa: E402
+from engine.escape import CsvWriter  # noqa: E402
 from engine.hooks import Hook, as_params, use_store  # noqa: E402
 from engine.runs import finished, what_to_train, yaml_value  # noqa: E402
 from engine.storage import RunFolderInUse, RunLock, make_folder, write_text  # noqa: E402
-from engine.yamlfile import read_yaml  # noqa: E402
 
 SWEEPS_DIR = Path("checkpoints") / "sweeps"  # relative to where the command runs, as run.output_dir is
 
@@ -70,7 +71,7 @@ DEFAULTS = {"config": "", "overrides": [], "metric": "accuracy", "sampler": "tpe
 
 def read_sweep(path: Path) -> tuple[Sweep, dict]:
     """The sweep file checked, and its space as key -> Range or list of choices."""
-    raw = read_yaml(path)
+    raw = read_config(path, Sweep)
     if not isinstance(raw, dict):
         raise UserError(f"sweep file {path} must map keys (name:, space:, ...) to values, got {shown(raw)}")
     space = raw.get("space")
@@ -313,7 +314,7 @@ def report(study, sweep: Sweep, folder: Path) -> None:
                      "seconds": f"{seconds:.1f}", "run": f"{sweep.name}-{t.user_attrs.get('folder', t.number)}"})
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = io.StringIO()
-    csv.DictWriter(table, columns, restval="", lineterminator="\n").writerows([dict(zip(columns, columns)), *rows])
+    CsvWriter(table, lineterminator="\n").writerows([columns, *([row.get(c, "") for c in columns] for row in rows)])
     write_text(folder / "trials.csv", table.getvalue())
     print("".join(f"  {line}\n" for line in table.getvalue().splitlines()), end="")
     if study.best_trials:  # complete ones (a pruned trial's value is its last reported one)
