@@ -12,6 +12,7 @@
 The model is in model.py; run folders, resume, fine-tuning, devices and the checkpoint format are in engine/.
 """
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from engine.columns import METRICS, epoch_line, validation_columns
 from engine.devices import (apply_switches, autocast, no_sync_unless, require_deterministic_cublas, seed_everything,
                             select_device)
 from engine.distributed import all_reduce_sum, broadcast_buffers, is_main, rank_and_world
-from engine.entry import check_interrupted
+from engine.entry import stopped, stops_deferred
 from engine.errors import UserError
 from engine.finetune import load_data, param_groups, setup_model, unfreeze
 from engine.init import initialise
@@ -64,28 +65,31 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
     state = RunState() if resume is None else restore(resume, model, step.optimizer, step.scheduler, step.scaler)
     step.ema = ema.make_ema(model, cfg.train, resume)  # an average of the weights, when train.ema_decay > 0
     # 3. record loss and accuracy: a run folder that this process alone writes into
-    is_new, is_started = run_dir is None, False  # a new run that stops before its first epoch leaves no folder
+    is_new, is_started = run_dir is None, False  # a new run that fails before its first epoch leaves no folder
     cfg, run_dir, lock = runs.take_run_dir(cfg, run_dir, explicit_name)
-    run = Run(cfg, run_dir, model, trained_model, step, info, state, new_layers, hooks)
+    run = Run(cfg, run_dir, model, trained_model, step, info, state, new_layers, hooks, saved_epoch=state.epoch)
     try:
-        print(runs.header(cfg, info, model, run_dir, (train_loader, val_loader)))
-        runs.write_config(cfg, run_dir)
-        for hook in hooks:
-            hook.on_run_start(run)
-        for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
-            run_epoch(run, train_loader, val_loader, epoch)
-            is_started = True
-            if stops_early(cfg.train, run.state):
-                print(f"early stop: no better val {cfg.train.best_metric} for {cfg.train.patience} epochs")
-                break
-            if distributed.from_main(run.stop):  # a hook's stop (rank 0's hooks) ends every process's loop
-                stop_by_hook(run)
-                break
+        with stops_deferred():  # a stop signal ends the run at the end of a batch (torchrun: all at the same one)
+            print(runs.header(cfg, info, model, run_dir, (train_loader, val_loader)))
+            runs.write_config(cfg, run_dir)
+            for hook in hooks:
+                hook.on_run_start(run)
+            for epoch in range(run.state.epoch + 1, cfg.train.epochs + 1):
+                run_epoch(run, train_loader, val_loader, epoch)
+                is_started = True
+                if stops_early(cfg.train, run.state):
+                    print(f"early stop: no better val {cfg.train.best_metric} for {cfg.train.patience} epochs")
+                    break
+                if distributed.from_main(run.stop):  # a hook's stop (rank 0's hooks) ends every process's loop
+                    stop_by_hook(run)
+                    break
+            distributed.check_stopped()  # a stop that came after the last check
         for hook in hooks:
             hook.on_run_end(run)
-    except KeyboardInterrupt:
-        is_started = True  # stopped, not failed: --resume starts it again from its config.yaml
-        runs.say_how_to_continue(run_dir, run.state.epoch)
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt) or stopped():  # a stop, or what it caused (another process gone)
+            is_started = True  # stopped, not failed: the folder is kept, and --resume continues it
+            tell_stopped(run)
         raise
     finally:
         if lock is not None:
@@ -93,6 +97,15 @@ def train(cfg: Config, resume: dict | None = None, run_dir: Path | None = None, 
         if is_new and not is_started:
             runs.remove_unstarted(run_dir)
     return run_dir
+
+
+def tell_stopped(run: "Run") -> None:
+    """After a stop signal: what the run folder holds and the command that continues the run (rank 0), and under
+    Slurm with run.requeue the job requeued when the signal was the early warning (sbatch --signal=USR1@...)."""
+    is_done = run.saved_epoch == run.state.epoch and (
+        run.state.epoch == run.cfg.train.epochs or stops_early(run.cfg.train, run.state))
+    runs.say_how_to_continue(run.run_dir, run.saved_epoch, is_done)
+    runs.requeue_slurm_job(run.cfg.run)
 
 
 def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, float]:
@@ -121,7 +134,7 @@ def train_one_epoch(run: "Run", loader: Loader, epoch: int) -> tuple[float, floa
             optimizer_step(step, model)
             ema.update(step.ema, run.model, (epoch - 1) * per_epoch + math.ceil(batch / accumulate),
                        run.cfg.train.ema_every)
-        check_interrupted()
+        distributed.check_stopped()  # a stop signal ends the run here (torchrun: every process at this batch)
         labels = targets if targets.ndim == 1 else targets.argmax(1)  # MixUp/CutMix: the larger share
         loss_sum += loss.detach().float() * len(labels)
         if step.multilabel:  # data.multilabel: an image counts when every label is right at p >= 0.5
@@ -169,11 +182,13 @@ def run_epoch(run: "Run", train_loader: Loader, val_loader: Loader, epoch: int) 
     improved = is_validated and score > run.state.best_score
     bad_epochs = 0 if improved else run.state.bad_epochs + is_validated  # epochs not validated do not count
     run.state = RunState(epoch, score if improved else run.state.best_score, bad_epochs, run.state.history + [row])
-    save_epoch(run, improved)
-    check_interrupted()
+    with stops_deferred():  # a stop signal waits until the epoch's files are written
+        save_epoch(run, improved)
+    run.saved_epoch = epoch
     for hook in run.hooks:
         hook.on_epoch_end(run, row)
     print(epoch_line(row, run.cfg.train.epochs, improved))
+    distributed.check_stopped()
 
 
 def validate(run: "Run", val_loader: Loader) -> dict:
@@ -243,6 +258,7 @@ class Run:
     new_layers: list[str] | None  # with model.pretrained: the keys that did not come from it; else None
     hooks: list[Hook]  # log.hooks (engine/hooks.py): called at run start, epoch end and run end
     stop: str = ""  # set by a hook's on_epoch_end: the run ends after this epoch as an early stop does (the sweep's pruning)
+    saved_epoch: int = 0  # the epoch last.pt holds (0: none yet)
 
 
 def stops_early(cfg: TrainConfig, state: RunState) -> bool:
@@ -300,7 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         distributed.teardown()
     if show_test:  # one process: best.pt's temperature, test split and model card
-        finish_run(run_dir, cfg, select_device(cfg.run.device))
+        try:
+            finish_run(run_dir, cfg, select_device(cfg.run.device))
+        except KeyboardInterrupt:
+            print(f"\nstopped while testing; training is complete. Test it with: python test.py {run_dir}",
+                  file=sys.stderr)
+            raise
 
 if __name__ == "__main__":
     run_cli(main)

@@ -120,6 +120,7 @@ class RunConfig:
     compile: bool
     cudnn_benchmark: bool
     deterministic: bool
+    requeue: bool
 
 
 @dataclass

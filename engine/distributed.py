@@ -9,7 +9,10 @@ import sys
 import torch
 import torch.distributed as dist
 
+from engine import entry
 from engine.errors import UserError
+
+STOPS = {"group": None}  # the gloo group that agrees on stops (NCCL's collectives need the GPU; this needs none)
 
 
 def is_torchrun() -> bool:
@@ -34,12 +37,19 @@ def setup(device: torch.device) -> torch.device:
     """
     if not is_torchrun() or dist.is_initialized():
         return device
+    # DistributedDataParallel imports torch.distributed.nn.functional, whose functions take group=group.WORLD as a
+    # default: imported after the group exists, they hold it for good, so destroy_process_group cannot free it and
+    # gloo's threads outlive it into the interpreter's exit, where one releasing a tensor aborted rank 1 (SIGABRT,
+    # "terminate called without an active exception") in about one run in ten. Imported first, they hold None.
+    import torch.distributed.nn.functional  # noqa: F401
     if device.type == "cuda":
         device = local_gpu(int(os.environ["LOCAL_RANK"]), torch.cuda.device_count())
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)  # binds the communicator to this GPU at once
+        STOPS["group"] = dist.new_group(backend="gloo")
     else:
         dist.init_process_group("gloo")
+        STOPS["group"] = dist.group.WORLD
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
     return device
@@ -79,8 +89,24 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    STOPS["group"] = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_stopped() -> None:
+    """A point where the run may stop: raise the stop signal this process received, or under torchrun one that
+    any process received, so that every process stops here together (one small all-reduce of the signal
+    numbers on the CPU). Stop signals must be deferred between these points (entry.stops_deferred), or a
+    process would leave while the others wait for it in a collective."""
+    if rank_and_world()[1] == 1 or STOPS["group"] is None:
+        entry.check_interrupted()
+        return
+    signum = torch.tensor([entry.received[-1] if entry.received else 0])
+    dist.all_reduce(signum, dist.ReduceOp.MAX, group=STOPS["group"])
+    if signum.item():  # every process stops with the same signal (another's too: as if this one had it)
+        entry.received.append(int(signum.item()))
+        raise entry.stop_exception(int(signum.item()))
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

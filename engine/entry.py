@@ -4,9 +4,11 @@ stdout has its control characters escaped (EscapedOutput). Free of PyTorch, so t
 tools/predict_onnx.py, which runs where PyTorch is not installed, ends the same way.
 
 Exit statuses, also listed in docs/troubleshooting.md: 0 done, 1 (test.py --predict, predict_onnx.py) some
-files could not be read, 2 a problem with the input or the machine, 3 a bug, 130 Ctrl-C, 143 SIGTERM.
+files could not be read, 2 a problem with the input or the machine, 3 a bug, 128 + the signal's number for a
+stop: 129 SIGHUP, 130 Ctrl-C (SIGINT), 138 SIGUSR1 (Slurm's early warning), 143 SIGTERM.
 """
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -17,34 +19,84 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, NoReturn, TextIO
+from typing import Callable, Iterator, NoReturn, TextIO
 
 from engine.errors import UserError
 from engine.escape import printable
 
 EXIT_USER_ERROR = 2  # a problem with the input or the machine: one `error:` line naming it and the fix
 EXIT_UNEXPECTED = 3  # a bug: one line, and the traceback in a file
-SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# The signals that stop a script, each ending it with 128 + its number as a shell reports a death by it: Ctrl-C,
+# a scheduler's stop (scancel, Kubernetes, torchrun), a closed terminal, and Slurm's early warning (sbatch --signal).
+STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")
+                if hasattr(signal, name)]  # Windows has the first two
 LINE_MAX = 300  # characters of an error line, `error: ` included; messages abbreviate what they quote (errors.shown)
 PATH_SHOWN = 90  # characters a long path (or any long word) keeps in a line over LINE_MAX, then 60, then 30
-received: list[int] = []  # Ctrl-C / SIGTERM seen during this run_cli call
+received: list[int] = []  # stop signals seen during this run_cli call
+handling_pid = [0]  # the process whose run_cli installed on_signal; a forked child (a DataLoader worker) ignores it
+deferring = [0]  # > 0: stop signals are only recorded, and raised at the next check_interrupted
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C but exiting with 143."""
+    """A stop signal other than Ctrl-C (SIGTERM, SIGHUP, SIGUSR1): handled like Ctrl-C, exiting 128 + its number."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_exception(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def exit_status(signum: int) -> int:
+    """128 + the signal's number, as a shell reports a process that the signal killed."""
+    return 128 + signum
 
 
 def on_signal(signum: int, frame) -> None:
-    """Ctrl-C and SIGTERM: remember the signal, then interrupt whatever runs now."""
+    """A stop signal: remember it, then interrupt whatever runs now, unless stops are deferred (a second Ctrl-C
+    interrupts anyway: a person insists; other signals often come twice, from a scheduler and from torchrun)."""
+    if os.getpid() != handling_pid[0]:  # a forked DataLoader worker before its worker_init_fn: its parent decides
+        return
     received.append(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if not deferring[0] or (signum == signal.SIGINT and received.count(signal.SIGINT) > 1):
+        raise stop_exception(signum)
 
 
 def check_interrupted() -> None:
-    """Raise again a Ctrl-C or SIGTERM that was swallowed: an exception raised inside a finalizer or a
-    weakref callback (matplotlib runs many during garbage collection) is printed and dropped by Python."""
+    """Raise a stop signal that was deferred or swallowed (an exception raised inside a finalizer or a weakref
+    callback, which matplotlib runs many of during garbage collection, is printed and dropped by Python)."""
     if received:
-        raise Terminated() if received[-1] == signal.SIGTERM else KeyboardInterrupt()
+        raise stop_exception(received[-1])
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Inside the block a stop signal is only recorded; check_interrupted (or a caller) raises it at a point where
+    stopping leaves everything whole (a batch taken from a worker, an epoch's files written, every torchrun process
+    at the same batch)."""
+    deferring[0] += 1
+    try:
+        yield
+    finally:
+        deferring[0] -= 1
+
+
+def raise_deferred() -> None:
+    """After a deferring block: raise a stop signal that came in it, unless an enclosing block defers it further."""
+    if received and not deferring[0]:
+        raise stop_exception(received[-1])
+
+
+def stopped() -> bool:
+    """Whether a stop signal came during this run_cli call."""
+    return bool(received)
+
+
+def stopped_by() -> int | None:
+    """The stop signal that came last, if any."""
+    return received[-1] if received else None
 
 
 class EscapedOutput:
@@ -163,20 +215,26 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     """Run a script's main on argv (default: the command line) and turn every way it can end into an exit
     status: 0 done (or main's integer result), 2 with one `error:` line for a problem the user can fix (a
     UserError or one of user_errors, also when raised in a DataLoader worker), 3 with one line and a
-    traceback file for a bug, 130 Ctrl-C, 143 SIGTERM."""
+    traceback file for a bug, 128 + the signal's number for a stop (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP,
+    138 SIGUSR1). An exception after a stop signal is the stop's, not a failure: what a stop causes (another
+    torchrun process gone, a closed terminal) ends the script with the stop's status too."""
     received.clear()
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS} if in_main_thread else {}
+    handling_pid[0] = os.getpid()
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS} if in_main_thread else {}
     stdout = sys.stdout
     sys.stdout = escaped = EscapedOutput(stdout)
     try:
         status = main(argv)
     except KeyboardInterrupt as err:
-        sys.exit(143 if isinstance(err, Terminated) else 130)
+        sys.exit(exit_status(err.signum if isinstance(err, Terminated) else received[-1] if received
+                             else signal.SIGINT))
     except BrokenPipeError:  # e.g. `python test.py | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except Exception as err:
+        if received:
+            sys.exit(exit_status(received[-1]))
         fail_for(err, getattr(main, "__module__", "script"), user_errors)
     finally:
         for sig, handler in previous.items():

@@ -5,8 +5,12 @@ Small data sets are decoded once into uint8 tensors and moved to the device once
 memory (data.max_memory_mb) are read per batch by DataLoader workers; streams (shards) are read front to back
 by DataLoader workers (StreamLoader). All look the same to the loop.
 """
+import atexit
 import math
 import os
+import signal
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -17,6 +21,7 @@ from engine.config import Config, DataConfig, TrainConfig
 from engine.datasets import cache_path, check_held_out, describe, held_out_names, load_split
 from engine.datasource import DataInfo, Images, Share, Stream, read_cache, write_cache
 from engine.distributed import is_main, local_main_first, rank_and_world
+from engine.entry import STOP_SIGNALS, raise_deferred, stops_deferred
 from engine.errors import UserError
 from engine.escape import printable
 
@@ -106,6 +111,40 @@ class Batching:
     balanced: bool = False  # with a seed: draw every class equally often (balanced_order) instead of shuffling
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's first act: ignore the stop signals (Ctrl-C, SIGTERM, SIGHUP, SIGUSR1), which a
+    terminal, scancel or Kubernetes sends to the whole process group. The main process stops (and then shuts
+    down) its workers; a worker that died of the signal first would turn the stop into its traceback."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def received_whole(stream: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
+    """The DataLoader's batches, each received whole: a stop signal that comes while the main process takes a batch
+    from a worker (a hand-over of file descriptors) is raised once it has it; interrupted in the middle, the worker's
+    side of the hand-over printed a ConnectionResetError traceback."""
+    batches = iter(stream)
+    while True:
+        with stops_deferred():
+            images = next(batches, None)
+        raise_deferred()
+        if images is None:
+            return
+        yield images
+
+
+STREAMS = weakref.WeakSet()  # every DataLoader with workers, shut down at exit (stop_workers)
+
+
+def stop_workers() -> None:
+    """Shut down the workers of every DataLoader still alive, before multiprocessing's exit handler (atexit runs
+    last-registered first) would send them SIGTERM, which they ignore, and wait for them forever."""
+    for stream in list(STREAMS):
+        iterator = getattr(stream, "_iterator", None)  # persistent workers live in the DataLoader's iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
 class Loader:
     """Batches of normalised float images and targets on the device, from memory or from files.
 
@@ -132,7 +171,12 @@ class Loader:
             self.epoch_batches = EpochBatches()
             self.stream = torch.utils.data.DataLoader(
                 images, batch_sampler=self.epoch_batches, num_workers=batching.num_workers,
-                pin_memory=device.type == "cuda", persistent_workers=batching.num_workers > 0)
+                pin_memory=device.type == "cuda", persistent_workers=batching.num_workers > 0,
+                worker_init_fn=ignore_stop_signals if batching.num_workers else None)
+            if batching.num_workers:
+                STREAMS.add(self.stream)
+                atexit.unregister(stop_workers)  # registered once, and after multiprocessing's handler
+                atexit.register(stop_workers)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -187,7 +231,7 @@ class Loader:
             raw = (self.images[batch] for batch in batches)
         else:
             self.epoch_batches.batches = [batch.tolist() for batch in index_batches]
-            raw = (images.to(self.device, non_blocking=True) for images in self.stream)
+            raw = (images.to(self.device, non_blocking=True) for images in received_whole(self.stream))
         aug = self.batching.augmentation if self.batching.shuffle_seed is not None else None
         generator = None if aug is None else generator_for(self.batching.shuffle_seed, self.epoch, self.rank,
                                                            self.device)

@@ -6,6 +6,8 @@ import difflib
 import itertools
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -17,12 +19,13 @@ from torch import nn
 from engine import distributed
 from engine.checkpoint import load_checkpoint, resolve, run_checkpoints
 from engine.columns import csv_columns
-from engine.config import (DEFAULT_CONFIG, Config, apply_override, changed_keys, config_from_dict, flatten,
-                           load_config, read_config, to_dict, to_yaml, with_defaults)
+from engine.config import (DEFAULT_CONFIG, Config, RunConfig, apply_override, changed_keys, config_from_dict,
+                           flatten, load_config, read_config, to_dict, to_yaml, with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
+from engine.entry import stopped_by
 from engine.errors import UserError, shown
-from engine.escape import CsvWriter
+from engine.escape import CsvWriter, printable
 from engine.loaders import Loader
 from engine.optim import FIXED_SCHEDULES
 from engine.plots import plot_curves
@@ -33,7 +36,7 @@ from engine.yamlfile import parse_yaml, read_yaml
 
 # Keys a resumed run may change; anything else would make it a different experiment.
 RESUMABLE = ("train.epochs", "train.patience", "train.log_interval", "train.eval_batch_size", "run.device",
-             "log.hooks", "log.mlflow_checkpoint")
+             "run.requeue", "log.hooks", "log.mlflow_checkpoint")
 
 
 def claim(run_dir: Path) -> RunLock:
@@ -225,12 +228,45 @@ def what_to_train(resume: str | None, config: str | None,
                   overrides: list[str]) -> tuple[Config, dict | None, Path | None]:
     """train.py's command line -> (config, checkpoint to continue or None, its run folder or None)."""
     if resume is None:
-        return load_config(config, overrides), None, None
+        cfg = load_config(config, overrides)
+        run_dir = requeued_run(cfg)
+        if run_dir is None:
+            return cfg, None, None
+        resume, overrides = str(run_dir), requeue_overrides(cfg, run_dir, overrides)
     cfg, ckpt, run_dir = to_resume(resume, config, overrides)
     if ckpt is not None and not finished(ckpt, cfg):
         print(f"resuming {run_dir}: {ckpt['epoch']} of {cfg.train.epochs} epochs done, continuing with epoch "
               f"{ckpt['epoch'] + 1}")
     return cfg, ckpt, run_dir
+
+
+def requeued_run(cfg: Config) -> Path | None:
+    """With run.requeue and a run.name, the folder of that name when it holds a run (a stopped one, which the
+    same command then continues: a requeued Slurm job runs its first command again); None otherwise. Under
+    torchrun every process decides alike: rank 0 makes a new run's folder only after all have started."""
+    if not (cfg.run.requeue and cfg.run.name):
+        return None
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if not (holds_run(run_dir) or (run_dir / "config.yaml").is_file()):
+        return None
+    print(f"run.requeue: {run_dir} holds this run, stopped before it ended; continuing it (as --resume {run_dir})")
+    return run_dir
+
+
+def requeue_overrides(cfg: Config, run_dir: Path, overrides: list[str]) -> list[str]:
+    """The command's overrides that a resumed run may change; any other must agree with the run's config."""
+    try:
+        saved = flatten(to_dict(config_from_dict(with_defaults(read_config(run_dir / "config.yaml")))))
+    except (UserError, AttributeError, TypeError):  # no or no valid config.yaml: --resume names what it holds
+        return [text for text in overrides if text.partition("=")[0] in RESUMABLE]
+    ours = flatten(to_dict(cfg))
+    given = [text.partition("=")[0] for text in overrides]
+    differ = [key for key in given if key not in RESUMABLE and key in ours and ours[key] != saved.get(key)]
+    if differ:
+        raise UserError(f"run.requeue: {run_dir} holds a run with {differ[0]}={shown(saved.get(differ[0]))}, but "
+                        f"this command sets {shown(ours[differ[0]])}; a run continues with its own settings, so "
+                        "drop the override or pick another run.name")
+    return [text for text in overrides if text.partition("=")[0] in RESUMABLE]
 
 
 def header(cfg: Config, info: DataInfo, model: nn.Module, run_dir: Path, loaders: tuple[Loader, Loader]) -> str:
@@ -273,9 +309,41 @@ def remove_unstarted(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
-def say_how_to_continue(run_dir: Path, epoch: int) -> None:
-    """After Ctrl-C or SIGTERM: where the run stands and the command that continues it."""
-    if is_main():
-        launcher = "torchrun ... train.py" if rank_and_world()[1] > 1 else "python train.py"
-        print(f"\nstopped; {run_dir / 'last.pt'} holds epoch {epoch}. Continue with: {launcher} --resume {run_dir}",
-              file=sys.stderr)
+def say_how_to_continue(run_dir: Path, saved_epoch: int, is_done: bool) -> None:
+    """After a stop signal: what the run folder holds, truly, and the command that continues the run (rank 0).
+    A stop in the middle of an epoch keeps the epochs before it: --resume trains that epoch again from its start."""
+    if not is_main():
+        return
+    launcher = "torchrun ... train.py" if rank_and_world()[1] > 1 else "python train.py"
+    if is_done:
+        text = (f"stopped after the last epoch: training is complete ({run_dir / 'last.pt'} holds epoch "
+                f"{saved_epoch}). Test it with: python test.py {run_dir}")
+    elif saved_epoch:
+        text = (f"stopped in epoch {saved_epoch + 1}; {run_dir / 'last.pt'} holds epoch {saved_epoch}, and epoch "
+                f"{saved_epoch + 1} starts again from its beginning. Continue with: {launcher} --resume {run_dir}")
+    elif (run_dir / "config.yaml").is_file():
+        text = (f"stopped before its first epoch ended: nothing was kept but {run_dir / 'config.yaml'}. "
+                f"Start it again with: {launcher} --resume {run_dir}")
+    else:
+        text = "stopped before its first file was written: nothing was kept. Start it again with the same command"
+    with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot show it
+        print(f"\n{text}", file=sys.stderr)
+
+
+def requeue_slurm_job(cfg: RunConfig) -> None:
+    """Under Slurm with run.requeue, after Slurm's early warning (sbatch --signal=USR1@90): rank 0 puts the job
+    back in the queue (scontrol requeue), and when it starts again the same command continues this run. SIGTERM
+    is not requeued: it is also how scancel cancels a job, and a preempted job is requeued by Slurm itself."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if not (cfg.requeue and job and is_main() and stopped_by() == getattr(signal, "SIGUSR1", None)):
+        return
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        print(f"note: could not requeue Slurm job {job} ({err}); submit it again to continue", file=sys.stderr)
+        return
+    if done.returncode:
+        print(f"note: scontrol requeue {job} failed ({printable(done.stderr.strip()[:200])}); submit the job again "
+              "to continue", file=sys.stderr)
+    else:
+        print(f"requeued Slurm job {job}: when it starts again it continues this run", file=sys.stderr)

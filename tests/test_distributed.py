@@ -1,8 +1,10 @@
-"""Multi-process training with torchrun on CPU (gloo)."""
+"""Multi-process training with torchrun on CPU (gloo): one node, a multi-node world on one machine, stops."""
 import csv
 import json
+import os
 import subprocess
 import sys
+import threading
 
 import torch
 
@@ -10,6 +12,9 @@ from conftest import ROOT, TINY, call_script
 from engine.datasets import DataInfo
 from engine.loaders import Batching, Loader
 import test as test_script
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import multinode  # noqa: E402 (the launcher of benchmarks/multinode.py, whose smallest case runs here)
 
 ARGS = [*TINY, "train.epochs=2", "train.scheduler=step", "train.accumulate=2", "run.name=ddp"]  # accumulate: no_sync
 
@@ -68,3 +73,85 @@ def test_an_error_in_one_process_ends_the_job(tmp_path):
     result = torchrun(*ARGS, cwd=tmp_path, script="tests/helpers/failing_train.py", timeout=600)  # a hang guard
     assert result.returncode != 0
     assert "error: rank 1 failed on purpose in epoch 2" in result.stderr
+
+
+def test_process_group_teardown_ends_gloos_threads(tmp_path):
+    """destroy_process_group must free the group, so that no gloo thread outlives it into the interpreter's exit
+    (rank 1 was aborted there, SIGABRT, in about one run in ten): DistributedDataParallel imports
+    torch.distributed.nn.functional, whose defaults keep the group that exists at its import."""
+    script = """
+import os, sys, torch
+sys.path.insert(0, sys.argv[1])
+from engine import distributed
+device = distributed.setup(torch.device("cpu"))
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+model(torch.ones(2, 2)).sum().backward()
+distributed.barrier()
+del model
+distributed.teardown()
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", [t for t in threads if "gloo" in t], file=sys.stderr)  # rank 1's stdout is /dev/null
+"""
+    (tmp_path / "teardown.py").write_text(script)
+    if not os.path.isdir("/proc/self/task"):
+        return  # the thread names are read from Linux's /proc
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(multinode.free_port())}  # a world of one, as torchrun would start it: no agent to wait for
+    result = subprocess.run([sys.executable, str(tmp_path / "teardown.py"), str(ROOT)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gloo threads left: []" in result.stderr, result.stderr[-3000:]
+
+
+def test_two_nodes_on_one_machine_equal_one_node_and_a_stopped_world_resumes_exactly(tmp_path):
+    """Two torchrun agents, each its own process group, form one world through the c10d rendezvous. Stopped as a
+    scheduler stops a job (SIGTERM to both groups) in epoch 2 and resumed as two agents, the run ends with the
+    metrics of one node running both processes uninterrupted. benchmarks/multinode.py runs bigger worlds."""
+    args = [*multinode.TINY, "train.epochs=2", "run.name=r"]
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    reference = multinode.start_one_node(args, tmp_path / "one", processes=2)
+    agents = multinode.start_nodes(args, tmp_path / "two", nodes=2, per_node=1)
+    stopper = threading.Thread(target=multinode.stop_when, args=(agents, tmp_path / "two/checkpoints/r/last.pt"))
+    stopper.start()  # the one-node run meanwhile: both worlds share the machine's cores
+    stopper.join()
+    multinode.wait_all(agents)
+    err = multinode.outputs(tmp_path / "two")
+    assert "stopped in epoch 2; checkpoints/r/last.pt holds epoch 1" in err, err[-3000:]
+    assert "Continue with: torchrun ... train.py --resume checkpoints/r" in err
+    # torchrun reports the signal with a traceback of its own (SignalException); the training processes show none
+    assert err.count("Traceback") == err.count("elastic.multiprocessing.api.SignalException: Process"), err[-3000:]
+    assert multinode.wait_all([reference]) == [0], multinode.outputs(tmp_path / "one", "one-node")[-3000:]
+
+    resumed = multinode.start_nodes(["--resume", "checkpoints/r"], tmp_path / "two", nodes=2, per_node=1)
+    assert multinode.wait_all(resumed) == [0, 0], multinode.outputs(tmp_path / "two")[-3000:]
+    assert multinode.metrics(tmp_path / "two/checkpoints/r") == multinode.metrics(tmp_path / "one/checkpoints/r")
+    assert [row["epoch"] for row in multinode.metrics(tmp_path / "two/checkpoints/r")] == ["1", "2"]
+
+
+def test_the_slurm_script_starts_one_torchrun_per_node_meeting_on_the_first(tmp_path):
+    """tools/slurm.sbatch under a fake srun (which records its command) and scontrol: the rendezvous on the first
+    node, the job's ID, every node's agent passing on SIGUSR1, the run's fixed name and run.requeue; torchrun's
+    options are ones this PyTorch's torchrun accepts."""
+    from torch.distributed.run import get_args_parser
+
+    (tmp_path / "bin").mkdir()
+    for name, body in {"srun": f'echo "$@" > {tmp_path / "srun.txt"}',
+                       "scontrol": '[ "$1 $2" = "show hostnames" ] && printf "gpu-a\\ngpu-b\\n"'}.items():
+        (tmp_path / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "cnn", "SLURM_GPUS_ON_NODE": "4"}
+    script = ROOT / "tools" / "slurm.sbatch"
+    result = subprocess.run(["bash", str(script), "data.name=cifar10"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    words = (tmp_path / "srun.txt").read_text().split()
+    assert words[:2] == ["--kill-on-bad-exit=1", "torchrun"]
+    torchrun = words[2:words.index("train.py")]
+    assert torchrun == ["--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-a:29500",
+                        "--rdzv-id=77", "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                        "--shutdown-timeout=60"]
+    assert words[words.index("train.py") + 1:] == ["run.name=cnn-77", "run.requeue=true", "data.name=cifar10"]
+    get_args_parser().parse_args([*torchrun, "train.py"])  # exits 2 on an option this torchrun lacks
+    lines = script.read_text().splitlines()
+    assert "#SBATCH --signal=USR1@90" in [line.split("  ")[0].strip() for line in lines]
+    assert "#SBATCH --requeue" in [line.split("  ")[0].strip() for line in lines]

@@ -325,10 +325,14 @@ def test_kill_9_at_every_write_then_resume_ends_with_every_file(tmp_path, one_th
     if not point.startswith("random"):
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{point} was never reached"
 
+    left = sorted(path.name.split(".")[0] for path in run_dir.glob("*.tmp"))  # kill -9 between write and rename
+    assert point.startswith("random") or left == ([point.split(".")[0]] if point.endswith(":written:1") else []), left
     if not run_dir.exists():  # a random kill while the config was still being read: no folder, nothing written
         code, out, err = call_script(train.main, *args, cwd=tmp_path)
     else:
         code, out, err = call_script(train.main, "--resume", str(run_dir), cwd=tmp_path)
+    if left and (run_dir / "config.yaml").exists():  # the next --resume removes it, and says so
+        assert f"note: removed {left[0]}." in out, out
     if not (run_dir / "config.yaml").exists():  # killed before the run's first file: nothing to resume ...
         assert code == 2 and "nothing to resume; start the run again with the same command" in err
         code, out, err = call_script(train.main, *args, cwd=tmp_path)  # ... and the same command starts over
