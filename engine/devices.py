@@ -53,12 +53,15 @@ def has_native_bf16(device: torch.device) -> bool:
 
 
 def thread_count(threads: str | int) -> tuple[int, str]:
-    """run.threads -> PyTorch's intra-op threads (0: its default), and why. auto: the CPUs this process may use,
-    shared among this machine's torchrun ranks. Not the machine's load: the thread count changes the numbers (the
+    """run.threads -> PyTorch's intra-op threads (0: its default), and why. auto: OMP_NUM_THREADS if set, else the
+    CPUs this process may use, shared among this machine's torchrun ranks. Not the machine's load: the thread count changes the numbers (the
     order of float sums), and a run must repeat on the same machine; threads sleep rather than spin while they
     wait (engine/__init__.py), which keeps a busy machine sane (docs/speed.md, benchmarks/busy.py)."""
     if threads != "auto":
         return threads, "as configured"
+    told = os.environ.get("OMP_NUM_THREADS", "")
+    if told.isdigit() and int(told) > 0:  # set by the person, a scheduler or torchrun: theirs to choose
+        return int(told), "OMP_NUM_THREADS"
     cpus = usable_cpus()
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
     return max(1, int(cpus) // ranks), f"{cpus:g} usable CPUs{f' for {ranks} processes' if ranks > 1 else ''}"

@@ -35,8 +35,11 @@ def test_auto_threads_are_the_cpus_this_process_may_use(monkeypatch, tmp_path, a
         cgroup.write_text(cpu_max + "\n")
     monkeypatch.setattr(devices, "Path", lambda p: cgroup if p == "/sys/fs/cgroup/cpu.max" else real_path(p))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    monkeypatch.delenv("OMP_NUM_THREADS")  # the tests set 1
     assert devices.thread_count("auto")[0] == threads
     assert devices.thread_count(3) == (3, "as configured")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a person's or scheduler's choice wins
+    assert devices.thread_count("auto") == (3, "OMP_NUM_THREADS")
 
 
 def test_scripts_make_openmp_threads_sleep_while_they_wait():

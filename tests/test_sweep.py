@@ -3,11 +3,14 @@ import csv
 import importlib.util
 import os
 import signal
+import threading
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import TINY, call_script, forked, needs_fork, wait_until
+from engine import storage
 from engine.config import load_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna") is None,
@@ -84,12 +87,15 @@ def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, change, message):
 
 
 
-def worker(tmp_path, spec: str, name: str) -> int:
-    """tools/sweep.py in a forked child (no second start-up of torch); its output goes to tmp_path/<name>.out|err."""
+def worker(tmp_path, spec: str, name: str, crash_at: str = "") -> int:
+    """tools/sweep.py in a forked child (no second start-up of torch); its output goes to tmp_path/<name>.out|err.
+    crash_at: the child kills itself with SIGKILL there (engine.storage.CRASH_ENV)."""
     import optuna.importance  # noqa: F401 -- imported once here rather than in each child: seconds each
     from tools import sweep
 
     def work():
+        if crash_at:
+            os.environ[storage.CRASH_ENV] = crash_at
         code, out, err = call_script(sweep.main, spec, cwd=tmp_path)
         (tmp_path / f"{name}.out").write_text(out)
         (tmp_path / f"{name}.err").write_text(err)
@@ -116,10 +122,9 @@ def test_a_sweep_stopped_killed_and_finished_by_two_workers_runs_each_trial_once
     err = (tmp_path / "first.err").read_text()
     assert "Traceback" not in err and "the sweep stopped in trial 1; the same command continues it" in err
 
-    pid = worker(tmp_path, spec, "second")
-    wait_until(lambda: (folder / "tiny-3" / "last.pt").exists())  # trial 2 continued tiny-1; trial 3 is new
-    os.kill(pid, signal.SIGKILL)
-    assert exit_code(pid) == -signal.SIGKILL
+    # kill -9 once trial 3's first epoch is saved (trial 2 continues tiny-1 and saves its last.pt once before it)
+    pid = worker(tmp_path, spec, "second", crash_at="last.pt:replaced:2")
+    assert exit_code(pid) == -signal.SIGKILL and (folder / "tiny-3" / "last.pt").is_file()
 
     assert [exit_code(pid) for pid in [worker(tmp_path, spec, "third"), worker(tmp_path, spec, "fourth")]] == [0, 0]
     outputs = [(tmp_path / f"{name}.out").read_text() for name in ("third", "fourth")]
@@ -135,6 +140,24 @@ def test_a_sweep_stopped_killed_and_finished_by_two_workers_runs_each_trial_once
         with open(folder / row["run"] / "metrics.csv") as f:
             assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]  # no epoch twice, none missing
         assert (folder / row["run"] / "MODEL_CARD.md").is_file()
+
+
+def test_a_journal_lock_left_by_a_killed_worker_is_broken(tmp_path, monkeypatch):
+    """kill -9 while a worker appends to the study's journal leaves its lock, a symlink to the journal; the next
+    command waits LOCK_GRACE and takes it over. The folder is given relative to the working directory, as the
+    sweep's default is: a relative symlink dangled, and Optuna then spun forever."""
+    from tools import sweep
+
+    monkeypatch.setattr(sweep, "LOCK_GRACE", 1)
+    monkeypatch.chdir(tmp_path)
+    spec, _ = sweep.read_sweep(Path(sweep_file(tmp_path)))
+    folder = Path("checkpoints/sweeps/tiny")
+    folder.mkdir(parents=True)
+    first = sweep.make_study(spec, folder, None, epochs=2)
+    first._storage._backend._lock.acquire()  # never released: what a worker killed while it appends leaves
+    done = threading.Event()
+    threading.Thread(target=lambda: (sweep.make_study(spec, folder, None, epochs=2), done.set()), daemon=True).start()
+    assert done.wait(timeout=120), "the study's lock was never broken"  # a hang guard: it takes 1 s
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is absent")

@@ -129,14 +129,20 @@ def trial_config(sweep: Sweep, folder: Path, values: dict, number: int):
     return load_config(sweep.config or None, overrides)
 
 
+LOCK_GRACE = 10  # seconds after which a journal lock is taken as a killed worker's (a write holds it for milliseconds)
+
+
 def make_study(sweep: Sweep, folder: Path, storage: str | None, epochs: int):
     """The study in storage (default: the sweep folder's journal file), created or continued. The sampler's seed
     is the file's plus the trials the study has: a continued sweep does not draw its first points again."""
     import optuna
 
     if storage is None or "://" not in storage:  # a journal file: on this machine, or on shared storage (NFS)
-        path = Path(storage) if storage else folder / "study.log"
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        path = str((Path(storage) if storage else folder / "study.log").resolve())
+        # The lock is a symlink to the journal: with a relative path it dangles, and Optuna then never breaks a
+        # lock that a killed worker left (the next command spun forever). Absolute, it is broken after LOCK_GRACE.
+        lock = optuna.storages.journal.JournalFileSymlinkLock(path, grace_period=LOCK_GRACE)
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path, lock_obj=lock))
     kind = optuna.samplers.TPESampler if sweep.sampler == "tpe" else optuna.samplers.RandomSampler
     # median: from the third trial on, after the first quarter of the epochs (a warming-up schedule's early
     # epochs say little about the end)
