@@ -17,6 +17,8 @@ import pytest
 # One PyTorch thread in this process and in every process a test starts (they inherit the environment):
 # on a 2-core machine that runs several at once this is faster, and no test depends on the core count.
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+# The servers the tests start (demo, mlflow) are on this machine: never through a proxy a CI machine may set.
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 import torch  # noqa: E402
 
 torch.set_num_threads(1)

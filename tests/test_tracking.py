@@ -50,7 +50,7 @@ def test_a_run_and_its_resume_are_one_mlflow_run_that_a_server_answers_with(tiny
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "metrics.csv", "curves.png",
                                                                "MODEL_CARD.md"}  # best.pt only when asked
     try:
-        wait_for(server, url)
+        wait_for(server, url, tmp_path / "mlflow-server.log")
         answer = get(url, f"runs/get?run_id={run_id}")["run"]
         assert answer["info"]["status"] == "FINISHED" and answer["info"]["run_name"] == run_dir.name
         assert {p["key"]: p["value"] for p in answer["data"]["params"]}["train.scheduler"] == "step"
@@ -68,17 +68,17 @@ def start_server(uri: str, folder: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                "--backend-store-uri", uri, "--workers", "1"]
-    return subprocess.Popen(command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), \
-        f"http://127.0.0.1:{port}"
+    log = open(folder / "mlflow-server.log", "wb")  # a file, not a pipe: a full pipe would stop the server
+    return subprocess.Popen(command, cwd=folder, stdout=log, stderr=log), f"http://127.0.0.1:{port}"
 
 
-def wait_for(server: subprocess.Popen, url: str) -> None:
+def wait_for(server: subprocess.Popen, url: str, log: Path) -> None:
     for _ in range(1200):  # its start takes 10 to 30 s on a busy machine
         try:
             urllib.request.urlopen(f"{url}/health", timeout=1).close()
             return
         except OSError:
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert server.poll() is None, log.read_text(errors="replace")[-2000:]
             time.sleep(0.1)
     raise AssertionError(f"mlflow server at {url} did not answer in 2 minutes")
 
