@@ -206,12 +206,13 @@ def last_state(run_dir: Path) -> Path:
                     f"python train.py --resume {continue_from}, or start a new run")
 
 
-CURVES_SECONDS = 5  # curves.png is redrawn at most this often, and after the last epoch: drawing takes ~0.15 s,
-# more than a small data set's epoch
+CURVES_SECONDS = 5  # curves.png is drawn once the run has trained this long, then at most this often, and after
+# the last epoch: drawing takes 0.15 to 0.4 s, more than a small data set's epoch
 
 
 def write_metrics(history: list[dict], run_dir: Path, is_last: bool = True) -> None:
-    """metrics.csv, rewritten from the full history every epoch, and curves.png when it is CURVES_SECONDS old.
+    """metrics.csv, rewritten from the full history every epoch, and curves.png when it is CURVES_SECONDS old (or,
+    before the first, when the epochs took that long).
 
     The columns are every row's: epochs resumed from a build with other metrics leave the columns they lack empty."""
     columns = csv_columns(history)
@@ -220,7 +221,8 @@ def write_metrics(history: list[dict], run_dir: Path, is_last: bool = True) -> N
         writer.writerow(columns)
         writer.writerows([row.get(column, "") for column in columns] for row in history)
     curves = run_dir / "curves.png"
-    if is_last or not curves.is_file() or time.time() - curves.stat().st_mtime >= CURVES_SECONDS:
+    age = time.time() - curves.stat().st_mtime if curves.is_file() else sum(float(row.get("seconds") or 0) for row in history)
+    if is_last or age >= CURVES_SECONDS:
         plot_curves(history, curves)
 
 

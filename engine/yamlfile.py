@@ -2,6 +2,7 @@
 one line) and written back in the same layout (block sections, one line per list and per conv block), and
 nested mappings as dotted keys (flatten).
 """
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +158,24 @@ def read_yaml(path: str | Path, written: dict[str, yaml.ScalarNode] | None = Non
         raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:
         raise UserError(f"config file {path} cannot be read ({err.strerror}); check its permissions") from None
-    raw = parse_yaml(text, f"config file {path}", written)
-    if raw is None:
-        raise UserError(f"config file {path} is empty; start from a copy of config.yaml")
-    return raw
+    key = (text, written is not None)
+    if key not in parsed:
+        nodes: dict[str, yaml.ScalarNode] | None = None if written is None else {}
+        raw = parse_yaml(text, f"config file {path}", nodes)
+        if raw is None:
+            raise UserError(f"config file {path} is empty; start from a copy of config.yaml")
+        if len(parsed) >= 64:
+            parsed.clear()
+        parsed[key] = raw, nodes
+    raw, nodes = parsed[key]
+    if written is not None:
+        written.update(nodes)
+    return copy.deepcopy(raw)  # the caller's to change
+
+
+# file text (and whether its nodes were asked for) -> (data, nodes): a run reads config.yaml a dozen times, and
+# PyYAML's pure-Python parser, which the nodes need, takes 50 ms a read
+parsed: dict[tuple[str, bool], tuple[Any, dict | None]] = {}
 
 
 

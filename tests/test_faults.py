@@ -364,6 +364,7 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training(tiny_cfg, tmp_pa
         del garbage  # the callback runs here; its KeyboardInterrupt is printed and dropped
         plot_curves(history, path)
     monkeypatch.setattr(runs, "plot_curves", swallowing_plot)
+    monkeypatch.setattr(runs, "CURVES_SECONDS", 0)  # drawn after every epoch, the first too
     args = [*TINY, "train.epochs=3", "run.name=c", f"run.output_dir={tmp_path / 'checkpoints'}"]
     code, _, err = call_script(train.main, *args, cwd=tmp_path)
     assert code == 130, err
