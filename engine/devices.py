@@ -54,9 +54,9 @@ def has_native_bf16(device: torch.device) -> bool:
 
 def thread_count(threads: str | int) -> tuple[int, str]:
     """run.threads -> PyTorch's intra-op threads (0: its default), and why. auto: OMP_NUM_THREADS if set, else the
-    CPUs this process may use, shared among this machine's torchrun ranks. Not the machine's load: the thread count changes the numbers (the
-    order of float sums), and a run must repeat on the same machine; threads sleep rather than spin while they
-    wait (engine/__init__.py), which keeps a busy machine sane (docs/speed.md, benchmarks/busy.py)."""
+    CPUs this process may use, shared among this machine's torchrun ranks. Not the machine's load: the thread count
+    changes the numbers (the order of float sums), and a run must repeat on the same machine; threads sleep rather
+    than spin while they wait (engine/__init__.py), which keeps a busy machine sane (docs/speed.md, busy.py)."""
     if threads != "auto":
         return threads, "as configured"
     told = os.environ.get("OMP_NUM_THREADS", "")

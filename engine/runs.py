@@ -23,6 +23,7 @@ from engine.config import (DEFAULT_CONFIG, Config, RunConfig, apply_override, ch
                            flatten, load_config, read_config, to_dict, to_yaml, with_defaults)
 from engine.datasets import DataInfo
 from engine.distributed import from_main, is_main, rank_and_world
+from engine.editable import comments_kept, read_text
 from engine.entry import stopped_by
 from engine.errors import UserError, shown
 from engine.escape import CsvWriter, printable
@@ -30,7 +31,6 @@ from engine.loaders import Loader
 from engine.optim import FIXED_SCHEDULES
 from engine.plots import plot_curves
 from engine.storage import RunFolderInUse, RunLock, make_folder, remove_stale_temporaries, replacing, write_text
-from engine.editable import comments_kept, read_text
 from engine.yamlfile import parse_yaml, read_yaml
 
 
@@ -221,7 +221,8 @@ def write_metrics(history: list[dict], run_dir: Path, is_last: bool = True) -> N
         writer.writerow(columns)
         writer.writerows([row.get(column, "") for column in columns] for row in history)
     curves = run_dir / "curves.png"
-    age = time.time() - curves.stat().st_mtime if curves.is_file() else sum(float(row.get("seconds") or 0) for row in history)
+    trained = sum(float(row.get("seconds") or 0) for row in history)
+    age = time.time() - curves.stat().st_mtime if curves.is_file() else trained
     if is_last or age >= CURVES_SECONDS:
         plot_curves(history, curves)
 
