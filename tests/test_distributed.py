@@ -1,16 +1,21 @@
-"""Multi-process training with torchrun on CPU (gloo): one node, a multi-node world on one machine, stops."""
+"""Multi-process training on CPU (gloo): torchrun on one node, a multi-node world on one machine, stops."""
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import torch
 
-from conftest import ROOT, TINY, call_script
+from conftest import ROOT, TINY, call_script, forked, needs_fork, wait_until
+from engine import distributed
 from engine.datasets import DataInfo
 from engine.loaders import Batching, Loader
 import test as test_script
+from train import main as train_main
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import multinode  # noqa: E402 (the launcher of benchmarks/multinode.py, whose smallest case runs here)
@@ -49,41 +54,74 @@ def test_an_error_in_one_process_ends_the_job(tmp_path):
     assert "error: rank 1 failed on purpose in epoch 2" in result.stderr
 
 
+@needs_fork
 def test_process_group_teardown_ends_gloos_threads(tmp_path):
     """destroy_process_group must free the group, so that no gloo thread outlives it into the interpreter's exit
     (rank 1 was aborted there, SIGABRT, in about one run in ten): DistributedDataParallel imports
     torch.distributed.nn.functional, whose defaults keep the group that exists at its import."""
-    script = """
-import os, sys, torch
-sys.path.insert(0, sys.argv[1])
-from engine import distributed
-device = distributed.setup(torch.device("cpu"))
-model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
-model(torch.ones(2, 2)).sum().backward()
-distributed.barrier()
-del model
-distributed.teardown()
-threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("gloo threads left:", [t for t in threads if "gloo" in t], file=sys.stderr)  # rank 1's stdout is /dev/null
-"""
-    (tmp_path / "teardown.py").write_text(script)
     if not os.path.isdir("/proc/self/task"):
         return  # the thread names are read from Linux's /proc
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(multinode.free_port())}  # a world of one, as torchrun would start it: no agent to wait for
-    result = subprocess.run([sys.executable, str(tmp_path / "teardown.py"), str(ROOT)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "gloo threads left: []" in result.stderr, result.stderr[-3000:]
+
+    def world_of_one():  # as torchrun would start it, with no agent to wait for
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(multinode.free_port()))
+        device = distributed.setup(torch.device("cpu"))
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2).to(device))
+        model(torch.ones(2, 2)).sum().backward()
+        distributed.barrier()
+        del model
+        distributed.teardown()
+        threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+        (tmp_path / "threads.txt").write_text("\n".join(threads))
+    assert wait_forked([forked(world_of_one)]) == [0]
+    assert [t for t in (tmp_path / "threads.txt").read_text().splitlines() if "gloo" in t] == []
+
+
+def forked_world(args: list[str], cwd: Path, processes: int) -> list[int]:
+    """One node's world without its agent: train.py's main in `processes` children forked from this test process
+    (torch is imported already, so none pays the start-up), each with the variables torchrun gives its processes.
+    What they print goes to cwd/one-node.out and .err, as one torchrun's would; returns their pids."""
+    port = str(multinode.free_port())
+
+    def rank(r: int):
+        os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(processes), LOCAL_WORLD_SIZE=str(processes),
+                          GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        code, out, err = call_script(train_main, *args, cwd=cwd)
+        for suffix, text in (("out", out), ("err", err)):
+            with open(cwd / f"one-node.{suffix}", "a") as f:
+                f.write(text)
+        os._exit(code)
+    return [forked(functools.partial(rank, r)) for r in range(processes)]
+
+
+def wait_forked(pids: list[int], timeout: float = 600) -> list[int]:
+    """The children's exit statuses; a hang guard kills those still running."""
+    codes = {}
+
+    def ended() -> bool:
+        for pid in set(pids) - set(codes):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        return len(codes) == len(pids)
+    try:
+        wait_until(ended, timeout)
+    finally:
+        for pid in set(pids) - set(codes):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    return [codes[pid] for pid in pids]
 
 
 def test_two_nodes_on_one_machine_equal_one_node_and_a_stopped_world_resumes_exactly(tmp_path):
     """Two torchrun agents, each its own process group, form one world through the c10d rendezvous. Stopped as a
-    scheduler stops a job (SIGTERM to both groups) in epoch 2 and resumed as two agents, the run ends with the
-    metrics of one node running both processes uninterrupted. benchmarks/multinode.py runs bigger worlds."""
+    scheduler stops a job (SIGTERM to both groups) in epoch 2 and resumed by a world of two on one node, as a job
+    requeued on one node would be, the run ends with the metrics of one node running both processes uninterrupted.
+    Both one-node worlds are forked_world's. benchmarks/multinode.py runs bigger worlds through torchrun only,
+    resumed as agents."""
     args = [*multinode.TINY, "train.epochs=2", "train.accumulate=2", "run.name=r"]  # accumulate: DDP's no_sync
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
-    reference = multinode.start_one_node(args, tmp_path / "one", processes=2)
+    reference = forked_world(args, tmp_path / "one", processes=2)
     agents = multinode.start_nodes(args, tmp_path / "two", nodes=2, per_node=1)
     stopper = threading.Thread(target=multinode.stop_when, args=(agents, tmp_path / "two/checkpoints/r/last.pt"))
     stopper.start()  # the one-node run meanwhile: both worlds share the machine's cores
@@ -94,7 +132,7 @@ def test_two_nodes_on_one_machine_equal_one_node_and_a_stopped_world_resumes_exa
     assert "Continue with: torchrun ... train.py --resume checkpoints/r" in err
     # torchrun reports the signal with a traceback of its own (SignalException); the training processes show none
     assert err.count("Traceback") == err.count("elastic.multiprocessing.api.SignalException: Process"), err[-3000:]
-    assert multinode.wait_all([reference]) == [0], multinode.outputs(tmp_path / "one", "one-node")[-3000:]
+    assert wait_forked(reference) == [0, 0], multinode.outputs(tmp_path / "one", "one-node")[-3000:]
     one = tmp_path / "one" / "checkpoints" / "r"
     assert (tmp_path / "one" / "one-node.out").read_text().count("device: cpu x 2 processes") == 1  # rank 0 prints
     ckpt = torch.load(one / "best.pt", weights_only=True)
@@ -103,8 +141,8 @@ def test_two_nodes_on_one_machine_equal_one_node_and_a_stopped_world_resumes_exa
     assert code == 0, err  # the 2-process validation accuracy is a 1-process evaluation's of the saved weights
     assert json.loads((one / "val_report.json").read_text())["accuracy"] == ckpt["history"][ckpt["epoch"] - 1]["val_acc"]
 
-    resumed = multinode.start_nodes(["--resume", "checkpoints/r"], tmp_path / "two", nodes=2, per_node=1)
-    assert multinode.wait_all(resumed) == [0, 0], multinode.outputs(tmp_path / "two")[-3000:]
+    resumed = forked_world(["--resume", "checkpoints/r"], tmp_path / "two", processes=2)  # as if requeued on one node
+    assert wait_forked(resumed) == [0, 0], multinode.outputs(tmp_path / "two", "one-node")[-3000:]
     assert multinode.metrics(tmp_path / "two/checkpoints/r") == multinode.metrics(tmp_path / "one/checkpoints/r")
     assert [row["epoch"] for row in multinode.metrics(tmp_path / "two/checkpoints/r")] == ["1", "2"]
 
