@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ROOT, TINY, call_script, forked, needs_fork, wait_until
@@ -19,6 +20,8 @@ from train import main as train_main
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import multinode  # noqa: E402 (the launcher of benchmarks/multinode.py, whose smallest case runs here)
+sys.path.insert(0, str(ROOT / "tools"))
+import make_shards  # noqa: E402
 
 ARGS = [*TINY, "train.epochs=2", "train.scheduler=step", "train.accumulate=2", "run.name=ddp"]  # accumulate: no_sync
 
@@ -113,13 +116,18 @@ def wait_forked(pids: list[int], timeout: float = 600) -> list[int]:
     return [codes[pid] for pid in pids]
 
 
-def test_two_nodes_on_one_machine_equal_one_node_and_a_stopped_world_resumes_exactly(tmp_path):
-    """Two torchrun agents, each its own process group, form one world through the c10d rendezvous. Stopped as a
+def test_two_nodes_on_shards_equal_one_node_and_a_stopped_world_resumes_exactly(tmp_path):
+    """Two torchrun agents, each its own process group, form one world through the c10d rendezvous and train on
+    WebDataset shards. Stopped as a
     scheduler stops a job (SIGTERM to both groups) in epoch 2 and resumed by a world of two on one node, as a job
     requeued on one node would be, the run ends with the metrics of one node running both processes uninterrupted.
     Both one-node worlds are forked_world's. benchmarks/multinode.py runs bigger worlds through torchrun only,
     resumed as agents."""
-    args = [*multinode.TINY, "train.epochs=2", "train.accumulate=2", "run.name=r"]  # accumulate: DDP's no_sync
+    pytest.importorskip("webdataset", reason="webdataset is absent; pip install -r requirements-extras.txt")
+    code, _, err = call_script(make_shards.main, "--out", "shards", "--shard-size", "150", cwd=tmp_path)
+    assert code == 0, err  # the digits: 9 train shards, each process reads shards of its own
+    args = [*multinode.TINY, "data.name=shards", f"data.root={tmp_path / 'shards'}", "data.shuffle_buffer=200",
+            "data.num_workers=0", "train.epochs=2", "train.accumulate=2", "run.name=r"]  # accumulate: DDP's no_sync
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     reference = forked_world(args, tmp_path / "one", processes=2)
     agents = multinode.start_nodes(args, tmp_path / "two", nodes=2, per_node=1)
