@@ -116,13 +116,13 @@ def wait_forked(pids: list[int], timeout: float = 600) -> list[int]:
     return [codes[pid] for pid in pids]
 
 
+@needs_fork
 def test_two_nodes_on_shards_equal_one_node_and_a_stopped_world_resumes_exactly(tmp_path):
     """Two torchrun agents, each its own process group, form one world through the c10d rendezvous and train on
-    WebDataset shards. Stopped as a
-    scheduler stops a job (SIGTERM to both groups) in epoch 2 and resumed by a world of two on one node, as a job
-    requeued on one node would be, the run ends with the metrics of one node running both processes uninterrupted.
-    Both one-node worlds are forked_world's. benchmarks/multinode.py runs bigger worlds through torchrun only,
-    resumed as agents."""
+    WebDataset shards. Stopped as a scheduler stops a job (SIGTERM to both groups) in epoch 2 and resumed by a world
+    of two on one node, as a job requeued on one node would be, the run ends with the metrics of one node running
+    both processes uninterrupted. Both one-node worlds are forked_world's; benchmarks/multinode.py runs bigger
+    worlds through torchrun alone, resumed as agents."""
     pytest.importorskip("webdataset", reason="webdataset is absent; pip install -r requirements-extras.txt")
     code, _, err = call_script(make_shards.main, "--out", "shards", "--shard-size", "150", cwd=tmp_path)
     assert code == 0, err  # the digits: 9 train shards, each process reads shards of its own
