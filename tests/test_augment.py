@@ -125,7 +125,7 @@ OWN_IMAGES = {ROOT / "configs" / "finetune.yaml", ROOT / "configs" / "photos.yam
 @pytest.mark.parametrize("path", sorted(set((ROOT / "configs").glob("*.yaml")) - OWN_IMAGES), ids=lambda p: p.stem)
 def test_every_recipe_loads_validates_and_builds_its_model(path):
     cfg = load_config(path, [])
-    assert cfg.data.name == path.stem.removesuffix("_long")
+    assert cfg.data.name == path.stem.removesuffix("_long").removesuffix("_speedrun")
     channels, size = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}[cfg.data.name]
     model = build_model(cfg.model, channels, 10, size)
     assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
