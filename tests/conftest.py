@@ -1,7 +1,6 @@
 """Shared test helpers: tiny configs built from config.yaml plus overrides, a tiny trained run shared
 by the tests that only read it, and script runners (in-process and as real processes)."""
 import contextlib
-import gc
 import hashlib
 import io
 import os
@@ -33,13 +32,6 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 # bitwise repeatable and test.py's numbers equal training's; the gpu-marked tests cover CUDA).
 TINY = ["train.epochs=2", "run.device=cpu", "model.conv_blocks.0.out_channels=8", "model.conv_blocks.1.out_channels=8",
         "model.conv_blocks.2.out_channels=8", "model.hidden=[16]", "model.widths=[8, 8, 8]"]
-
-
-def pytest_collection_finish(session):
-    """What the test modules' imports made (torch alone: about a million objects) lives for the whole session:
-    frozen, Python's collector never scans it again, in a full collection or in those at the worker's exit
-    (the scripts do the same: engine/cli.run_cli)."""
-    gc.freeze()
 
 
 @pytest.fixture
