@@ -10,7 +10,7 @@ of the folder loader (data.max_memory_mb=0: files decoded by DataLoader workers)
 the split to the first batch. Prints a table, with the date, the CPU cores and the load, for docs/data.md.
 
     python benchmarks/shards.py                                   # MNIST from ../shared/datasets
-    python benchmarks/shards.py --work /tmp/shards-bench          # keep the written files for a second run
+    python benchmarks/shards.py --work checkpoints/shards-bench  # keep the written files for a second run
 """
 import argparse
 import json

@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs = {"canonical": lambda: canonical_run(args.root, args.max_epochs),
-            "ours (config.yaml, 2 epochs)": lambda: our_run(args.root, args.output_dir)}
+    runs = {"canonical": functools.partial(canonical_run, args.root, args.max_epochs),
+            "ours (config.yaml, 2 epochs)": functools.partial(our_run, args.root, args.output_dir)}
     runs.update({recipe: functools.partial(our_run, args.root, args.output_dir, recipe) for recipe in args.recipes})
     times = {name: [] for name in runs}
     for round_ in range(1, args.rounds + 1):

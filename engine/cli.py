@@ -37,7 +37,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     """engine/entry.py's run_cli, with model.py's ShapeError (a config the image is too small for) a user error."""
     if argv is None:  # a script's own process: what its imports made lives until it exits
         gc.freeze()  # so the collector never scans it: torch's imports leave ~a million objects that every full
-        # collection, and the several at exit, would traverse (the quickstart spent ~1.5 s exiting)
+        # collection, and the several at exit, would traverse (the quickstart spent 1.8 s exiting)
     entry.run_cli(main, argv, (ShapeError,))
 
 

@@ -2,7 +2,6 @@
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, call_script, forked, needs_fork, wait_until
+from conftest import ROOT, TINY, call_script, forked, needs_fork
 from engine import distributed
 from engine.datasets import DataInfo
 from engine.loaders import Batching, Loader
@@ -97,23 +96,9 @@ def forked_world(args: list[str], cwd: Path, processes: int) -> list[int]:
     return [forked(functools.partial(rank, r)) for r in range(processes)]
 
 
-def wait_forked(pids: list[int], timeout: float = 600) -> list[int]:
-    """The children's exit statuses; a hang guard kills those still running."""
-    codes = {}
-
-    def ended() -> bool:
-        for pid in set(pids) - set(codes):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                codes[pid] = os.waitstatus_to_exitcode(status)
-        return len(codes) == len(pids)
-    try:
-        wait_until(ended, timeout)
-    finally:
-        for pid in set(pids) - set(codes):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    return [codes[pid] for pid in pids]
+def wait_forked(pids: list[int]) -> list[int]:
+    """The children's exit statuses (a hang ends the worker through pytest.ini's faulthandler_timeout)."""
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
 
 
 @needs_fork
