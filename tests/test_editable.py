@@ -8,16 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
 
-from conftest import TINY, call_script, copy_run, snapshot
-from engine import runs
-from engine.card import CARD_NAME, END, EXPORTS_NAME, KEPT, START_LINE, USER_SECTION, record_export, write_card
-from engine.checkpoint import load_checkpoint
-from engine.config import load_config
-from engine.editable import decode, kept_keys
-import test as test_script
-from tools import export
+hypothesis = pytest.importorskip("hypothesis", reason="Hypothesis is an extra: pip install -r requirements-extras.txt")
+from hypothesis import given, strategies as st  # noqa: E402
+
+from conftest import TINY, call_script, copy_run, snapshot  # noqa: E402
+from engine import runs  # noqa: E402
+from engine.card import (CARD_NAME, END, EXPORTS_NAME, KEPT, START_LINE, USER_SECTION, record_export,  # noqa: E402
+                         write_card)
+from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.editable import decode, kept_keys  # noqa: E402
+import test as test_script  # noqa: E402
+from tools import export  # noqa: E402
 import train
 
 sys.path.insert(0, str(Path(__file__).parent))
