@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--signal", choices=["SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP"], default="SIGTERM",
                         help="what stops the world (default: SIGTERM, as scancel and Kubernetes)")
-    parser.add_argument("--work", default="checkpoints/multinode", help="folder for the runs (default: checkpoints/multinode)")
+    parser.add_argument("--work", default="checkpoints/multinode", help="folder for the runs (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", help="more key=value overrides for every run")
     compare(parser.parse_args(argv))
 

@@ -21,7 +21,7 @@ from engine.config import load_config  # noqa: E402
 from engine.editable import decode, kept_keys  # noqa: E402
 import test as test_script  # noqa: E402
 from tools import export  # noqa: E402
-import train
+import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_fuzz import fuzz  # noqa: E402  (bounded in CI; FUZZ_EXAMPLES=N explores)
